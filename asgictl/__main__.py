@@ -1,0 +1,5 @@
+"""``python -m asgictl``: the same as the ``asgictl`` command."""
+
+from asgictl.cli import main
+
+main()

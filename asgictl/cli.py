@@ -1,0 +1,126 @@
+"""The ``asgictl`` command line, generated from the option table in ``config.py``.
+
+Every option is declared to typer as an optional string (or switch) so that "not given"
+is distinguishable from a default: :func:`asgictl.config.resolve` then applies the
+precedence (command line > environment > file > default) and parses each value with the
+option's own converter, so a bad value is reported in one line naming the option.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+
+from asgictl import __version__
+from asgictl.config import SERVE, ConfigError, Option, options_for, resolve
+
+app = typer.Typer(
+    name="asgictl",
+    help="asgictl: a production ASGI server and the process manager around it.",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    print(f"asgictl: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _help(opt: Option) -> str:
+    extra = []
+    if opt.default not in (None, "", [], False) and not opt.flag:
+        extra.append(f"default: {opt.default}")
+    extra.append("env: " + ", ".join(opt.env_names))
+    return f"{opt.help}  [{'; '.join(extra)}]"
+
+
+def _parameter(opt: Option) -> inspect.Parameter:
+    names = [opt.cli_name, *opt.aliases]
+    if opt.flag:
+        negative = "--no-" + opt.cli_name[2:]
+        info = typer.Option(f"{opt.cli_name}/{negative}", help=_help(opt), show_default=False)
+        annotation: Any = Annotated[Optional[bool], info]  # noqa: UP045 - typer needs Optional
+    else:
+        metavar = opt.metavar or ("[" + "|".join(opt.choices) + "]" if opt.choices else None)
+        info = typer.Option(*names, help=_help(opt), metavar=metavar, show_default=False)
+        kind = Optional[list[str]] if opt.multiple else Optional[str]  # noqa: UP045
+        annotation = Annotated[kind, info]
+    return inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+
+def _command(command: str, handler: Callable[[dict[str, Any]], None]) -> Callable[..., None]:
+    """A function whose signature declares the APP argument and every option of ``command``."""
+    app_param = inspect.Parameter(
+        "app",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            Optional[str],  # noqa: UP045
+            typer.Argument(help="The application, as module:attribute (e.g. main:app).", show_default=False),
+        ],
+    )
+    params = [app_param, *(_parameter(opt) for opt in options_for(command))]
+
+    def run_command(**values: Any) -> None:
+        handler(values)
+
+    run_command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run_command.__annotations__ = {p.name: p.annotation for p in params}
+    return run_command
+
+
+def _serve(values: dict[str, Any]) -> None:
+    from asgictl.logs import configure_logging
+    from asgictl.worker.loader import AppLoadError
+    from asgictl.worker.server import Server
+
+    try:
+        config = resolve(SERVE, values)
+        configure_logging(config)
+        code = Server(config).run()
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    except AppLoadError as exc:
+        fail(str(exc), 1)
+    except ValueError as exc:  # e.g. a --log-config file that does not load
+        if str(exc).startswith("--"):
+            fail(str(exc), 2)
+        raise
+    raise SystemExit(code)
+
+
+app.command(
+    SERVE,
+    help="Serve APP in this process: one worker in the foreground, no master.",
+    no_args_is_help=True,
+)(_command(SERVE, _serve))
+
+
+def _version(value: bool) -> None:
+    if value:
+        import platform
+
+        print(f"asgictl {__version__} with {platform.python_implementation()} {platform.python_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        Optional[bool],  # noqa: UP045
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    """asgictl: a production ASGI server and the process manager around it."""
+
+
+def main() -> None:
+    app()

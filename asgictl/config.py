@@ -1,0 +1,607 @@
+"""Every option asgictl understands, defined once.
+
+Each :class:`Option` names its type, default, help text and the commands that accept it.
+From this one table come the typer command line (``cli.py``), the ``ASGICTL_<NAME>``
+environment variables (plus uvicorn's ``WEB_CONCURRENCY`` and ``FORWARDED_ALLOW_IPS``),
+the TOML configuration (``--config FILE`` or ``[tool.asgictl]`` in ``./pyproject.toml``)
+and the keyword arguments of the Python :class:`Config`.
+
+Precedence, highest first: command line, environment, configuration file, default.
+A value that does not parse raises :class:`ConfigError` with one line naming the option.
+
+This module imports nothing else of asgictl: every other layer reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A bad option value or configuration file: its message is one line for the user."""
+
+
+# --------------------------------------------------------------------------- converters
+# Each converter takes what a user wrote (a string from the command line, the environment
+# or a TOML string) or a typed value (TOML, the Python API) and returns the typed value,
+# or raises ValueError with a short reason.
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def to_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+        return raw.strip().lower() in _TRUE
+    raise ValueError(f"{raw!r} is not a boolean (use true or false)")
+
+
+def to_int(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError(f"{raw!r} is not an integer")
+    if isinstance(raw, int):
+        return raw
+    try:
+        return int(str(raw).strip(), 10)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not an integer") from None
+
+
+def to_float(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError(f"{raw!r} is not a number")
+    if isinstance(raw, (int, float)):
+        return float(raw)
+    try:
+        return float(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number") from None
+
+
+def to_str(raw: Any) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, os.PathLike):
+        return os.fspath(raw)  # type: ignore[return-value]
+    raise ValueError(f"{raw!r} is not a string")
+
+
+def non_negative(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def check(raw: Any) -> Any:
+        value = convert(raw)
+        if value < 0:
+            raise ValueError(f"{value!r} must not be negative")
+        return value
+
+    return check
+
+
+def positive(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def check(raw: Any) -> Any:
+        value = convert(raw)
+        if value <= 0:
+            raise ValueError(f"{value!r} must be greater than zero")
+        return value
+
+    return check
+
+
+def port_number(raw: Any) -> int:
+    value = to_int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{value} is not a port number (0-65535)")
+    return value
+
+
+def file_mode(raw: Any) -> int:
+    """A Unix permission mode: an int, or an octal string such as ``660`` or ``0o660``."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        text = to_str(raw).strip().lower().removeprefix("0o")
+        try:
+            value = int(text, 8)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not an octal file mode such as 660") from None
+    if not 0 <= value <= 0o7777:
+        raise ValueError(f"{raw!r} is not a file mode")
+    return value
+
+
+def existing_file(raw: Any) -> str:
+    path = to_str(raw)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path!r} is not a readable file")
+    return path
+
+
+def header_pair(raw: Any) -> tuple[str, str]:
+    """``Name:Value`` as the ``--header`` option takes it (a pair is accepted too)."""
+    if isinstance(raw, (tuple, list)) and len(raw) == 2:
+        name, value = (to_str(part) for part in raw)
+    else:
+        name, sep, value = to_str(raw).partition(":")
+        if not sep:
+            raise ValueError(f"{raw!r} is not of the form Name:Value")
+    name, value = name.strip(), value.strip()
+    if not name or any(c in name for c in " \t\r\n:") or any(c in value for c in "\r\n\0"):
+        raise ValueError(f"{raw!r} is not a valid header")
+    return name, value
+
+
+def choice(*choices: str) -> Callable[[Any], str]:
+    def check(raw: Any) -> str:
+        value = to_str(raw).strip().lower()
+        if value not in choices:
+            raise ValueError(f"{raw!r} is not one of {', '.join(choices)}")
+        return value
+
+    check.choices = choices  # type: ignore[attr-defined]
+    return check
+
+
+# ------------------------------------------------------------------------------ options
+
+SERVE = "serve"
+START = "start"
+WORKER_COMMANDS = frozenset({SERVE, START})
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: how to parse it, where it may come from, and what it means."""
+
+    name: str
+    convert: Callable[[Any], Any]
+    default: Any
+    help: str
+    #: The value is a list; on the command line the option is repeatable, in the
+    #: environment it is comma separated, in TOML it is an array.
+    multiple: bool = False
+    #: A ``--x/--no-x`` switch on the command line.
+    flag: bool = False
+    #: Command-line spellings besides ``--<name-with-dashes>``.
+    aliases: tuple[str, ...] = ()
+    #: Environment variables read besides ``ASGICTL_<NAME>``, lowest priority last.
+    env_aliases: tuple[str, ...] = ()
+    metavar: str | None = None
+    commands: frozenset[str] = WORKER_COMMANDS
+    #: Not stored in TOML files (the --config option itself, for one).
+    file: bool = True
+
+    @property
+    def cli_name(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        return ("ASGICTL_" + self.name.upper(), *self.env_aliases)
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        return getattr(self.convert, "choices", None)
+
+    def parse(self, raw: Any, source: str | None = None) -> Any:
+        """Convert ``raw`` or raise ConfigError naming the option and the source."""
+        where = f" (from {source})" if source else ""
+        try:
+            if raw is None:
+                return None
+            if self.multiple:
+                if isinstance(raw, str):
+                    items: Iterable[Any] = [p for p in raw.split(",") if p.strip()]
+                elif isinstance(raw, (list, tuple)):
+                    items = raw
+                else:
+                    raise ValueError(f"{raw!r} is not a list")
+                return [self.convert(item) for item in items]
+            return self.convert(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{self.cli_name}{where}: {exc}") from None
+
+
+def _opt(name: str, convert: Callable[[Any], Any], default: Any, help: str, **kw: Any) -> Option:
+    return Option(name, convert, default, help, **kw)
+
+
+OPTIONS: tuple[Option, ...] = (
+    # -- the application
+    _opt(
+        "factory",
+        to_bool,
+        False,
+        "Treat APP as an application factory: a () -> ASGI app callable.",
+        flag=True,
+    ),
+    _opt(
+        "app_dir",
+        to_str,
+        "",
+        "Look for APP in this directory (added to sys.path). Default: the working directory.",
+        metavar="DIR",
+    ),
+    _opt(
+        "interface",
+        choice("auto", "asgi3", "asgi2", "wsgi"),
+        "auto",
+        "Application interface. auto detects ASGI3, ASGI2 or WSGI.",
+    ),
+    _opt(
+        "lifespan",
+        choice("auto", "on", "off"),
+        "auto",
+        "Lifespan protocol: auto runs it if the app supports it.",
+    ),
+    _opt(
+        "env_file",
+        existing_file,
+        None,
+        "Load environment variables from this file (KEY=VALUE lines) before starting.",
+        metavar="PATH",
+    ),
+    # -- binding
+    _opt(
+        "host",
+        to_str,
+        "127.0.0.1",
+        "Bind a TCP socket to this host (IPv4 or IPv6 address, or name).",
+        metavar="HOST",
+    ),
+    _opt("port", port_number, 8000, "Bind to this TCP port. 0 picks a free port.", metavar="PORT"),
+    _opt(
+        "uds",
+        to_str,
+        None,
+        "Bind to a Unix domain socket at this path (a stale socket file is replaced).",
+        metavar="PATH",
+    ),
+    _opt(
+        "uds_mode",
+        file_mode,
+        None,
+        "Permission bits of the --uds socket file, in octal (e.g. 660).",
+        metavar="MODE",
+    ),
+    _opt(
+        "fd",
+        non_negative(to_int),
+        None,
+        "Serve on an already listening socket inherited as this file descriptor.",
+        metavar="FD",
+    ),
+    _opt("backlog", positive(to_int), 2048, "Maximum number of pending connections in the listen queue."),
+    # -- protocols
+    _opt(
+        "loop", choice("auto", "asyncio", "uvloop"), "auto", "Event loop implementation. auto prefers uvloop."
+    ),
+    _opt("http", choice("auto", "httptools", "h11"), "auto", "HTTP/1.1 parser. auto prefers httptools."),
+    _opt(
+        "h11_max_incomplete_event_size",
+        positive(to_int),
+        16 * 1024,
+        "For h11, the maximum number of bytes to buffer of an incomplete event.",
+    ),
+    _opt(
+        "timeout_keep_alive",
+        non_negative(to_float),
+        5.0,
+        "Close keep-alive connections idle for this many seconds.",
+    ),
+    _opt(
+        "timeout_graceful_shutdown",
+        non_negative(to_float),
+        30.0,
+        "Seconds to wait for in-flight requests on shutdown before closing them.",
+    ),
+    _opt(
+        "limit_concurrency",
+        positive(to_int),
+        None,
+        "Answer 503 past this many concurrent connections or requests.",
+    ),
+    _opt(
+        "limit_max_requests",
+        positive(to_int),
+        None,
+        "Stop the worker gracefully after serving this many requests.",
+    ),
+    _opt(
+        "root_path", to_str, "", "The ASGI root_path, for an app mounted below a URL prefix.", metavar="PATH"
+    ),
+    _opt(
+        "proxy_headers",
+        to_bool,
+        True,
+        "Use X-Forwarded-For and X-Forwarded-Proto from trusted peers for the client address and scheme.",
+        flag=True,
+    ),
+    _opt(
+        "forwarded_allow_ips",
+        to_str,
+        "127.0.0.1,::1",
+        "Comma separated IPs, CIDR networks or literals (a UDS path) trusted with proxy headers;"
+        " '*' trusts all.",
+        env_aliases=("FORWARDED_ALLOW_IPS",),
+        metavar="IPS",
+    ),
+    _opt("server_header", to_bool, True, "Send a default Server header.", flag=True),
+    _opt("date_header", to_bool, True, "Send a default Date header.", flag=True),
+    _opt(
+        "headers",
+        header_pair,
+        [],
+        "A default response header Name:Value (repeatable).",
+        multiple=True,
+        aliases=("--header",),
+        metavar="NAME:VALUE",
+    ),
+    # -- TLS
+    _opt("ssl_keyfile", existing_file, None, "TLS private key file.", metavar="PATH"),
+    _opt("ssl_certfile", existing_file, None, "TLS certificate (chain) file.", metavar="PATH"),
+    _opt("ssl_keyfile_password", to_str, None, "Password of the TLS private key.", metavar="TEXT"),
+    _opt(
+        "ssl_version",
+        to_int,
+        int(ssl.PROTOCOL_TLS_SERVER),
+        "TLS protocol (the stdlib ssl module's PROTOCOL_* number).",
+    ),
+    _opt(
+        "ssl_cert_reqs",
+        choice("0", "1", "2"),
+        "0",
+        "Client certificates: 0 none, 1 optional, 2 required (ssl.CERT_*).",
+    ),
+    _opt("ssl_ca_certs", existing_file, None, "CA certificates file to verify clients with.", metavar="PATH"),
+    _opt(
+        "ssl_ciphers", to_str, None, "TLS ciphers (OpenSSL cipher list). Default: OpenSSL's.", metavar="TEXT"
+    ),
+    # -- logging
+    _opt(
+        "log_config",
+        existing_file,
+        None,
+        "Logging configuration file: .json, .yaml/.yml (PyYAML) or .ini.",
+        metavar="PATH",
+    ),
+    _opt("log_level", choice("critical", "error", "warning", "info", "debug", "trace"), "info", "Log level."),
+    _opt("access_log", to_bool, True, "Log one line per request.", flag=True),
+    _opt(
+        "use_colors",
+        to_bool,
+        None,
+        "Colored log output. Default: when the log goes to a terminal.",
+        flag=True,
+    ),
+    # -- the configuration file itself
+    _opt(
+        "config",
+        existing_file,
+        None,
+        "Read options from this TOML file (top-level keys or [tool.asgictl]).",
+        metavar="FILE",
+        file=False,
+    ),
+)
+
+BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
+
+
+def options_for(command: str) -> list[Option]:
+    return [opt for opt in OPTIONS if command in opt.commands]
+
+
+# ------------------------------------------------------------------------------ sources
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """Parse a dotenv-style file: ``KEY=VALUE`` lines, ``export`` prefixes, quotes, comments."""
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            line = line.removeprefix("export ").lstrip()
+            key, sep, value = line.partition("=")
+            key = key.strip()
+            if not sep or not key.replace("_", "").isalnum():
+                raise ConfigError(f"--env-file: {path}:{lineno}: not a KEY=VALUE line")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                quoted = value[1:-1]
+                value = quoted.encode().decode("unicode_escape") if value[0] == '"' else quoted
+            else:
+                value = value.split(" #", 1)[0].rstrip()
+            values[key] = value
+    return values
+
+
+def read_config_file(path: str, *, pyproject: bool = False) -> dict[str, Any]:
+    """Options from a TOML file: ``[tool.asgictl]`` if present, else the top level.
+
+    In a pyproject.toml only ``[tool.asgictl]`` counts.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from None
+    section = data.get("tool", {}).get("asgictl")
+    if section is None:
+        section = {} if pyproject else data
+    if not isinstance(section, dict):
+        raise ConfigError(f"--config: {path}: [tool.asgictl] is not a table")
+    values: dict[str, Any] = {}
+    for key, value in section.items():
+        name = key.replace("-", "_")
+        opt = BY_NAME.get(name) or (BY_NAME["headers"] if name == "header" else None)
+        if name == "app":
+            values["app"] = value
+            continue
+        if opt is None or not opt.file:
+            raise ConfigError(f"--config: {path}: unknown option {key!r}")
+        values[opt.name] = opt.parse(value, source=path)
+    return values
+
+
+# ------------------------------------------------------------------------------ Config
+
+
+class Config:
+    """The resolved settings of a server: one attribute per option, plus ``app``.
+
+    ``Config(app, port=0, http="h11")`` is the Python API (as uvicorn's); the command line
+    builds one through :func:`resolve`. ``app`` is an ASGI/WSGI callable or an import
+    string ``"module:attr"``.
+    """
+
+    app: Any
+    # Attributes named after every option are set in __init__; listed for type checkers.
+    factory: bool
+    app_dir: str
+    interface: str
+    lifespan: str
+    env_file: str | None
+    host: str
+    port: int
+    uds: str | None
+    uds_mode: int | None
+    fd: int | None
+    backlog: int
+    loop: str
+    http: str
+    h11_max_incomplete_event_size: int
+    timeout_keep_alive: float
+    timeout_graceful_shutdown: float
+    limit_concurrency: int | None
+    limit_max_requests: int | None
+    root_path: str
+    proxy_headers: bool
+    forwarded_allow_ips: str
+    server_header: bool
+    date_header: bool
+    headers: list[tuple[str, str]]
+    ssl_keyfile: str | None
+    ssl_certfile: str | None
+    ssl_keyfile_password: str | None
+    ssl_version: int
+    ssl_cert_reqs: str
+    ssl_ca_certs: str | None
+    ssl_ciphers: str | None
+    log_config: str | None
+    log_level: str
+    access_log: bool
+    use_colors: bool | None
+    config: str | None
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        self.app = app
+        unknown = set(kwargs) - set(BY_NAME)
+        if unknown:
+            raise TypeError(f"Config() got unknown option(s): {', '.join(sorted(unknown))}")
+        for opt in OPTIONS:
+            if opt.name in kwargs and kwargs[opt.name] is not None:
+                value = opt.parse(kwargs[opt.name])
+            else:
+                value = list(opt.default) if opt.multiple else opt.default
+            setattr(self, opt.name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-option checks: each failure is one line naming the options."""
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ConfigError("--ssl-keyfile: needs --ssl-certfile as well")
+        if self.uds_mode is not None and not self.uds:
+            raise ConfigError("--uds-mode: only applies with --uds")
+        if self.uds and self.fd is not None:
+            raise ConfigError("--uds and --fd: choose one listener")
+
+    @property
+    def is_ssl(self) -> bool:
+        return bool(self.ssl_certfile)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {opt.name: getattr(self, opt.name) for opt in OPTIONS}
+
+    def replace(self, **changes: Any) -> Config:
+        values = {k: v for k, v in self.as_dict().items() if v is not None}
+        values.update(changes)
+        return Config(changes.pop("app", self.app), **values)
+
+    def __repr__(self) -> str:
+        return f"Config(app={self.app!r})"
+
+
+def resolve(
+    command: str,
+    cli: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> Config:
+    """Build a Config from the command line (``cli``: option name -> raw value or None),
+    the environment and the configuration file, in that order of precedence.
+
+    ``--env-file`` is applied to ``os.environ`` first (when ``environ`` is the real
+    environment), so the app and the ASGICTL_ variables it sets both see it.
+    """
+    environ = os.environ if environ is None else environ
+    cwd = os.getcwd() if cwd is None else cwd
+    applicable = options_for(command)
+
+    def env_value(opt: Option) -> tuple[Any, str] | None:
+        for env_name in opt.env_names:
+            if env_name in environ:
+                return environ[env_name], env_name
+        return None
+
+    def early(name: str) -> Any:
+        opt = BY_NAME[name]
+        if cli.get(name) is not None:
+            return opt.parse(cli[name])
+        found = env_value(opt)
+        return opt.parse(found[0], source=found[1]) if found else None
+
+    env_file = early("env_file")
+    if env_file:
+        for key, value in read_env_file(env_file).items():
+            if isinstance(environ, dict) or environ is os.environ:
+                environ.setdefault(key, value)  # type: ignore[attr-defined]
+
+    config_path = early("config")
+    file_values: dict[str, Any] = {}
+    if config_path:
+        file_values = read_config_file(config_path)
+    else:
+        pyproject = os.path.join(cwd, "pyproject.toml")
+        if os.path.isfile(pyproject):
+            file_values = read_config_file(pyproject, pyproject=True)
+
+    app = cli.get("app") or file_values.pop("app", None) or environ.get("ASGICTL_APP")
+    if not app:
+        raise ConfigError("APP: missing; give it as module:attribute (e.g. main:app)")
+
+    values: dict[str, Any] = {}
+    for opt in applicable:
+        if cli.get(opt.name) is not None and cli.get(opt.name) != []:
+            values[opt.name] = opt.parse(cli[opt.name])
+        elif (found := env_value(opt)) is not None:
+            values[opt.name] = opt.parse(found[0], source=found[1])
+        elif opt.name in file_values:
+            values[opt.name] = file_values[opt.name]
+    # File keys of options another command takes (``workers`` under ``serve``) are left
+    # alone: one [tool.asgictl] table serves every command.
+    return Config(app, **values)

@@ -1,0 +1,390 @@
+"""One HTTP/1.1 connection: everything about it that does not depend on the parser.
+
+:class:`HTTPConnection` is the asyncio protocol shared by the httptools and h11 adapters.
+An adapter only turns bytes into four calls: :meth:`begin_request` (a complete head),
+:meth:`request_body`, :meth:`end_of_request` and :meth:`parse_error`. This class owns the
+rest: building the ASGI scope from per-connection pieces, running one
+:class:`~asgictl.protocols.http.cycle.HTTPCycle` at a time and queueing pipelined
+requests behind it, flow control both ways, keep-alive, and graceful shutdown.
+
+Reading is paused while a request waits in the pipeline or while unread request body
+piles up past a high-water mark, so a fast client cannot make the server buffer without
+bound; writing waits (``drain``) while the transport's buffer is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+from urllib.parse import unquote
+
+from asgictl.protocols.http.cycle import HTTPCycle
+from asgictl.protocols.http.response import simple_response
+from asgictl.protocols.proxy import parse_forwarded_proto
+from asgictl.protocols.state import ServerState
+
+logger = logging.getLogger("asgictl.error")
+
+#: Unread request body past this many bytes pauses reading from the socket.
+HIGH_WATER = 64 * 1024
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+EXTENSIONS: dict[str, dict[str, Any]] = {
+    "http.response.trailers": {},
+    "http.response.pathsend": {},
+}
+
+if sys.version_info >= (3, 12):  # pragma: no cover - exercised on 3.12+ only
+
+    def start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
+        # An eager task runs the app synchronously up to its first real suspension:
+        # most small requests finish without a trip through the loop's ready queue.
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+
+else:
+
+    def start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
+        return loop.create_task(coro)
+
+
+async def service_unavailable(scope: Any, receive: Any, send: Any) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"Service Unavailable"})
+
+
+class HTTPConnection(asyncio.Protocol):
+    __slots__ = (
+        "_starting",
+        "client",
+        "closing",
+        "cycle",
+        "drain_waiter",
+        "idle_since",
+        "loop",
+        "parsing",
+        "pipeline",
+        "read_paused",
+        "scheme",
+        "server",
+        "state",
+        "transport",
+        "trusted",
+        "write_paused",
+    )
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.loop = state.loop
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.server: tuple[str, int | None] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.trusted = False
+        #: the cycle whose response is being written
+        self.cycle: HTTPCycle | None = None
+        #: the cycle whose request body is being read (a later one when pipelining)
+        self.parsing: HTTPCycle | None = None
+        self.pipeline: list[HTTPCycle] = []
+        self.read_paused = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        #: no more requests on this connection (shutdown, Connection: close, error)
+        self.closing = False
+        self.idle_since: float | None = None
+        self._starting = False
+
+    # ------------------------------------------------------------------ asyncio events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        state = self.state
+        state.connections.add(self)
+        self.server = _address(transport.get_extra_info("sockname"))
+        self.client = _address(transport.get_extra_info("peername"))  # type: ignore[assignment]
+        if state.is_ssl or transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        if state.trusted is not None:
+            # Unix-socket peers have no address; the socket path is what may be trusted.
+            peer = self.client[0] if self.client else (self.server[0] if self.server else None)
+            self.trusted = peer in state.trusted
+        self.idle_since = self.loop.time()
+        if state.shutting_down:
+            self.closing = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        self.closing = True
+        for cycle in (self.cycle, self.parsing, *self.pipeline):
+            if cycle is not None:
+                cycle.on_disconnect()
+        self.pipeline.clear()
+        self.parsing = None
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self.drain_waiter = None
+
+    def eof_received(self) -> bool | None:
+        # A client may half-close after its last request: answer what is in progress,
+        # then close. An idle connection closes at once.
+        self.closing = True
+        if self.cycle is None and not self.pipeline and self.parsing is None:
+            return None
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self.drain_waiter
+        if waiter is not None:
+            self.drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self.write_paused and not self.transport.is_closing():
+            if self.drain_waiter is None:
+                self.drain_waiter = self.loop.create_future()
+            await asyncio.shield(self.drain_waiter)
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not self.pipeline:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    # -------------------------------------------------------------- from the adapters
+
+    def begin_request(
+        self,
+        method: str,
+        target: bytes,
+        http_version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        expect_continue: bool,
+    ) -> None:
+        """A request head is complete: build its scope and queue its cycle."""
+        state = self.state
+        if target[:1] == b"/":
+            raw_path, _, query = target.partition(b"?")
+        elif target == b"*":
+            raw_path, query = target, b""
+        else:
+            raw_path, query = _split_absolute(target)
+        if b"%" in raw_path:
+            path = unquote(raw_path.decode("ascii", "surrogateescape"))
+        else:
+            path = raw_path.decode("ascii", "surrogateescape")
+        if state.root_path:
+            path = state.root_path + path
+            raw_path = state.root_path_bytes + raw_path
+        client = self.client
+        scheme = self.scheme
+        if self.trusted:
+            client, scheme = self._forwarded(headers, client, scheme)
+        scope = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": http_version,
+            "server": self.server,
+            "client": client,
+            "scheme": scheme,
+            "method": method,
+            "root_path": state.root_path,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": headers,
+            "state": state.lifespan_state.copy(),
+            "extensions": EXTENSIONS,
+        }
+        if self.closing:
+            keep_alive = False
+        elif not keep_alive:
+            self.closing = True
+        cycle = HTTPCycle(self, scope, keep_alive, expect_continue)
+        self.parsing = cycle
+        if self.cycle is not None:
+            self.pause_reading()
+        self.pipeline.append(cycle)
+        self.idle_since = None
+
+    def request_body(self, data: bytes) -> None:
+        cycle = self.parsing
+        if cycle is not None and not cycle.response_complete:
+            cycle.feed_body(data)
+            if len(cycle.body) > HIGH_WATER:
+                self.pause_reading()
+
+    def end_of_request(self) -> None:
+        cycle = self.parsing
+        if cycle is not None:
+            self.parsing = None
+            cycle.end_of_request()
+
+    def parse_error(self, status: int, reason: str) -> None:
+        """Answer a request the parser refused, and close: nothing after it is trusted."""
+        logger.debug("Invalid HTTP request: %s", reason)
+        self.closing = True
+        self.pipeline.clear()
+        self.parsing = None
+        if self.cycle is None and not self.transport.is_closing():
+            body = f"{reason}\n".encode("utf-8", "replace") if reason else b""
+            self.transport.write(simple_response(status, body, self.state.default_headers))
+            self.transport.close()
+        elif self.cycle is not None:
+            # Answer the request in progress first; it will close the connection.
+            self.cycle.keep_alive = False
+
+    def after_feed(self) -> None:
+        """Called by the adapters after each batch of parsed bytes."""
+        if self.cycle is None and self.pipeline:
+            self.start_next()
+
+    # --------------------------------------------------------------------- the cycles
+
+    def start_next(self) -> None:
+        # Re-entrancy guard: an eager task may finish its response (and call back into
+        # cycle_done) before returning here; the loop below then picks up the next one
+        # instead of recursing once per pipelined request.
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            while self.cycle is None and self.pipeline and not self.transport.is_closing():
+                cycle = self.pipeline.pop(0)
+                self.cycle = cycle
+                state = self.state
+                state.total_requests += 1
+                state.active_requests += 1
+                app = service_unavailable if state.over_capacity() else state.app
+                if state.access_log:
+                    cycle.started_at = self.loop.time()
+                task = start_task(self.loop, cycle.run(app))
+                if not task.done():
+                    # Kept so shutdown can wait for (or cancel) the requests in flight.
+                    state.tasks.add(task)
+                    task.add_done_callback(state.tasks.discard)
+            if not self.pipeline:
+                self.resume_reading()
+        finally:
+            self._starting = False
+
+    def cycle_done(self, cycle: HTTPCycle) -> None:
+        """The response of ``cycle`` is complete."""
+        if cycle is not self.cycle:
+            return
+        self.cycle = None
+        if not cycle.keep_alive or self.transport.is_closing():
+            self.closing = True
+            self.pipeline.clear()
+            self.transport.close()
+            return
+        if self.pipeline:
+            self.start_next()
+        elif self.parsing is None:
+            self.idle_since = self.loop.time()
+            self.resume_reading()
+            if self.closing:
+                self.transport.close()
+        else:
+            # The body of the answered request is still arriving; keep reading to
+            # discard it so the connection can be reused.
+            self.resume_reading()
+
+    def app_failed(self, cycle: HTTPCycle, exc: BaseException | None) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            if not self.transport.is_closing():
+                self.transport.close()
+            return
+        if exc is not None:
+            logger.error("Exception in ASGI application\n", exc_info=exc)
+        if cycle.disconnected or self.transport.is_closing():
+            return
+        if not cycle.response_started:
+            cycle.response_started = cycle.response_complete = True
+            self.closing = True
+            self.transport.write(simple_response(500, b"Internal Server Error", self.state.default_headers))
+            self.cycle = None if self.cycle is cycle else self.cycle
+            self.transport.close()
+        elif not cycle.response_complete:
+            # The head is gone: the only honest signal left is to cut the connection.
+            cycle.response_complete = True
+            self.transport.close()
+
+    # ----------------------------------------------------------------- housekeeping
+
+    def check_idle(self, now: float) -> None:
+        """Close a connection idle past the keep-alive timeout (called once a second).
+
+        A connection counts as idle from the end of its last response (or its start)
+        until a complete request head arrives; trickling bytes do not reset the clock.
+        """
+        since = self.idle_since
+        if since is not None and now - since >= self.state.keep_alive_timeout:
+            if self.cycle is None and not self.pipeline:
+                self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful stop: close if idle, else close after the response in progress."""
+        self.closing = True
+        if self.cycle is None and not self.pipeline:
+            self.transport.close()
+        else:
+            for cycle in (self.cycle, *self.pipeline):
+                if cycle is not None:
+                    cycle.keep_alive = False
+
+    # ----------------------------------------------------------------------- helpers
+
+    def _forwarded(self, headers: list[tuple[bytes, bytes]], client: Any, scheme: str) -> tuple[Any, str]:
+        trusted = self.state.trusted
+        assert trusted is not None
+        for name, value in headers:
+            if name == b"x-forwarded-proto":
+                proto = parse_forwarded_proto(value)
+                if proto is not None:
+                    scheme = proto
+            elif name == b"x-forwarded-for":
+                host = trusted.client_from_forwarded_for(value.decode("latin-1"))
+                if host:
+                    client = (host, 0)
+        if scheme in ("ws", "wss"):
+            scheme = "https" if scheme == "wss" else "http"
+        return client, scheme
+
+
+def _address(info: Any) -> Any:
+    """(host, port) for TCP, (path, None) for a Unix socket, None if unknown."""
+    if isinstance(info, tuple) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    if isinstance(info, str) and info:
+        return (info, None)
+    return None
+
+
+def _split_absolute(target: bytes) -> tuple[bytes, bytes]:
+    """Path and query of an absolute-form target (``http://host/p?q``), RFC 9112 3.2.2."""
+    _, sep, rest = target.partition(b"://")
+    if not sep:
+        return target, b""
+    slash = rest.find(b"/")
+    if slash < 0:
+        return b"/", b""
+    raw_path, _, query = rest[slash:].partition(b"?")
+    return raw_path, query.partition(b"#")[0]

@@ -1,0 +1,378 @@
+"""One HTTP request and its response, as the ASGI app sees them.
+
+An :class:`HTTPCycle` owns the app's ``receive`` and ``send`` callables for one request.
+It is the same for every parser: the parser adapters feed it request body through its
+connection, and it writes the response through the connection's transport.
+
+Framing of the response is decided when the first body message arrives, so that a small
+response (start + a single body) leaves in ONE ``transport.write``: the head is held back
+until then and joined with the body. A response without a Content-Length of the app's is
+given one when its body is complete in the first message; otherwise it is sent chunked
+(HTTP/1.1) or delimited by closing the connection (HTTP/1.0).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from asgictl.protocols.http.response import (
+    CONNECTION,
+    CONTENT_LENGTH,
+    CONTINUE_100,
+    CRLF,
+    LAST_CHUNK,
+    NO_BODY_STATUSES,
+    SPECIAL_HEADERS,
+    TRANSFER_ENCODING,
+    chunk,
+    status_line,
+)
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from asgictl.protocols.http.connection import HTTPConnection
+
+logger = logging.getLogger("asgictl.error")
+access_logger = logging.getLogger("asgictl.access")
+
+_DISCONNECT = {"type": "http.disconnect"}
+_KEEP_ALIVE_LINE = b"connection: keep-alive\r\n"
+_CLOSE_LINE = b"connection: close\r\n"
+_CHUNKED_LINE = b"transfer-encoding: chunked\r\n"
+_PATHSEND_CHUNK = 256 * 1024
+
+
+class ClientDisconnected(OSError):
+    """Raised by ``send`` for a ``http.response.pathsend`` whose client went away."""
+
+
+class HTTPCycle:
+    __slots__ = (
+        "conn",
+        "scope",
+        "keep_alive",
+        # request side
+        "body",
+        "more_body",
+        "body_delivered",
+        "expect_continue",
+        "waiter",
+        "disconnected",
+        # response side
+        "status",
+        "head",
+        "response_started",
+        "response_complete",
+        "chunked",
+        "length_left",
+        "no_body",
+        "trailers",
+        "started_at",
+    )
+
+    def __init__(
+        self,
+        conn: HTTPConnection,
+        scope: dict[str, Any],
+        keep_alive: bool,
+        expect_continue: bool,
+    ) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.body = b""
+        self.more_body = True
+        self.body_delivered = False
+        self.expect_continue = expect_continue
+        self.waiter: asyncio.Future[None] | None = None
+        self.disconnected = False
+        self.status = 0
+        self.head: list[bytes] | None = None
+        self.response_started = False
+        self.response_complete = False
+        self.chunked = False
+        self.length_left: int | None = None
+        self.no_body = False
+        self.trailers = False
+        self.started_at = 0.0
+
+    # ------------------------------------------------------------------ from the parser
+
+    def feed_body(self, data: bytes) -> None:
+        self.body = self.body + data if self.body else data
+        self.wake()
+
+    def end_of_request(self) -> None:
+        self.more_body = False
+        self.wake()
+
+    def on_disconnect(self) -> None:
+        self.disconnected = True
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ------------------------------------------------------------------------- receive
+
+    async def receive(self) -> dict[str, Any]:
+        conn = self.conn
+        if self.expect_continue:
+            # The client waits for this before sending the body: send it only now that
+            # the app asks for the body (RFC 9110 10.1.1).
+            self.expect_continue = False
+            if not self.response_started and not self.disconnected and conn.transport is not None:
+                conn.transport.write(CONTINUE_100)
+        while not (self.disconnected or self.response_complete):
+            if self.body or (self.more_body is False and not self.body_delivered):
+                break
+            conn.resume_reading()
+            self.waiter = conn.loop.create_future()
+            await self.waiter
+        if self.disconnected or self.response_complete:
+            return _DISCONNECT
+        body = self.body
+        self.body = b""
+        if not self.more_body:
+            self.body_delivered = True
+        elif len(body) and conn.read_paused:
+            conn.resume_reading()
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    # ---------------------------------------------------------------------------- send
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if self.head is None:
+                raise RuntimeError(_unexpected(kind, self.response_complete))
+            data = message.get("body", b"")
+            more = message.get("more_body", False)
+            self._write_body(data, more)
+            if not more and not self.trailers:
+                self._finish()
+            elif self.conn.write_paused and not self.disconnected:
+                await self.conn.drain()
+        elif kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError(_unexpected(kind, self.response_complete))
+            self._start(message)
+        elif kind == "http.response.trailers":
+            if not self.trailers or self.head is not None or not self.response_started:
+                raise RuntimeError(_unexpected(kind, self.response_complete))
+            self._write_trailers(message)
+        elif kind == "http.response.pathsend":
+            if self.head is None:
+                raise RuntimeError(_unexpected(kind, self.response_complete))
+            await self._pathsend(message["path"])
+        else:
+            raise RuntimeError(_unexpected(kind, self.response_complete))
+
+    def _start(self, message: dict[str, Any]) -> None:
+        status = message["status"]
+        state = self.conn.state
+        head = [status_line(status)]
+        default_headers = state.default_headers
+        no_body = status in NO_BODY_STATUSES
+        length: int | None = None
+        chunked = False
+        keep_alive = self.keep_alive
+        for name, value in message.get("headers", ()):
+            if name in SPECIAL_HEADERS or (not name.islower() and name.lower() in SPECIAL_HEADERS):
+                lname = name.lower()
+                if lname == CONTENT_LENGTH:
+                    if no_body:
+                        continue
+                    length = int(value)
+                elif lname == TRANSFER_ENCODING:
+                    # The server does the chunking; an app's chunked header is honoured,
+                    # any other coding of its own is left to the app (RFC 9112 6.1).
+                    if value.lower() == b"chunked":
+                        chunked = True
+                        continue
+                elif lname == CONNECTION:
+                    if value.lower() == b"close":
+                        keep_alive = False
+                    continue
+                else:  # server or date: the app's replaces the default one
+                    default_headers = _without(default_headers, lname)
+            head += (name, b": ", value, CRLF)
+        block = b"".join(head)
+        # One scan of the whole block instead of a check per header: a CR or LF inside
+        # a name or value (response splitting) shows up as an extra line break.
+        lines = (len(head) - 1) // 4 + 1
+        if block.count(b"\n") != lines or block.count(b"\r") != lines:
+            raise RuntimeError("Invalid HTTP header: CR or LF in a response header")
+        self.status = status
+        self.no_body = no_body or self.scope["method"] == "HEAD"
+        self.trailers = 1 if message.get("trailers", False) else 0
+        self.length_left = length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.head = [block[: len(head[0])], default_headers, block[len(head[0]) :]]
+        self.response_started = True
+
+    def _complete_head(self, final_body: bytes | None) -> list[bytes]:
+        """Decide the framing and finish the head block. ``final_body`` is the whole body
+        when the first body message is also the last, else None."""
+        head = self.head
+        assert head is not None
+        self.head = None
+        http10 = self.scope["http_version"] == "1.0"
+        if self.length_left is None and not self.chunked and self.status not in NO_BODY_STATUSES:
+            if final_body is not None and not self.trailers:
+                head.append(b"content-length: %d\r\n" % len(final_body))
+                self.length_left = len(final_body)
+            elif http10:
+                self.keep_alive = False  # the body ends when the connection closes
+            else:
+                self.chunked = True
+        if self.chunked:
+            if http10:
+                self.chunked = False
+                self.keep_alive = False
+            else:
+                head.append(_CHUNKED_LINE)
+        if not self.keep_alive or self.conn.closing:
+            self.keep_alive = False
+            head.append(_CLOSE_LINE)
+        elif http10:
+            head.append(_KEEP_ALIVE_LINE)
+        head.append(CRLF)
+        return head
+
+    def _write_body(self, data: bytes, more: bool) -> None:
+        if self.response_complete:
+            raise RuntimeError(_unexpected("http.response.body", True))
+        if self.disconnected:
+            return
+        out = self._complete_head(None if more else data) if self.head is not None else None
+        if self.no_body:
+            data = b""
+        elif self.length_left is not None:
+            self.length_left -= len(data)
+            if self.length_left < 0:
+                raise RuntimeError("Response content longer than Content-Length")
+        transport = self.conn.transport
+        if self.chunked:
+            framed = chunk(data) if data else b""
+            if not more and self.trailers == 0:
+                framed += LAST_CHUNK
+            data = framed
+        if out is not None:
+            out.append(data)
+            transport.write(b"".join(out))
+        elif data:
+            transport.write(data)
+
+    def _write_trailers(self, message: dict[str, Any]) -> None:
+        more = message.get("more_trailers", False)
+        if self.chunked and not self.disconnected:
+            first = self.trailers == 1
+            self.trailers = 2
+            lines = [b"0\r\n"] if first else []
+            for name, value in message.get("headers", ()):
+                lines += (name, b": ", value, CRLF)
+            block = b"".join(lines)
+            expected = len(lines) // 4 + first
+            if block.count(b"\n") != expected or block.count(b"\r") != expected:
+                raise RuntimeError("Invalid HTTP trailer: CR or LF in a trailer field")
+            self.conn.transport.write(block + CRLF if not more else block)
+        # Without chunked framing (HTTP/1.0, or a Content-Length of the app's) there is
+        # no place for trailers on the wire: they are dropped, as RFC 9110 6.5 allows.
+        if not more:
+            self._finish()
+
+    async def _pathsend(self, path: str) -> None:
+        assert self.head is not None
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if self.length_left is None and not self.chunked and not self.trailers:
+                # Known size: framed by Content-Length so the connection stays reusable.
+                self.head.append(b"content-length: %d\r\n" % size)
+                self.length_left = size
+            sent = 0
+            while True:
+                data = fh.read(_PATHSEND_CHUNK)
+                sent += len(data)
+                more = bool(data) and sent < size
+                self._write_body(data, more)
+                if not more or self.disconnected:
+                    break
+                if self.conn.write_paused:
+                    await self.conn.drain()
+        if self.disconnected:
+            raise ClientDisconnected("client disconnected during pathsend")
+        if not self.trailers:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.response_complete:
+            return
+        if self.length_left and not self.no_body and not self.disconnected:
+            # Fewer bytes than the app's Content-Length promised: the client would wait
+            # forever for the rest, so the connection cannot be reused.
+            logger.error("Response content shorter than Content-Length")
+            self.keep_alive = False
+        self.response_complete = True
+        self.wake()
+        if self.conn.state.access_log:
+            self._log_access()
+        self.conn.cycle_done(self)
+
+    def _log_access(self) -> None:
+        scope = self.scope
+        client = scope.get("client")
+        client_addr = f"{client[0]}:{client[1]}" if client else "-"
+        path = scope["path"]
+        query = scope["query_string"]
+        if query:
+            path = f"{path}?{query.decode('latin-1')}"
+        duration_ms = (self.conn.loop.time() - self.started_at) * 1000
+        access_logger.info(
+            '%s - "%s %s HTTP/%s" %d %.1fms',
+            client_addr,
+            scope["method"],
+            path,
+            scope["http_version"],
+            self.status,
+            duration_ms,
+        )
+
+    # -------------------------------------------------------------------------- running
+
+    async def run(self, app: Any) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            self.conn.app_failed(self, exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not self.response_started:
+                if not self.disconnected:
+                    logger.error("ASGI callable returned without starting response.")
+                    self.conn.app_failed(self, None)
+            elif not self.response_complete and not self.disconnected:
+                logger.error("ASGI callable returned without completing response.")
+                self.conn.app_failed(self, None)
+        finally:
+            self.conn.state.active_requests -= 1
+
+
+def _without(block: bytes, name: bytes) -> bytes:
+    prefix = name + b": "
+    return b"".join(line + CRLF for line in block.split(CRLF) if line and not line.startswith(prefix))
+
+
+def _unexpected(kind: str, complete: bool) -> str:
+    if complete:
+        return f"Unexpected ASGI message '{kind}' sent, after response already completed."
+    return f"Unexpected ASGI message '{kind}' sent, in the wrong order."

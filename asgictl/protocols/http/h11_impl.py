@@ -1,0 +1,90 @@
+"""The h11 (pure Python) adapter: h11 events become HTTPConnection calls.
+
+h11 is used for parsing only; responses are written by the shared cycle. h11's
+connection object models one request/response at a time, so after each complete
+request a fresh one takes over the bytes that followed it (``trailing_data``).
+"""
+
+from __future__ import annotations
+
+import h11
+
+from asgictl.protocols.http.connection import HTTPConnection
+from asgictl.protocols.state import ServerState
+
+
+class H11Connection(HTTPConnection):
+    __slots__ = ("parser", "stopped")
+
+    def __init__(self, state: ServerState) -> None:
+        super().__init__(state)
+        self.parser = self._new_parser()
+        self.stopped = False
+
+    def _new_parser(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.state.h11_max_incomplete_event_size)
+
+    def data_received(self, data: bytes) -> None:
+        if self.stopped:
+            return
+        self.parser.receive_data(data)
+        self._handle_events()
+        self.after_feed()
+
+    def eof_received(self) -> bool | None:
+        if not self.stopped:
+            self.parser.receive_data(b"")
+            self._handle_events()
+        return super().eof_received()
+
+    def _handle_events(self) -> None:
+        while not self.stopped:
+            try:
+                event = self.parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                self.stopped = True
+                self.parse_error(exc.error_status_hint, f"Invalid HTTP request: {exc}")
+                return
+            kind = type(event)
+            if kind is h11.Data:
+                self.request_body(event.data)  # type: ignore[union-attr]
+            elif kind is h11.Request:
+                self._on_request(event)  # type: ignore[arg-type]
+            elif kind is h11.EndOfMessage:
+                self.end_of_request()
+                if self.closing:
+                    # Bytes after a request that closes the connection are never parsed.
+                    self.stopped = True
+                    return
+                data, closed = self.parser.trailing_data
+                self.parser = self._new_parser()
+                if data:
+                    self.parser.receive_data(data)
+                if closed:
+                    self.parser.receive_data(b"")
+            elif event is h11.NEED_DATA or kind is h11.ConnectionClosed:
+                return
+            elif event is h11.PAUSED:
+                # h11 pauses after a request that switches protocols (Upgrade,
+                # CONNECT): it was answered as plain HTTP; read nothing more.
+                self.end_of_request()
+                self.stopped = True
+                self.closing = True
+                return
+
+    def _on_request(self, event: h11.Request) -> None:
+        headers = list(event.headers)  # lower-cased names, as ASGI wants
+        version = event.http_version.decode("ascii")
+        connection_tokens = b",".join(v for n, v in headers if n == b"connection").lower()
+        if version == "1.1":
+            keep_alive = b"close" not in connection_tokens
+        else:
+            keep_alive = b"keep-alive" in connection_tokens
+        self.begin_request(
+            event.method.decode("ascii"),
+            event.target,
+            version,
+            headers,
+            keep_alive,
+            self.parser.they_are_waiting_for_100_continue,
+        )

@@ -1,0 +1,104 @@
+"""What every connection of one server shares: settings, counters, the default headers.
+
+A :class:`ServerState` is built once per server from its Config and the loaded app. The
+protocols read settings from it instead of from the Config, already in the form the hot
+path wants (bytes, booleans, a parsed trust list), and they report to it: open
+connections, requests served, requests in progress.
+
+:meth:`ServerState.tick` runs once a second (the worker's clock): it formats the Date
+header, closes connections idle past the keep-alive timeout and lets the owner check
+its limits. Formatting the date there, and not per request, is a hot-path saving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from asgictl.config import Config
+from asgictl.protocols.proxy import TrustedHosts
+
+if TYPE_CHECKING:
+    from asgictl.protocols.http.connection import HTTPConnection
+
+ASGIApp = Callable[..., Any]
+
+logger = logging.getLogger("asgictl.error")
+access_logger = logging.getLogger("asgictl.access")
+
+
+class Tickable(Protocol):
+    def check_idle(self, now: float) -> None: ...
+
+
+class ServerState:
+    __slots__ = (
+        "access_log",
+        "active_requests",
+        "app",
+        "config",
+        "connections",
+        "date_line",
+        "default_headers",
+        "extra_lines",
+        "h11_max_incomplete_event_size",
+        "is_ssl",
+        "keep_alive_timeout",
+        "lifespan_state",
+        "limit_concurrency",
+        "loop",
+        "root_path",
+        "root_path_bytes",
+        "server_line",
+        "shutting_down",
+        "tasks",
+        "total_requests",
+        "trusted",
+    )
+
+    def __init__(self, config: Config, app: ASGIApp, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.app = app
+        self.config = config
+        self.connections: set[HTTPConnection] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.total_requests = 0
+        self.active_requests = 0
+        self.server_line = b"server: asgictl\r\n" if config.server_header else b""
+        self.extra_lines = b"".join(
+            f"{name}: {value}\r\n".encode("latin-1") for name, value in config.headers
+        )
+        self.date_line = b""
+        self.default_headers = b""
+        self.root_path = config.root_path
+        self.root_path_bytes = config.root_path.encode("latin-1")
+        self.access_log = config.access_log and access_logger.isEnabledFor(logging.INFO)
+        self.keep_alive_timeout = config.timeout_keep_alive
+        self.limit_concurrency = config.limit_concurrency
+        self.trusted = TrustedHosts(config.forwarded_allow_ips) if config.proxy_headers else None
+        self.lifespan_state: dict[str, Any] = {}
+        self.h11_max_incomplete_event_size = config.h11_max_incomplete_event_size
+        self.shutting_down = False
+        self.is_ssl = config.is_ssl
+        self.update_date()
+
+    def update_date(self) -> None:
+        if self.config.date_header:
+            stamp = email.utils.formatdate(time.time(), usegmt=True)
+            self.date_line = b"date: " + stamp.encode("ascii") + b"\r\n"
+        self.default_headers = self.date_line + self.server_line + self.extra_lines
+
+    def tick(self) -> None:
+        """The once-a-second housekeeping: Date header, idle connections."""
+        self.update_date()
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.check_idle(now)
+
+    def over_capacity(self) -> bool:
+        limit = self.limit_concurrency
+        return limit is not None and (len(self.connections) > limit or self.active_requests >= limit)

@@ -1,0 +1,223 @@
+"""One worker's lifetime: load the app, run lifespan, serve, and stop gracefully.
+
+:class:`Server` is what ``asgictl serve`` runs in the foreground and what the supervisor
+runs in each forked worker (on listening sockets bound by the master and passed to
+:meth:`Server.serve`). Its API follows uvicorn's: ``Server(config).run()``, or
+``await server.serve()`` inside a running loop, and ``server.should_exit = True`` to stop.
+
+Stopping: listeners close first, idle keep-alive connections close at once, requests in
+flight finish (their connections close after the response), then lifespan shutdown; past
+``--timeout-graceful-shutdown`` what is left is cancelled and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from asgictl.config import Config
+from asgictl.protocols.http import protocol_class
+from asgictl.protocols.state import ServerState
+from asgictl.worker.lifespan import Lifespan
+from asgictl.worker.loader import load_app
+from asgictl.worker.loops import loop_factory
+from asgictl.worker.sockets import bind_from_config, describe
+from asgictl.worker.tls import create_ssl_context
+
+logger = logging.getLogger("asgictl.error")
+
+#: Exit status when the app fails its lifespan startup (as uvicorn's).
+STARTUP_FAILURE = 3
+TICK_SECONDS = 1.0
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = False
+        self.force_exit = False
+        self.exit_code = 0
+        self.state: ServerState | None = None
+        self.servers: list[asyncio.AbstractServer] = []
+        self.sockets: list[socket.socket] = []
+        #: Called once the server accepts connections (the supervisor's readiness seam).
+        self.on_ready: Callable[[Server], None] | None = None
+        self._should_exit = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit_waiter: asyncio.Future[None] | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._tick_callbacks: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def should_exit(self) -> bool:
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._should_exit = value
+        loop = self._loop
+        if value and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake)
+
+    def add_tick_callback(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once a second inside the event loop while serving."""
+        self._tick_callbacks.append(callback)
+
+    def run(self, sockets: list[socket.socket] | None = None) -> int:
+        """Serve until stopped, in a new event loop; returns the exit status."""
+        with asyncio.Runner(loop_factory=loop_factory(self.config.loop)) as runner:
+            runner.run(self.serve(sockets))
+        return self.exit_code
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        with self._capture_signals():
+            await self._serve(sockets)
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def _serve(self, sockets: list[socket.socket] | None) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        logger.info("Started server process [%d]", os.getpid())
+        ssl_context = create_ssl_context(config)
+        app = load_app(config)
+        state = self.state = ServerState(config, app, loop)
+        lifespan = Lifespan(app, config.lifespan, state.lifespan_state)
+        if not await lifespan.startup():
+            self.exit_code = STARTUP_FAILURE
+            return
+        if self.should_exit:
+            await lifespan.shutdown()
+            return
+        await self._start_listening(sockets, ssl_context)
+        self.started = True
+        if self.on_ready is not None:
+            self.on_ready(self)
+        self._exit_waiter = loop.create_future()
+        self._schedule_tick()
+        if not self.should_exit:
+            await self._exit_waiter
+        await self._shutdown(lifespan)
+        logger.info("Finished server process [%d]", os.getpid())
+
+    async def _start_listening(self, sockets: list[socket.socket] | None, ssl_context: Any) -> None:
+        config = self.config
+        state = self.state
+        assert state is not None
+        self.sockets = list(sockets) if sockets is not None else bind_from_config(config)
+        protocol = protocol_class(config.http)
+        loop = asyncio.get_running_loop()
+        for sock in self.sockets:
+            server = await loop.create_server(
+                lambda: protocol(state), sock=sock, ssl=ssl_context, backlog=config.backlog
+            )
+            self.servers.append(server)
+        scheme = "https" if ssl_context else "http"
+        for sock in self.sockets:
+            logger.info("Asgictl running on %s (Press CTRL+C to quit)", describe(sock, scheme))
+
+    async def _shutdown(self, lifespan: Lifespan) -> None:
+        state = self.state
+        assert state is not None
+        loop = asyncio.get_running_loop()
+        self._stop_tick()
+        logger.info("Shutting down")
+        for server in self.servers:
+            server.close()
+        state.shutting_down = True
+        for conn in list(state.connections):
+            conn.shutdown()
+        deadline = loop.time() + self.config.timeout_graceful_shutdown
+        # Poll with a deadline: the conditions (connections, tasks) change from many
+        # callbacks, and a 50 ms step keeps the stop prompt without a notifier per request.
+        while (state.connections or state.tasks) and not self.force_exit and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if state.connections or state.tasks:
+            logger.warning(
+                "Graceful shutdown timed out: cancelling %d request(s), closing %d connection(s)",
+                len(state.tasks),
+                len(state.connections),
+            )
+            for task in list(state.tasks):
+                task.cancel()
+            for conn in list(state.connections):
+                conn.transport.abort()
+            if state.tasks:
+                await asyncio.wait(list(state.tasks), timeout=1.0)
+        if not self.force_exit:
+            remaining = max(deadline - loop.time(), 1.0)
+            try:
+                await asyncio.wait_for(lifespan.shutdown(), remaining)
+            except asyncio.TimeoutError:
+                logger.error("Application shutdown did not finish within %.0f s", remaining)
+        for server in self.servers:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+
+    # ------------------------------------------------------------------ the clock
+
+    def _schedule_tick(self) -> None:
+        assert self._loop is not None
+        self._tick_handle = self._loop.call_later(TICK_SECONDS, self._tick)
+
+    def _stop_tick(self) -> None:
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+
+    def _tick(self) -> None:
+        state = self.state
+        assert state is not None
+        state.tick()
+        limit = self.config.limit_max_requests
+        if limit is not None and state.total_requests >= limit and not self.should_exit:
+            logger.warning("Maximum request limit of %d exceeded. Terminating process.", limit)
+            self.should_exit = True
+        for callback in self._tick_callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("Error in a tick callback")
+        self._schedule_tick()
+
+    def _wake(self) -> None:
+        waiter = self._exit_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ------------------------------------------------------------------ signals
+
+    def handle_exit(self, sig: int) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+    @contextlib.contextmanager
+    def _capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in HANDLED_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, self.handle_exit, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+                pass
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
