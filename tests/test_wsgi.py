@@ -341,7 +341,9 @@ def test_request_body_readlines_hint() -> None:
 
 
 def test_disconnect_ends_request_body() -> None:
-    receiver = Receiver([{"type": "http.request", "body": b"partial", "more_body": True}, {"type": "http.disconnect"}])
+    receiver = Receiver(
+        [{"type": "http.request", "body": b"partial", "more_body": True}, {"type": "http.disconnect"}]
+    )
     reads: list[bytes] = []
 
     def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:

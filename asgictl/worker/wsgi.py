@@ -327,7 +327,9 @@ class _Response:
             if not isinstance(header, tuple) or len(header) != 2:
                 raise TypeError(f"WSGI response headers must be (name, value) tuples, not {header!r}")
             name, value = header
-            encoded.append((_check_header_text(name, "header name").lower(), _check_header_text(value, "header value")))
+            encoded.append(
+                (_check_header_text(name, "header name").lower(), _check_header_text(value, "header value"))
+            )
         self._status = int(code)
         self._headers = encoded
         return self.write

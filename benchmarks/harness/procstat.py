@@ -30,6 +30,7 @@ class ProcStat:
     stime: int
     cutime: int
     cstime: int
+    starttime: int
 
     @property
     def total_ticks(self) -> int:
@@ -44,7 +45,7 @@ def read_proc_stat(pid: int) -> ProcStat | None:
         return None
     # The command name (field 2) is in parentheses and may contain spaces: split after it.
     fields = text[text.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state); utime..cstime are fields 14..17.
+    # fields[0] is field 3 (state); utime..cstime are fields 14..17, starttime is 22.
     return ProcStat(
         pid=pid,
         ppid=int(fields[1]),
@@ -52,6 +53,7 @@ def read_proc_stat(pid: int) -> ProcStat | None:
         stime=int(fields[12]),
         cutime=int(fields[13]),
         cstime=int(fields[14]),
+        starttime=int(fields[19]),
     )
 
 
@@ -87,9 +89,15 @@ def tree_cpu_seconds(root: int) -> float:
     return sum(stat.total_ticks for stat in process_tree(root).values()) / CLOCK_TICKS
 
 
-def descendant_pids(root: int) -> list[int]:
-    """PIDs of the live descendants of root (not root itself)."""
-    return [pid for pid in process_tree(root) if pid != root]
+def descendants(root: int) -> list[ProcStat]:
+    """The live descendants of root (not root itself)."""
+    return [stat for pid, stat in process_tree(root).items() if pid != root]
+
+
+def same_process_alive(stat: ProcStat) -> bool:
+    """True if the process of an earlier snapshot still runs (same PID and start time)."""
+    now = read_proc_stat(stat.pid)
+    return now is not None and now.starttime == stat.starttime
 
 
 def cpu_busy_seconds(cpu: int) -> float:

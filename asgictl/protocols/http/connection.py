@@ -65,6 +65,7 @@ class HTTPConnection(asyncio.Protocol):
         "_starting",
         "client",
         "closing",
+        "read_eof",
         "cycle",
         "drain_waiter",
         "idle_since",
@@ -98,6 +99,8 @@ class HTTPConnection(asyncio.Protocol):
         self.drain_waiter: asyncio.Future[None] | None = None
         #: no more requests on this connection (shutdown, Connection: close, error)
         self.closing = False
+        #: the client half-closed: answer what was received, then close
+        self.read_eof = False
         self.idle_since: float | None = None
         self._starting = False
 
@@ -135,7 +138,7 @@ class HTTPConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # A client may half-close after its last request: answer what is in progress,
         # then close. An idle connection closes at once.
-        self.closing = True
+        self.read_eof = True
         if self.cycle is None and not self.pipeline and self.parsing is None:
             return None
         return True
@@ -300,7 +303,7 @@ class HTTPConnection(asyncio.Protocol):
         elif self.parsing is None:
             self.idle_since = self.loop.time()
             self.resume_reading()
-            if self.closing:
+            if self.closing or self.read_eof:
                 self.transport.close()
         else:
             # The body of the answered request is still arriving; keep reading to

@@ -46,7 +46,7 @@ _PATHSEND_CHUNK = 256 * 1024
 
 
 class ClientDisconnected(OSError):
-    """Raised by ``send`` for a ``http.response.pathsend`` whose client went away."""
+    """Raised by ``send`` once the client has gone (ASGI spec 2.4)."""
 
 
 class HTTPCycle:
@@ -149,9 +149,12 @@ class HTTPCycle:
     # ---------------------------------------------------------------------------- send
 
     async def send(self, message: dict[str, Any]) -> None:
+        if self.disconnected:
+            # ASGI 2.4: the app learns that nobody is listening any more.
+            raise ClientDisconnected("the client has disconnected")
         kind = message["type"]
         if kind == "http.response.body":
-            if self.head is None:
+            if not self.response_started:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
             data = message.get("body", b"")
             more = message.get("more_body", False)
@@ -240,8 +243,7 @@ class HTTPCycle:
                 self.keep_alive = False
             else:
                 head.append(_CHUNKED_LINE)
-        if not self.keep_alive or self.conn.closing:
-            self.keep_alive = False
+        if not self.keep_alive:
             head.append(_CLOSE_LINE)
         elif http10:
             head.append(_KEEP_ALIVE_LINE)
@@ -351,6 +353,8 @@ class HTTPCycle:
     async def run(self, app: Any) -> None:
         try:
             await app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass  # the app stopped because the client left: nothing to report
         except BaseException as exc:
             self.conn.app_failed(self, exc)
             if not isinstance(exc, Exception):

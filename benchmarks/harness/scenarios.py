@@ -1,0 +1,110 @@
+"""The benchmark scenarios: which app, which request, how many connections, which servers.
+
+A scenario belongs to a server group: ``main`` scenarios run asgictl and its peers in
+their fast configurations, ``h11`` scenarios compare the pure-Python h11 parsers
+(asgictl ``--http h11`` vs uvicorn ``--http h11``). Ratios are against the group's
+baseline server.
+
+Before measuring, each server gets one request through ``http.client`` and its answer is
+checked (``Scenario.verify``), so a server that answers wrongly is reported as failed
+instead of being benchmarked.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from dataclasses import dataclass
+
+import apps
+
+POST_SIZE = 10 * 1024
+GROUP_BASELINES = {"main": "uvicorn", "h11": "uvicorn-h11"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One benchmark scenario (see the module docstring)."""
+
+    name: str
+    description: str
+    app: str
+    path: str = "/"
+    kind: str = "get"  # "get", "post" (10 KiB body) or "pipeline" (16 requests per write)
+    connections: int = 64
+    group: str = "main"
+
+    @property
+    def baseline(self) -> str:
+        return GROUP_BASELINES[self.group]
+
+    def verify(self, host: str, port: int, timeout_s: float) -> str | None:
+        """Send one request and check the answer; returns an error message or None."""
+        conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+        try:
+            if self.kind == "post":
+                sent = b"x" * POST_SIZE
+                conn.request("POST", self.path, body=sent)
+            else:
+                sent = b""
+                conn.request("GET", self.path)
+            response = conn.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            return f"verification request failed: {exc!r}"
+        finally:
+            conn.close()
+        if response.status != 200:
+            return f"verification request got status {response.status}: {body[:200]!r}"
+        return self.check_body(body, sent)
+
+    def check_body(self, body: bytes, sent: bytes) -> str | None:
+        """Compare a response body with what this scenario's app must return."""
+        expected = EXPECTED_BODIES.get(self.app)
+        if self.kind == "post":
+            expected = sent
+        if expected is not None and body != expected:
+            return f"unexpected body ({len(body)} bytes): {body[:80]!r}..."
+        if self.app == "fastapi_app:app" and json.loads(body).get("item_id") != 42:
+            return f"unexpected FastAPI answer: {body[:200]!r}"
+        return None
+
+
+EXPECTED_BODIES = {
+    "apps:hello": apps.HELLO_BODY,
+    "apps:get10k": apps.GET10K_BODY,
+    "apps:stream": apps.STREAM_CHUNK * apps.STREAM_CHUNKS,
+}
+
+SCENARIOS = [
+    Scenario("hello", "GET 13-byte 'Hello, world!' text/plain, 64 connections", "apps:hello"),
+    Scenario(
+        "hello-c1024", "GET 13-byte hello, 1024 connections", "apps:hello", connections=1024
+    ),
+    Scenario(
+        "pipeline16",
+        "GET 13-byte hello, 16 requests pipelined per write (latency is per batch)",
+        "apps:hello",
+        kind="pipeline",
+    ),
+    Scenario("get10k", "GET a 10 KiB body", "apps:get10k"),
+    Scenario("post10k", "POST 10 KiB, echoed back", "apps:echo", kind="post"),
+    Scenario(
+        "fastapi-json",
+        "FastAPI JSON endpoint (path + query params, pydantic response model)",
+        "fastapi_app:app",
+        path="/items/42?q=widget",
+    ),
+    Scenario(
+        "stream64",
+        f"streaming response, {apps.STREAM_CHUNKS} chunks of {apps.STREAM_CHUNK_SIZE} bytes",
+        "apps:stream",
+    ),
+    Scenario("h11-hello", "GET 13-byte hello, pure-Python h11 parser", "apps:hello", group="h11"),
+    Scenario(
+        "h11-post10k", "POST 10 KiB echoed, pure-Python h11 parser", "apps:echo", kind="post",
+        group="h11",
+    ),
+]
+
+SCENARIOS_BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}

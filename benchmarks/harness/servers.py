@@ -1,0 +1,210 @@
+"""Server definitions and process lifecycle.
+
+Every server runs from ``benchmarks/.venv``, listens on 127.0.0.1 on a free port, is
+pinned to CPU 1 with ``taskset -c 1`` (taskset execs the server, so the PID we hold is the
+server's; its children inherit the pinning), and imports the apps from ``benchmarks/``.
+
+Readiness is detected by polling the port (with a deadline) and then checking one real
+response; there is no fixed sleep. A server is stopped by its PID: SIGTERM, wait with a
+timeout, then SIGKILL; descendants that outlive it (checked by PID and start time) are
+killed by PID too. Nothing is ever killed by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import procstat
+from harness.bootstrap import BENCH_DIR, VENV_DIR
+from harness.scenarios import Scenario
+
+HOST = "127.0.0.1"
+SERVER_CPU = 1
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+POLL_INTERVAL_S = 0.05
+VENV_BIN = VENV_DIR / "bin"
+
+
+class ServerError(RuntimeError):
+    """A server failed to start, answered wrongly, or died."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to launch one server configuration."""
+
+    name: str
+    group: str  # scenario group it takes part in: "main" or "h11"
+    executable: str  # name of the console script in the venv's bin/
+    args: Callable[[str, int], list[str]]  # (app, port) -> arguments after the executable
+
+    def command(self, app: str, port: int) -> list[str]:
+        """The full command line, pinned to the server CPU."""
+        exe = str(VENV_BIN / self.executable)
+        return ["taskset", "-c", str(SERVER_CPU), exe, *self.args(app, port)]
+
+    def available(self) -> bool:
+        return (VENV_BIN / self.executable).exists()
+
+
+def _asgictl(http: str | None) -> Callable[[str, int], list[str]]:
+    def args(app: str, port: int) -> list[str]:
+        extra = ["--http", http] if http else []
+        return ["serve", app, "--host", HOST, "--port", str(port), "--no-access-log", *extra]
+
+    return args
+
+
+def _uvicorn(http: str) -> Callable[[str, int], list[str]]:
+    def args(app: str, port: int) -> list[str]:
+        return [app, "--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", http,
+                "--no-access-log"]
+
+    return args
+
+
+def _granian(app: str, port: int) -> list[str]:
+    return ["--interface", "asgi", "--host", HOST, "--port", str(port), "--workers", "1",
+            "--no-log", app]
+
+
+def _gunicorn(app: str, port: int) -> list[str]:
+    # UvicornWorker picks uvloop + httptools when installed; gunicorn has no access log
+    # unless --access-logfile is given.
+    return [app, "--bind", f"{HOST}:{port}", "--workers", "1",
+            "--worker-class", "uvicorn_worker.UvicornWorker"]
+
+
+SERVERS = [
+    ServerSpec("asgictl", "main", "asgictl", _asgictl(None)),
+    ServerSpec("uvicorn", "main", "uvicorn", _uvicorn("httptools")),
+    ServerSpec("granian", "main", "granian", _granian),
+    ServerSpec("gunicorn", "main", "gunicorn", _gunicorn),
+    ServerSpec("asgictl-h11", "h11", "asgictl", _asgictl("h11")),
+    ServerSpec("uvicorn-h11", "h11", "uvicorn", _uvicorn("h11")),
+]
+SERVERS_BY_NAME = {spec.name: spec for spec in SERVERS}
+
+
+def free_port() -> int:
+    """A currently free TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    """True if something accepts TCP connections on HOST:port."""
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def server_env() -> dict[str, str]:
+    """Environment for servers: the apps in benchmarks/ must be importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
+    return env
+
+
+@dataclass
+class RunningServer:
+    """A launched server process for one scenario."""
+
+    spec: ServerSpec
+    scenario: Scenario
+    port: int
+    command: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+    affinity: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}{self.scenario.path}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def fail(self, message: str) -> ServerError:
+        return ServerError(f"{self.spec.name}: {message}\n--- server log (tail) ---\n{self.log_tail()}")
+
+    def check_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise self.fail(f"exited with code {code}")
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Poll the port until it accepts connections, then verify one response."""
+        deadline = time.monotonic() + timeout_s
+        while not port_open(self.port):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise self.fail(f"port {self.port} not open after {timeout_s:.0f}s")
+            time.sleep(POLL_INTERVAL_S)
+        error = self.scenario.verify(HOST, self.port, timeout_s=max(1.0, deadline - time.monotonic()))
+        if error:
+            self.check_alive()
+            raise self.fail(error)
+        self.affinity = sorted(os.sched_getaffinity(self.pid))
+        if self.affinity != [SERVER_CPU]:
+            raise self.fail(f"not pinned to CPU {SERVER_CPU}: affinity {self.affinity}")
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by the server and its children."""
+        return procstat.tree_cpu_seconds(self.pid)
+
+    def stop(self) -> None:
+        """SIGTERM, wait, SIGKILL; then kill any descendant that outlived the server."""
+        leftovers = procstat.descendants(self.pid)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                print(f"  {self.spec.name} (pid {self.pid}) ignored SIGTERM; killing it", flush=True)
+                self.proc.kill()
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+        for stat in leftovers:
+            if procstat.same_process_alive(stat):
+                print(f"  killing leftover child pid {stat.pid} of {self.spec.name}", flush=True)
+                os.kill(stat.pid, signal.SIGKILL)
+
+
+def start_server(spec: ServerSpec, scenario: Scenario, log_dir: Path) -> RunningServer:
+    """Launch a server for a scenario (not waiting for readiness)."""
+    port = free_port()
+    command = spec.command(scenario.app, port)
+    log_path = log_dir / f"{scenario.name}-{spec.name}.log"
+    with log_path.open("wb") as log:
+        log.write(f"$ {shlex.join(command)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            command,
+            cwd=BENCH_DIR,
+            env=server_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in the terminal reaches only the harness
+        )
+    return RunningServer(spec, scenario, port, command, log_path, proc)
