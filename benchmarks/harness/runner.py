@@ -22,8 +22,9 @@ from typing import Any
 from harness import procstat
 from harness.scenarios import POST_SIZE, Scenario
 from harness.servers import SERVER_CPU, RunningServer, ServerError, ServerSpec, start_server
-from harness.wrk import WRK_CPU, WrkResult, run_wrk, wrk_command, write_script
+from harness.wrk import WRK_CPU, WrkResult, run_wrk, write_script, wrk_command
 
+NOISE_WARN_PCT = 5.0
 MEDIAN_FIELDS = ("requests_per_s", "p50_ms", "p99_ms", "us_per_request", "server_cpu_pct")
 
 
@@ -82,6 +83,7 @@ class ServerOutcome:
         result = {key: statistics.median(run[key] for run in self.runs) for key in MEDIAN_FIELDS}
         rates = [run["requests_per_s"] for run in self.runs]
         result["spread_pct"] = 100 * (max(rates) - min(rates)) / result["requests_per_s"]
+        result["noise_pct"] = max(run["other_load_server_cpu_pct"] for run in self.runs)
         result["non_2xx"] = sum(run["non_2xx"] for run in self.runs)
         result["socket_errors"] = sum(run["socket_errors"] for run in self.runs)
         result["requests"] = sum(run["requests"] for run in self.runs)
@@ -173,7 +175,13 @@ def run_rounds(
             record.runs.append(run)
             print(f"  round {round_no} {server.spec.name:<12} {run['requests_per_s']:>10,.0f} req/s"
                   f"  {run['us_per_request']:7.1f} µs/req  p99 {run['p99_ms']:7.2f} ms"
-                  f"{error_note(run)}", flush=True)
+                  f"{noise_note(run)}{error_note(run)}", flush=True)
+
+
+def noise_note(run: dict[str, Any]) -> str:
+    """Warn when other processes took a noticeable share of the server's CPU."""
+    other = run["other_load_server_cpu_pct"]
+    return f"  (other load on CPU {SERVER_CPU}: {other:.0f}%)" if other >= NOISE_WARN_PCT else ""
 
 
 def error_note(run: dict[str, Any]) -> str:

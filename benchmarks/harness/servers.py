@@ -32,6 +32,8 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.05
 VENV_BIN = VENV_DIR / "bin"
+IGNORED_ENV_PREFIXES = ("ASGICTL_", "UVICORN_", "GRANIAN_", "GUNICORN_")
+IGNORED_ENV = frozenset({"GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "PYTHONDONTWRITEBYTECODE"})
 
 
 class ServerError(RuntimeError):
@@ -45,9 +47,9 @@ class ServerSpec:
     name: str
     group: str  # scenario group it takes part in: "main" or "h11"
     executable: str  # name of the console script in the venv's bin/
-    args: Callable[[str, int], list[str]]  # (app, port) -> arguments after the executable
+    args: Callable[[str, int | str], list[str]]  # (app, port) -> arguments after the executable
 
-    def command(self, app: str, port: int) -> list[str]:
+    def command(self, app: str, port: int | str) -> list[str]:
         """The full command line, pinned to the server CPU."""
         exe = str(VENV_BIN / self.executable)
         return ["taskset", "-c", str(SERVER_CPU), exe, *self.args(app, port)]
@@ -56,28 +58,28 @@ class ServerSpec:
         return (VENV_BIN / self.executable).exists()
 
 
-def _asgictl(http: str | None) -> Callable[[str, int], list[str]]:
-    def args(app: str, port: int) -> list[str]:
+def _asgictl(http: str | None) -> Callable[[str, int | str], list[str]]:
+    def args(app: str, port: int | str) -> list[str]:
         extra = ["--http", http] if http else []
         return ["serve", app, "--host", HOST, "--port", str(port), "--no-access-log", *extra]
 
     return args
 
 
-def _uvicorn(http: str) -> Callable[[str, int], list[str]]:
-    def args(app: str, port: int) -> list[str]:
+def _uvicorn(http: str) -> Callable[[str, int | str], list[str]]:
+    def args(app: str, port: int | str) -> list[str]:
         return [app, "--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", http,
                 "--no-access-log"]
 
     return args
 
 
-def _granian(app: str, port: int) -> list[str]:
+def _granian(app: str, port: int | str) -> list[str]:
     return ["--interface", "asgi", "--host", HOST, "--port", str(port), "--workers", "1",
             "--no-log", app]
 
 
-def _gunicorn(app: str, port: int) -> list[str]:
+def _gunicorn(app: str, port: int | str) -> list[str]:
     # UvicornWorker picks uvloop + httptools when installed; gunicorn has no access log
     # unless --access-logfile is given.
     return [app, "--bind", f"{HOST}:{port}", "--workers", "1",
@@ -112,8 +114,14 @@ def port_open(port: int) -> bool:
 
 
 def server_env() -> dict[str, str]:
-    """Environment for servers: the apps in benchmarks/ must be importable."""
-    env = dict(os.environ)
+    """Environment for servers: the apps in benchmarks/ importable, no stray server settings.
+
+    Variables the servers read as options (``ASGICTL_*``, ``UVICORN_*``, ``GRANIAN_*``,
+    ``GUNICORN_CMD_ARGS``, ``WEB_CONCURRENCY``) are dropped so that the command line alone
+    decides the configuration.
+    """
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(IGNORED_ENV_PREFIXES) and key not in IGNORED_ENV}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
     env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
     return env

@@ -243,6 +243,10 @@ class HTTPCycle:
                 self.keep_alive = False
             else:
                 head.append(_CHUNKED_LINE)
+        if self.expect_continue and self.more_body:
+            # Answered without asking for the body the client is holding back: it may
+            # send it or not, so the connection's next bytes cannot be trusted.
+            self.keep_alive = False
         if not self.keep_alive:
             head.append(_CLOSE_LINE)
         elif http10:
