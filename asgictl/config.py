@@ -315,7 +315,8 @@ OPTIONS: tuple[Option, ...] = (
         "limit_max_requests",
         positive(to_int),
         None,
-        "Stop the worker gracefully after serving this many requests.",
+        "Stop the worker gracefully after serving this many requests (under start: the master"
+        " recycles it, a replacement taking over first).",
     ),
     _opt(
         "root_path", to_str, "", "The ASGI root_path, for an app mounted below a URL prefix.", metavar="PATH"
@@ -383,6 +384,78 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Colored log output. Default: when the log goes to a terminal.",
         flag=True,
+    ),
+    # -- the supervisor (asgictl start)
+    _opt(
+        "workers",
+        positive(to_int),
+        1,
+        "Number of worker processes. Default: $WEB_CONCURRENCY, else 1.",
+        env_aliases=("WEB_CONCURRENCY",),
+        commands=frozenset({START}),
+    ),
+    _opt(
+        "bind",
+        to_str,
+        [],
+        "A listener: tcp://HOST:PORT, unix:///PATH or fd://N (repeatable; replaces --host/--port).",
+        multiple=True,
+        metavar="URL",
+        commands=frozenset({START}),
+    ),
+    _opt(
+        "timeout",
+        positive(to_float),
+        30.0,
+        "Kill (after dumping its stacks) a worker whose event loop has not beaten for this many seconds.",
+        commands=frozenset({START}),
+    ),
+    _opt(
+        "max_requests_jitter",
+        non_negative(to_int),
+        0,
+        "Add a random 0..N to --limit-max-requests per worker, so workers do not recycle together.",
+        aliases=("--limit-max-requests-jitter",),
+        commands=frozenset({START}),
+    ),
+    _opt(
+        "max_worker_memory",
+        positive(to_float),
+        None,
+        "Recycle a worker whose RSS exceeds this many MB (sampled with psutil).",
+        metavar="MB",
+        commands=frozenset({START}),
+    ),
+    _opt(
+        "max_worker_lifetime",
+        positive(to_float),
+        None,
+        "Recycle a worker after this many seconds (plus up to 10% jitter).",
+        metavar="SECONDS",
+        commands=frozenset({START}),
+    ),
+    _opt(
+        "preload",
+        to_bool,
+        False,
+        "Import the app once in the master before forking (workers share it copy-on-write).",
+        flag=True,
+        commands=frozenset({START}),
+    ),
+    _opt(
+        "pid_file",
+        to_str,
+        None,
+        "Write the master's PID to this file (atomically); removed on exit.",
+        metavar="PATH",
+        commands=frozenset({START}),
+    ),
+    _opt(
+        "timeout_worker_boot",
+        positive(to_float),
+        60.0,
+        "Kill a worker that is not serving this many seconds after it was forked.",
+        commands=frozenset({START}),
     ),
     # -- the configuration file itself
     _opt(
@@ -507,6 +580,15 @@ class Config:
     access_log: bool
     use_colors: bool | None
     config: str | None
+    workers: int
+    bind: list[str]
+    timeout: float
+    max_requests_jitter: int
+    max_worker_memory: float | None
+    max_worker_lifetime: float | None
+    preload: bool
+    pid_file: str | None
+    timeout_worker_boot: float
 
     def __init__(self, app: Any, **kwargs: Any) -> None:
         self.app = app

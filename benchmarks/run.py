@@ -19,6 +19,7 @@ import argparse
 import os
 import resource
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -127,6 +128,8 @@ def main(argv: list[str]) -> int:
 
     from harness import machine, report, runner
 
+    # SIGTERM unwinds like Ctrl-C, so that the servers are stopped by the finally blocks.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     check_cpus()
     nofile = raise_nofile_limit()
     scenarios, specs = select(args)

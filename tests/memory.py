@@ -12,6 +12,7 @@ from typing import Any
 
 from asgictl.config import Config
 from asgictl.protocols.http import protocol_class
+from asgictl.protocols.http.connection import request_tasks
 from asgictl.protocols.state import ServerState
 
 PARSERS = ["httptools", "h11"]
@@ -82,15 +83,19 @@ class Harness:
         async def wait() -> None:
             deadline = self.loop.time() + timeout
             await asyncio.sleep(0)
-            while self.state.tasks and self.loop.time() < deadline:
-                await asyncio.wait(list(self.state.tasks), timeout=deadline - self.loop.time())
+            while self.state.active_requests and self.loop.time() < deadline:
+                tasks = request_tasks()
+                if tasks:
+                    await asyncio.wait(tasks, timeout=deadline - self.loop.time())
+                else:
+                    await asyncio.sleep(0)
             for _ in range(3):
                 await asyncio.sleep(0)
 
         self.loop.run_until_complete(wait())
 
     def close(self) -> None:
-        for task in list(self.state.tasks):
+        for task in request_tasks(self.loop):
             task.cancel()
         self.settle(1.0)
         self.loop.close()

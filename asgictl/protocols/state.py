@@ -55,7 +55,6 @@ class ServerState:
         "root_path_bytes",
         "server_line",
         "shutting_down",
-        "tasks",
         "total_requests",
         "trusted",
     )
@@ -65,7 +64,6 @@ class ServerState:
         self.app = app
         self.config = config
         self.connections: set[HTTPConnection] = set()
-        self.tasks: set[asyncio.Task[Any]] = set()
         self.total_requests = 0
         self.active_requests = 0
         self.server_line = b"server: asgictl\r\n" if config.server_header else b""
@@ -101,4 +99,5 @@ class ServerState:
 
     def over_capacity(self) -> bool:
         limit = self.limit_concurrency
-        return limit is not None and (len(self.connections) > limit or self.active_requests >= limit)
+        # Called after the new request was counted in active_requests.
+        return limit is not None and (len(self.connections) > limit or self.active_requests > limit)

@@ -24,6 +24,7 @@ from typing import Any
 
 from asgictl.config import Config
 from asgictl.protocols.http import protocol_class
+from asgictl.protocols.http.connection import request_tasks
 from asgictl.protocols.state import ServerState
 from asgictl.worker.lifespan import Lifespan
 from asgictl.worker.loader import load_app
@@ -141,20 +142,21 @@ class Server:
         deadline = loop.time() + self.config.timeout_graceful_shutdown
         # Poll with a deadline: the conditions (connections, tasks) change from many
         # callbacks, and a 50 ms step keeps the stop prompt without a notifier per request.
-        while (state.connections or state.tasks) and not self.force_exit and loop.time() < deadline:
+        while (state.connections or state.active_requests) and not self.force_exit and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        if state.connections or state.tasks:
+        if state.connections or state.active_requests:
+            tasks = request_tasks()
             logger.warning(
                 "Graceful shutdown timed out: cancelling %d request(s), closing %d connection(s)",
-                len(state.tasks),
+                len(tasks),
                 len(state.connections),
             )
-            for task in list(state.tasks):
+            for task in tasks:
                 task.cancel()
             for conn in list(state.connections):
                 conn.transport.abort()
-            if state.tasks:
-                await asyncio.wait(list(state.tasks), timeout=1.0)
+            if tasks:
+                await asyncio.wait(tasks, timeout=1.0)
         if not self.force_exit:
             remaining = max(deadline - loop.time(), 1.0)
             try:

@@ -22,16 +22,18 @@ COLUMNS = (
 
 
 def ratio(value: float | None, base: float | None) -> float | None:
+    """value / base, None when either is missing."""
     if value is None or not base or math.isnan(base) or math.isnan(value):
         return None
     return value / base
 
 
 def fmt(value: float | None, spec: str) -> str:
+    """Format a figure, ``n/a`` when it is missing."""
     return "n/a" if value is None or math.isnan(value) else format(value, spec)
 
 
-def error_text(median: dict[str, float]) -> str:
+def error_text(median: dict[str, float | None]) -> str:
     parts = []
     if median.get("non_2xx"):
         parts.append(f"non-2xx {median['non_2xx']:.0f}")
@@ -40,12 +42,12 @@ def error_text(median: dict[str, float]) -> str:
     return ", ".join(parts) or "0"
 
 
-def baseline_medians(outcome: ScenarioOutcome) -> dict[str, float]:
+def baseline_medians(outcome: ScenarioOutcome) -> dict[str, float | None]:
     base = outcome.servers.get(outcome.scenario.baseline)
     return base.median() if base else {}
 
 
-def table_row(server: ServerOutcome, base: dict[str, float]) -> list[str]:
+def table_row(server: ServerOutcome, base: dict[str, float | None]) -> list[str]:
     """One printed row: medians and ratios, or the failure."""
     median = server.median()
     if not median:
@@ -114,46 +116,65 @@ def outcome_to_dict(outcome: ScenarioOutcome) -> dict[str, Any]:
     }
 
 
+def without_nan(value: Any) -> Any:
+    """Replace float NaN/inf by None, recursively, so that the file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nan(item) for item in value]
+    return value
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(without_nan(data), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def plot_metric(ax: Any, outcomes: list[ScenarioOutcome], metric: str, colors: dict[str, str]) -> None:
+    """Bars of one metric's ratio to the baseline, grouped by scenario (its servers only)."""
+    for x, outcome in enumerate(outcomes):
+        base = baseline_medians(outcome)
+        names = list(outcome.servers)
+        width = 0.8 / len(names)
+        for index, name in enumerate(names):
+            position = x + (index - (len(names) - 1) / 2) * width
+            value = ratio(outcome.servers[name].median().get(metric), base.get(metric))
+            if value is None:
+                ax.text(position, 0.02, f"{name}: n/a", rotation=90, ha="center", va="bottom",
+                        fontsize=7, transform=ax.get_xaxis_transform())
+                continue
+            bars = ax.bar(position, value, width * 0.95, color=colors[name])
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_ylabel("ratio to baseline")
 
 
 def write_chart(path: Path, outcomes: list[ScenarioOutcome]) -> bool:
-    """Grouped bars of req/s and µs/request ratios to the baseline; False if nothing to plot."""
+    """Bars of req/s and µs/request ratios to the baseline per scenario; False if nothing to plot."""
+    if not outcomes:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     names = list(dict.fromkeys(name for outcome in outcomes for name in outcome.servers))
-    metrics = (("requests_per_s", "req/s vs baseline (higher is better)"),
-               ("us_per_request", "server CPU µs/request vs baseline (lower is better)"))
-    ratios = {metric: {name: [] for name in names} for metric, _ in metrics}
-    for outcome in outcomes:
-        base = baseline_medians(outcome)
-        for metric, _ in metrics:
-            for name in names:
-                server = outcome.servers.get(name)
-                value = ratio(server.median().get(metric), base.get(metric)) if server else None
-                ratios[metric][name].append(value if value is not None else 0.0)
-    if not outcomes or not names:
-        return False
+    colors = {name: f"C{index}" for index, name in enumerate(names)}
+    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 1.5 * len(outcomes) + 2), 9), sharex=True)
+    titles = {"requests_per_s": "requests/s (higher is better)",
+              "us_per_request": "server CPU µs per request (lower is better)"}
+    for ax, (metric, title) in zip(axes, titles.items(), strict=True):
+        plot_metric(ax, outcomes, metric, colors)
+        ax.set_title(title, fontsize=10)
     labels = [f"{o.scenario.name}\n(vs {o.scenario.baseline})" for o in outcomes]
-    width = 0.8 / len(names)
-    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 1.6 * len(outcomes) + 2), 9), sharex=True)
-    for ax, (metric, title) in zip(axes, metrics, strict=True):
-        for index, name in enumerate(names):
-            xs = [x + (index - (len(names) - 1) / 2) * width for x in range(len(outcomes))]
-            bars = ax.bar(xs, ratios[metric][name], width, label=name)
-            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-        ax.set_ylabel("ratio")
-        ax.set_title(title)
-        ax.legend(fontsize=8, ncols=min(len(names), 6))
     axes[-1].set_xticks(range(len(outcomes)), labels, fontsize=8)
-    fig.suptitle("asgictl benchmarks: ratios to uvicorn (0 = not run / failed)")
-    fig.tight_layout()
+    fig.legend(handles=[Patch(color=colors[name], label=name) for name in names],
+               loc="upper center", ncols=min(len(names), 6), fontsize=8, bbox_to_anchor=(0.5, 0.95))
+    fig.suptitle("asgictl benchmarks: medians as ratios to uvicorn (uvicorn-h11 for h11 scenarios)")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

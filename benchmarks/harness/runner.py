@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,8 @@ class Measurement:
     wrk_cpu_other_s: float  # other processes on wrk's CPU
 
     @property
-    def us_per_request(self) -> float:
-        return self.server_cpu_s / self.wrk.requests * 1e6 if self.wrk.requests else float("nan")
+    def us_per_request(self) -> float | None:
+        return self.server_cpu_s / self.wrk.requests * 1e6 if self.wrk.requests else None
 
     def to_dict(self) -> dict[str, Any]:
         data = {key: value for key, value in self.wrk.to_dict().items() if key != "raw"}
@@ -66,6 +67,12 @@ class Measurement:
         return data
 
 
+def median_of(values: Iterable[float | None]) -> float | None:
+    """Median of the values that are not None; None if there are none."""
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
 @dataclass
 class ServerOutcome:
     """All runs of one server in one scenario."""
@@ -76,14 +83,16 @@ class ServerOutcome:
     runs: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
-    def median(self) -> dict[str, float]:
+    def median(self) -> dict[str, float | None]:
         """Median of each figure over the successful runs, plus error totals."""
         if not self.runs:
             return {}
-        result = {key: statistics.median(run[key] for run in self.runs) for key in MEDIAN_FIELDS}
+        result = {key: median_of(run[key] for run in self.runs) for key in MEDIAN_FIELDS}
         rates = [run["requests_per_s"] for run in self.runs]
-        result["spread_pct"] = 100 * (max(rates) - min(rates)) / result["requests_per_s"]
-        result["noise_pct"] = max(run["other_load_server_cpu_pct"] for run in self.runs)
+        result["spread_pct"] = 100 * (max(rates) - min(rates)) / max(statistics.median(rates), 1e-9)
+        result["noise_pct"] = max(
+            max(run["other_load_server_cpu_pct"], run["other_load_wrk_cpu_pct"]) for run in self.runs
+        )
         result["non_2xx"] = sum(run["non_2xx"] for run in self.runs)
         result["socket_errors"] = sum(run["socket_errors"] for run in self.runs)
         result["requests"] = sum(run["requests"] for run in self.runs)
@@ -122,11 +131,8 @@ def measure(server: RunningServer, cmd: list[str], duration_s: int) -> Measureme
     )
 
 
-def start_all(
-    specs: list[ServerSpec], scenario: Scenario, config: RunConfig, outcome: ScenarioOutcome
-) -> list[RunningServer]:
-    """Launch every server, then wait for each; failures are recorded, not raised."""
-    launched = [start_server(spec, scenario, config.work_dir) for spec in specs]
+def wait_all(launched: list[RunningServer], outcome: ScenarioOutcome) -> list[RunningServer]:
+    """Wait for each launched server; failures are recorded (and stopped), not raised."""
     ready: list[RunningServer] = []
     for server in launched:
         record = outcome.servers[server.spec.name]
@@ -165,7 +171,10 @@ def run_rounds(
             record = outcome.servers[server.spec.name]
             cmd = wrk_command(server.url, scenario.connections, config.duration_s, script)
             try:
-                run = measure(server, cmd, config.duration_s).to_dict()
+                measurement = measure(server, cmd, config.duration_s)
+                if scenario.kind == "pipeline":
+                    measurement.wrk.drop_latency()
+                run = measurement.to_dict()
             except (ServerError, RuntimeError, ValueError) as exc:
                 record.errors.append(f"round {round_no}: {exc}")
                 print(f"  {server.spec.name}: run FAILED: {exc}", flush=True)
@@ -173,15 +182,26 @@ def run_rounds(
                 continue
             run["round"] = round_no
             record.runs.append(run)
-            print(f"  round {round_no} {server.spec.name:<12} {run['requests_per_s']:>10,.0f} req/s"
-                  f"  {run['us_per_request']:7.1f} µs/req  p99 {run['p99_ms']:7.2f} ms"
-                  f"{noise_note(run)}{error_note(run)}", flush=True)
+            print(f"  round {round_no} {run_summary(server.spec.name, run)}", flush=True)
+
+
+def run_summary(name: str, run: dict[str, Any]) -> str:
+    """One progress line for a finished run."""
+    us = "n/a" if run["us_per_request"] is None else f"{run['us_per_request']:.1f}"
+    p99 = "n/a" if run["p99_ms"] is None else f"{run['p99_ms']:.2f}"
+    return (f"{name:<12} {run['requests_per_s']:>10,.0f} req/s {us:>7} µs/req  p99 {p99:>7} ms"
+            f"{noise_note(run)}{error_note(run)}")
 
 
 def noise_note(run: dict[str, Any]) -> str:
-    """Warn when other processes took a noticeable share of the server's CPU."""
-    other = run["other_load_server_cpu_pct"]
-    return f"  (other load on CPU {SERVER_CPU}: {other:.0f}%)" if other >= NOISE_WARN_PCT else ""
+    """Warn when other processes took a noticeable share of the server's or wrk's CPU."""
+    notes = [
+        f"CPU {cpu} ({role}) {run[key]:.0f}%"
+        for cpu, role, key in ((SERVER_CPU, "server", "other_load_server_cpu_pct"),
+                               (WRK_CPU, "wrk", "other_load_wrk_cpu_pct"))
+        if run[key] >= NOISE_WARN_PCT
+    ]
+    return f"  (other load: {', '.join(notes)})" if notes else ""
 
 
 def error_note(run: dict[str, Any]) -> str:
@@ -204,12 +224,14 @@ def run_scenario(scenario: Scenario, specs: list[ServerSpec], config: RunConfig)
                               config.duration_s, script)
     outcome = ScenarioOutcome(scenario, example_cmd, script.read_text() if script else None)
     outcome.servers = {spec.name: ServerOutcome(spec.name) for spec in specs}
-    servers: list[RunningServer] = []
+    launched: list[RunningServer] = []
     try:
-        servers = start_all(specs, scenario, config, outcome)
-        warm_up(servers, scenario, script, config.warmup_s)
-        run_rounds(servers, scenario, script, config, outcome)
-    finally:
-        for server in servers:
+        for spec in specs:  # launch all first: they start up in parallel
+            launched.append(start_server(spec, scenario, config.work_dir))
+        ready = wait_all(launched, outcome)
+        warm_up(ready, scenario, script, config.warmup_s)
+        run_rounds(ready, scenario, script, config, outcome)
+    finally:  # also on Ctrl-C / SIGTERM: never leave a server behind
+        for server in launched:
             server.stop()
     return outcome

@@ -83,7 +83,7 @@ SCENARIOS = [
     ),
     Scenario(
         "pipeline16",
-        "GET 13-byte hello, 16 requests pipelined per write (latency is per batch)",
+        "GET 13-byte hello, 16 requests pipelined per write (no latency: wrk can't time it)",
         "apps:hello",
         kind="pipeline",
     ),

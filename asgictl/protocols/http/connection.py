@@ -49,6 +49,11 @@ else:
         return loop.create_task(coro)
 
 
+def request_tasks(loop: asyncio.AbstractEventLoop | None = None) -> list[asyncio.Task[Any]]:
+    """The tasks running requests in ``loop`` (for shutdown: not tracked per request)."""
+    return [t for t in asyncio.all_tasks(loop) if getattr(t.get_coro(), "__qualname__", "") == "HTTPCycle.run"]
+
+
 async def service_unavailable(scope: Any, receive: Any, send: Any) -> None:
     await send(
         {
@@ -275,14 +280,14 @@ class HTTPConnection(asyncio.Protocol):
                 state = self.state
                 state.total_requests += 1
                 state.active_requests += 1
-                app = service_unavailable if state.over_capacity() else state.app
+                app = state.app
+                if state.limit_concurrency is not None and state.over_capacity():
+                    app = service_unavailable
                 if state.access_log:
                     cycle.started_at = self.loop.time()
-                task = start_task(self.loop, cycle.run(app))
-                if not task.done():
-                    # Kept so shutdown can wait for (or cancel) the requests in flight.
-                    state.tasks.add(task)
-                    task.add_done_callback(state.tasks.discard)
+                # No reference is kept: the loop holds running tasks, active_requests
+                # counts them, and shutdown finds them by their coroutine (request_tasks).
+                start_task(self.loop, cycle.run(app))
             if not self.pipeline:
                 self.resume_reading()
         finally:

@@ -1,0 +1,199 @@
+"""What runs in a forked worker, from the instant after ``os.fork()`` to ``os._exit()``.
+
+The child undoes the master's process-wide state (signal handlers, the wakeup fd, the
+master's private descriptors), names itself ``asgictl: worker K APP``, arms faulthandler
+so the master can ask for every thread's stack while the event loop is blocked, tags its
+log lines with its worker id and pid, and then runs one :class:`Server` on the sockets
+the master bound. It reports readiness and a heartbeat through its shared-memory cell,
+from inside the event loop: a loop that stops turning stops beating.
+
+The child never returns into the master's code: every path ends in ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from asgictl.config import Config
+from asgictl.logs import AccessFormatter, DefaultFormatter, reopen_log_files
+from asgictl.supervisor.slots import StatsTable
+from asgictl.worker.loader import AppLoadError
+from asgictl.worker.server import STARTUP_FAILURE, Server
+
+logger = logging.getLogger("asgictl.error")
+
+#: The signal on which a worker prints every thread's Python stack (and keeps running:
+#: the master SIGKILLs it right after). USR2 because the worker has no other use for it
+#: and faulthandler refuses to *register* the fatal signals (ABRT, SEGV...).
+DUMP_SIGNAL = signal.SIGUSR2
+#: Exit status of a worker that could not boot (import error, lifespan startup failure).
+BOOT_FAILURE = STARTUP_FAILURE
+
+# Signals the master handles itself; the child starts from their defaults. TTIN, TTOU
+# and HUP are ignored in a worker: their defaults (stop, hang up) make no sense there,
+# and a `kill -HUP -PGID` aimed at the whole group must not take workers down.
+_RESET_TO_DEFAULT = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR2)
+_IGNORED = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGWINCH)
+
+
+@dataclass
+class WorkerContext:
+    """Everything a freshly forked worker needs, prepared by the master before forking."""
+
+    worker_id: int
+    cell: int
+    stats: StatsTable
+    sockets: list[socket.socket]
+    config: Config
+    app_label: str
+    #: The master's private descriptors (its wakeup pipe...), closed in the child.
+    close_fds: list[int] = field(default_factory=list)
+
+
+def child_config(config: Config, preloaded: Any = None) -> Config:
+    """The worker's Config: the master recycles workers, so the worker's own
+    ``--limit-max-requests`` stop is turned off; a preloaded app object replaces the
+    import string (and its factory was already called)."""
+    values = {name: value for name, value in config.as_dict().items() if value is not None}
+    values.pop("limit_max_requests", None)
+    app = config.app
+    if preloaded is not None:
+        app = preloaded
+        values["factory"] = False
+    return Config(app, **values)
+
+
+class _TaggedFormatter(logging.Formatter):
+    """Prefixes asgictl's own formatters' lines with the worker's id and pid, so the lines
+    of many processes sharing one stream stay attributable. User formatters (a JSON
+    --log-config) are left alone."""
+
+    def __init__(self, inner: logging.Formatter, tag: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self.tag = tag
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.tag + self.inner.format(record)
+
+
+def tag_log_lines(tag: str) -> None:
+    seen: set[int] = set()
+    loggers: list[Any] = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for lg in loggers:
+        for handler in getattr(lg, "handlers", ()):
+            if id(handler) in seen:
+                continue
+            seen.add(id(handler))
+            fmt = handler.formatter
+            if isinstance(fmt, (DefaultFormatter, AccessFormatter)):
+                handler.setFormatter(_TaggedFormatter(fmt, tag))
+
+
+def _drop_running_on(record: logging.LogRecord) -> bool:
+    # The master prints "running on URL" once, when every worker is ready (the line people
+    # and tests wait for); a worker printing it too would announce readiness too early.
+    return not str(record.msg).startswith("Asgictl running on")
+
+
+def _reset_process_state(ctx: WorkerContext) -> None:
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    for sig in _RESET_TO_DEFAULT:
+        signal.signal(sig, signal.SIG_DFL)
+    for sig in _IGNORED:
+        signal.signal(sig, signal.SIG_IGN)
+    # Until the loop runs, a fast stop is simply an exit (nothing is being served yet).
+    signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
+    for fd in ctx.close_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    # Fatal signals (a segfault in a C extension) print the stacks before dying, and
+    # DUMP_SIGNAL prints them on demand: both from C, so a blocked loop cannot stop them.
+    with contextlib.suppress(RuntimeError, ValueError, OSError):
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+        faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover - it is a dependency; titles are a nicety
+        return
+    setproctitle.setproctitle(title)
+
+
+def run_worker(ctx: WorkerContext) -> NoReturn:
+    """The body of a forked worker; never returns."""
+    code = 1
+    try:
+        code = _run(ctx)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        # Whatever escaped must not unwind into the master's stack frames (we are a fork).
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+    os._exit(code)
+
+
+def _run(ctx: WorkerContext) -> int:
+    _reset_process_state(ctx)
+    _set_title(f"asgictl: worker {ctx.worker_id} {ctx.app_label}")
+    tag_log_lines(f"[worker {ctx.worker_id} pid {os.getpid()}] ")
+    logger.addFilter(_drop_running_on)
+    writer = ctx.stats.writer(ctx.cell)
+    server = Server(ctx.config)
+    ready = False
+
+    def beat() -> None:
+        state = server.state
+        if state is not None:
+            writer.beat(state.total_requests, len(state.connections))
+
+    def fast_stop() -> None:
+        server.force_exit = True
+        server.should_exit = True
+
+    def on_ready(_: Server) -> None:
+        nonlocal ready
+        ready = True
+        # Inside the running loop now: route the remaining signals through it.
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGQUIT, fast_stop)
+        loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
+        beat()
+        writer.ready()
+
+    server.on_ready = on_ready
+    server.add_tick_callback(beat)
+    try:
+        code = server.run(sockets=ctx.sockets)
+    except AppLoadError as exc:
+        logger.error("Could not load the application: %s", exc)
+        return BOOT_FAILURE
+    except Exception:
+        if ready:
+            raise
+        logger.exception("Could not start the application")
+        return BOOT_FAILURE
+    if not ready and code == 0 and not server.should_exit:
+        return BOOT_FAILURE
+    return code

@@ -1,0 +1,136 @@
+"""The master's listeners: ``--bind`` URLs parsed, and every socket bound before any fork.
+
+Binding in the master (not in each worker) is what lets a worker die, be replaced or be
+recycled without a single refused connection: the listening socket, and the queue of
+connections the kernel has accepted for it, outlive every worker.
+
+Sources, in order: sockets inherited from a previous master over a USR2 re-exec (their
+descriptor numbers come in :data:`INHERIT_ENV`), else ``--bind`` URLs (plus ``--uds`` /
+``--fd`` when given), else the ``--host/--port``/``--uds``/``--fd`` of ``asgictl serve``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from asgictl.config import Config, ConfigError
+from asgictl.worker.sockets import bind_tcp, bind_unix, describe, from_fd
+
+#: Environment variable through which a re-exec'd master learns its inherited listeners.
+INHERIT_ENV = "_ASGICTL_INHERITED_FDS"
+
+
+@dataclass(frozen=True)
+class BindSpec:
+    """One parsed ``--bind`` URL."""
+
+    kind: str  # "tcp", "unix" or "fd"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    fd: int = -1
+
+
+def parse_bind(url: str) -> BindSpec:
+    """``tcp://HOST:PORT`` (``[v6]:PORT``), ``unix:///PATH`` or ``fd://N``; else ConfigError."""
+    text = url.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        # A bare HOST:PORT is what gunicorn users type: accept it as TCP.
+        scheme, rest = "tcp", text
+    scheme = scheme.lower()
+    if scheme == "unix":
+        if not rest.startswith("/") or len(rest) < 2:
+            raise ConfigError(f"--bind: {url!r}: a Unix socket needs an absolute path (unix:///run/app.sock)")
+        return BindSpec("unix", path=unquote(rest))
+    if scheme == "fd":
+        if not rest.isdigit():
+            raise ConfigError(f"--bind: {url!r}: fd:// takes a descriptor number (fd://3)")
+        return BindSpec("fd", fd=int(rest))
+    if scheme == "tcp":
+        if rest.startswith("["):
+            host, bracket, tail = rest[1:].partition("]")
+            if not bracket or not tail.startswith(":"):
+                raise ConfigError(f"--bind: {url!r}: expected tcp://[IPV6]:PORT")
+            port_text = tail[1:]
+        else:
+            host, colon, port_text = rest.rpartition(":")
+            if not colon or ":" in host:
+                raise ConfigError(f"--bind: {url!r}: expected tcp://HOST:PORT")
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ConfigError(f"--bind: {url!r}: {port_text!r} is not a port number (0-65535)")
+        return BindSpec("tcp", host=host or "0.0.0.0", port=int(port_text))
+    raise ConfigError(f"--bind: {url!r}: unknown scheme {scheme!r} (use tcp://, unix:// or fd://)")
+
+
+def specs_from_config(config: Config) -> list[BindSpec]:
+    """The listeners the configuration asks for (at least one)."""
+    specs = [parse_bind(url) for url in config.bind]
+    if config.uds:
+        specs.append(BindSpec("unix", path=config.uds))
+    if config.fd is not None:
+        specs.append(BindSpec("fd", fd=config.fd))
+    if not specs:
+        specs.append(BindSpec("tcp", host=config.host, port=config.port))
+    return specs
+
+
+class Listeners:
+    """The bound listening sockets and the Unix socket files this master must remove."""
+
+    def __init__(self, sockets: list[socket.socket], owned_paths: list[str]) -> None:
+        self.sockets = sockets
+        self.owned_paths = owned_paths
+
+    def urls(self, scheme: str) -> list[str]:
+        return [describe(sock, scheme) for sock in self.sockets]
+
+    def fds(self) -> list[int]:
+        return [sock.fileno() for sock in self.sockets]
+
+    def make_inheritable(self) -> None:
+        for sock in self.sockets:
+            sock.set_inheritable(True)
+
+    def close(self, unlink: bool = True) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+        if unlink:
+            for path in self.owned_paths:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+
+def open_listeners(config: Config, environ: Mapping[str, str] | None = None) -> Listeners:
+    """Bind (or adopt) every listener; raises ConfigError (BindError) with one line."""
+    environ = os.environ if environ is None else environ
+    inherited = environ.get(INHERIT_ENV)
+    if inherited:
+        sockets = [from_fd(int(fd)) for fd in inherited.split(",") if fd.strip()]
+        paths = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX and s.getsockname()]
+        return Listeners(sockets, [p for p in paths if isinstance(p, str)])
+    sockets: list[socket.socket] = []
+    paths: list[str] = []
+    try:
+        for spec in specs_from_config(config):
+            if spec.kind == "tcp":
+                sockets.append(bind_tcp(spec.host, spec.port, config.backlog))
+            elif spec.kind == "unix":
+                sockets.append(bind_unix(spec.path, config.backlog, config.uds_mode))
+                paths.append(spec.path)
+            else:
+                sock = from_fd(spec.fd)
+                # An inherited descriptor (systemd, a wrapper) may not be listening yet.
+                with contextlib.suppress(OSError):
+                    sock.listen(config.backlog)
+                sockets.append(sock)
+    except BaseException:
+        Listeners(sockets, paths).close()
+        raise
+    return Listeners(sockets, paths)
