@@ -47,6 +47,7 @@ class ServerState:
         "extra_lines",
         "h11_max_incomplete_event_size",
         "is_ssl",
+        "trace",
         "keep_alive_timeout",
         "lifespan_state",
         "limit_concurrency",
@@ -82,6 +83,8 @@ class ServerState:
         self.h11_max_incomplete_event_size = config.h11_max_incomplete_event_size
         self.shutting_down = False
         self.is_ssl = config.is_ssl
+        #: --log-level trace: connection events are logged (checked once, not per call)
+        self.trace = logger.isEnabledFor(5)
         self.update_date()
 
     def update_date(self) -> None:

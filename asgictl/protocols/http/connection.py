@@ -27,6 +27,8 @@ from asgictl.protocols.state import ServerState
 
 logger = logging.getLogger("asgictl.error")
 
+TRACE = 5
+
 #: Unread request body past this many bytes pauses reading from the socket.
 HIGH_WATER = 64 * 1024
 
@@ -126,9 +128,13 @@ class HTTPConnection(asyncio.Protocol):
         self.idle_since = self.loop.time()
         if state.shutting_down:
             self.closing = True
+        if state.trace:
+            logger.log(TRACE, "%s - HTTP connection made", _peer(self.client, self.server))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
+        if self.state.trace:
+            logger.log(TRACE, "%s - HTTP connection lost", _peer(self.client, self.server))
         self.closing = True
         for cycle in (self.cycle, self.parsing, *self.pipeline):
             if cycle is not None:
@@ -375,6 +381,12 @@ class HTTPConnection(asyncio.Protocol):
         if scheme in ("ws", "wss"):
             scheme = "https" if scheme == "wss" else "http"
         return client, scheme
+
+
+def _peer(client: Any, server: Any) -> str:
+    if client:
+        return f"{client[0]}:{client[1]}"
+    return f"unix:{server[0]}" if server else "-"
 
 
 def _address(info: Any) -> Any:

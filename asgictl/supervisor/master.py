@@ -1,0 +1,816 @@
+"""The master's loop: fork workers, watch them, act on signals. No event loop, no app code.
+
+The master is a plain ``select`` loop over a self-pipe (``signal.set_wakeup_fd``) with a
+short timeout. Signal handlers only queue the signal number; every decision is taken in
+the loop, in one thread, from state that cannot change under it. Each pass:
+
+1. drains the wakeup pipe and handles queued signals and thread-safe callbacks;
+2. reaps dead children (``waitpid(WNOHANG)``: never blocks);
+3. reads every worker's shared-memory cell: booting -> ready transitions, heartbeats;
+4. applies the policy: respawn (with back-off), recycle, kill hung workers, enforce
+   every deadline (boot, graceful stop, stack dump), advance a rolling reload.
+
+Worker ids (1..N, the "slots" people see) are distinct from processes: during a
+replacement a slot briefly has two processes, the old one serving until the new one is
+ready. The rule that makes every replacement graceful is one line: *when a worker becomes
+ready, the other live workers of its slot are told to stop*.
+
+Seams for later issues: :class:`MasterHooks` (sd_notify, issue 6), :meth:`Master.reload`
+(watchfiles, issue 4), :meth:`Master.add_reader`, :meth:`Master.call_soon_threadsafe`,
+:meth:`Master.scale`, :meth:`Master.stop` and :meth:`Master.snapshot` (control socket,
+issue 7).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgictl.config import Config
+from asgictl.logs import reopen_log_files
+from asgictl.supervisor import policy
+from asgictl.supervisor.child import DUMP_SIGNAL, WorkerContext, child_config, run_worker
+from asgictl.supervisor.listeners import INHERIT_ENV, Listeners, open_listeners
+from asgictl.supervisor.slots import READY, StatsTable
+
+logger = logging.getLogger("asgictl.error")
+
+#: Environment variable naming the master that re-exec'd us (USR2), to stop once ready.
+OLD_MASTER_ENV = "_ASGICTL_OLD_MASTER"
+
+#: How often the loop wakes when nothing happens (heartbeat and deadline resolution).
+POLL_INTERVAL = 0.25
+#: Beyond --timeout-graceful-shutdown, what a worker gets to cancel what is left and run
+#: lifespan shutdown (the Server's own post-deadline steps take up to ~3 s).
+GRACEFUL_MARGIN = 5.0
+#: A fast stop (QUIT, a second TERM) gives workers this long before SIGKILL.
+FAST_STOP_SECONDS = 3.0
+#: Between asking a worker for its stacks and SIGKILLing it (faulthandler writes at once).
+DUMP_GRACE = 0.5
+#: A SIGKILLed process not reaped after this long is forgotten (stuck in the kernel).
+REAP_DEADLINE = 10.0
+#: Sampling period of worker RSS for --max-worker-memory.
+MEMORY_SAMPLE_SECONDS = 1.0
+#: Shared-memory cells (processes, not slots: a replacement needs a second cell).
+CELLS = 1024
+MAX_WORKERS = CELLS // 4
+
+# Process states, master side.
+BOOTING = "booting"
+RUNNING = "ready"
+STOPPING = "stopping"
+KILLING = "killing"
+
+SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCHLD,
+    signal.SIGWINCH,
+)
+
+
+class MasterHooks:
+    """Notifications of the master's life, for sd_notify and friends. No-ops here."""
+
+    def ready(self, master: Master) -> None: ...
+    def reloading(self, master: Master) -> None: ...
+    def reloaded(self, master: Master) -> None: ...
+    def stopping(self, master: Master) -> None: ...
+    def tick(self, master: Master) -> None: ...
+
+
+@dataclass
+class Worker:
+    """One worker process as the master tracks it."""
+
+    worker_id: int
+    pid: int
+    cell: int
+    generation: int
+    started: float
+    limits: policy.Limits
+    state: str = BOOTING
+    reason: str = ""  # why it is being stopped / was started
+    ready_at: float = 0.0
+    stop_deadline: float = 0.0
+    kill_at: float = 0.0
+    killed_at: float = 0.0
+    rss: int | None = None
+    next_rss_sample: float = 0.0
+    process: Any = None  # psutil.Process, created lazily
+
+    @property
+    def live(self) -> bool:
+        """Booting or serving, not on its way out."""
+        return self.state in (BOOTING, RUNNING)
+
+
+@dataclass
+class Slot:
+    """The history of one worker id, across the processes that held it."""
+
+    failures: int = 0  # consecutive unexpected deaths
+    respawn_at: float = 0.0
+    replace_after: float = 0.0  # back-off for recycle replacements that failed to boot
+    restarts: int = 0
+    last_reason: str = ""
+
+
+@dataclass
+class _Reload:
+    generation: int
+    queue: list[int]
+    started: float
+    current: Worker | None = None
+    done: list[int] = field(default_factory=list)
+
+
+class Master:
+    def __init__(
+        self,
+        config: Config,
+        listeners: Listeners,
+        preloaded: Any = None,
+        hooks: MasterHooks | None = None,
+    ) -> None:
+        self.config = config
+        self.listeners = listeners
+        self.hooks = hooks or MasterHooks()
+        self.app_label = config.app if isinstance(config.app, str) else getattr(config.app, "__name__", "app")
+        self.child_config = child_config(config, preloaded)
+        self.target = min(config.workers, MAX_WORKERS)
+        self.stats = StatsTable(CELLS)
+        self.workers: dict[int, Worker] = {}  # by pid
+        self.slots: dict[int, Slot] = {}
+        self.generation = 1
+        self.exit_code = 0
+        self.started = time.monotonic()
+        self.all_ready_once = False
+        self.was_full = False
+        self.boot_failures = 0  # consecutive, across slots
+        self.stopping = False
+        self.fast = False
+        self.reloading: _Reload | None = None
+        self.upgrade_pid: int | None = None
+        self.old_master = _old_master()
+        self._signals: collections.deque[int] = collections.deque()
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._readers: dict[int, Callable[[], None]] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._scheme = "https" if config.is_ssl else "http"
+
+    # ------------------------------------------------------------------ public seams
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` in the loop when ``fd`` is readable (control socket)."""
+        self._readers[fd] = callback
+
+    def remove_reader(self, fd: int) -> None:
+        self._readers.pop(fd, None)
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` in the master's loop (from a watcher thread, for one)."""
+        self._calls.append(callback)
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def reload(self) -> None:
+        """Rolling restart: one slot after another, each gated on its new worker's READY."""
+        if self.stopping:
+            return
+        if self.child_config.factory is False and not isinstance(self.child_config.app, str):
+            logger.warning("--preload: new workers reuse the app imported at start; USR2 loads new code")
+        self.generation += 1
+        ids = sorted(self._slot_ids())
+        logger.info("Reloading %d worker(s) one by one (generation %d)", len(ids), self.generation)
+        self.reloading = _Reload(self.generation, ids, time.monotonic())
+        self.hooks.reloading(self)
+
+    def scale(self, count: int) -> None:
+        count = max(1, min(count, MAX_WORKERS))
+        if count != self.target:
+            logger.info("Scaling from %d to %d worker(s)", self.target, count)
+            self.target = count
+            self.was_full = False
+
+    def stop(self, fast: bool = False) -> None:
+        self._begin_stop(fast)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every worker process: what issue 7's ``status`` will show."""
+        now = time.monotonic()
+        rows = []
+        for w in sorted(self.workers.values(), key=lambda w: (w.worker_id, w.started)):
+            cell = self.stats.read(w.cell)
+            slot = self.slots.get(w.worker_id, Slot())
+            rows.append(
+                {
+                    "id": w.worker_id,
+                    "pid": w.pid,
+                    "state": w.state,
+                    "age": round(now - w.started, 3),
+                    "generation": w.generation,
+                    "requests": cell.requests,
+                    "connections": cell.connections,
+                    "heartbeat_age": round(now - cell.heartbeat, 3),
+                    "rss": w.rss,
+                    "restarts": slot.restarts,
+                    "last_reason": slot.last_reason,
+                }
+            )
+        return rows
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        self._install_signals()
+        try:
+            logger.info("Started master process [%d] for %s", os.getpid(), self.app_label)
+            while not (self.stopping and not self.workers):
+                self._pass()
+                self._wait(POLL_INTERVAL)
+        finally:
+            self._cleanup()
+        return self.exit_code
+
+    def _pass(self) -> None:
+        self._drain_wakeups()
+        while self._signals:
+            self._handle_signal(self._signals.popleft())
+        while self._calls:
+            try:
+                self._calls.popleft()()
+            except Exception:
+                logger.exception("Error in a master callback")
+        self._reap()
+        now = time.monotonic()
+        self._observe(now)
+        self._enforce_deadlines(now)
+        if not self.stopping:
+            self._recycle(now)
+            self._maintain(now)
+            self._advance_reload(now)
+            self._report_full()
+        self.hooks.tick(self)
+
+    def _wait(self, timeout: float) -> None:
+        fds = [self._wake_r, *self._readers]
+        try:
+            readable, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
+            return
+        for fd in readable:
+            callback = self._readers.get(fd)
+            if callback is not None:
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("Error in a reader callback")
+
+    def _drain_wakeups(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    # ------------------------------------------------------------------ signals
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Runs between two bytecodes of the loop: only queue; the loop acts.
+        self._signals.append(signum)
+
+    def _handle_signal(self, sig: int) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            self._begin_stop(fast=self.stopping)  # a second TERM escalates
+        elif sig == signal.SIGQUIT:
+            self._begin_stop(fast=True)
+        elif sig == signal.SIGHUP:
+            self.reload()
+        elif sig == signal.SIGTTIN:
+            self.scale(self.target + 1)
+        elif sig == signal.SIGTTOU:
+            self.scale(self.target - 1)
+        elif sig == signal.SIGUSR1:
+            logger.info("Reopening log files")
+            reopen_log_files()
+            self._signal_all(signal.SIGUSR1, only_ready=True)
+        elif sig == signal.SIGUSR2:
+            self._upgrade()
+
+    def _signal_all(self, sig: int, only_ready: bool = False) -> None:
+        for w in list(self.workers.values()):
+            if not only_ready or w.state == RUNNING:
+                self._kill(w.pid, sig)
+
+    @staticmethod
+    def _kill(pid: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+    # ------------------------------------------------------------------ forking
+
+    def _slot_ids(self) -> list[int]:
+        return list(range(1, self.target + 1))
+
+    def _spawn(self, worker_id: int, reason: str) -> Worker:
+        cell = self.stats.allocate()
+        limits = policy.Limits(
+            requests=policy.request_limit(self.config.limit_max_requests, self.config.max_requests_jitter),
+            memory_bytes=int(self.config.max_worker_memory * 1024 * 1024)
+            if self.config.max_worker_memory
+            else None,
+            lifetime=policy.lifetime_limit(self.config.max_worker_lifetime),
+        )
+        ctx = WorkerContext(
+            worker_id=worker_id,
+            cell=cell,
+            stats=self.stats,
+            sockets=self.listeners.sockets,
+            config=self.child_config,
+            app_label=self.app_label,
+            close_fds=[self._wake_r, self._wake_w, *self._readers],
+        )
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        # Block our signals across fork: the child must not run the master's handlers
+        # (which would swallow a TERM) before it has reset them.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            self.stats.release(cell)
+            raise
+        if pid == 0:  # the worker
+            try:
+                _child_reset_signals()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            run_worker(ctx)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        self.stats.set_pid(cell, pid)
+        now = time.monotonic()
+        worker = Worker(worker_id, pid, cell, self.generation, now, limits, reason=reason)
+        self.workers[pid] = worker
+        logger.info("Booting worker %d with pid %d%s", worker_id, pid, f" ({reason})" if reason else "")
+        return worker
+
+    # ------------------------------------------------------------------ reaping
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:  # pragma: no cover
+                continue
+            if pid == 0:
+                return
+            if pid == self.upgrade_pid:
+                self.upgrade_pid = None
+                logger.error("Upgrade failed: the new master %s; this one keeps serving", _describe_exit(status))
+                continue
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                self.stats.release(worker.cell)
+                self._on_exit(worker, status)
+
+    def _on_exit(self, w: Worker, status: int) -> None:
+        now = time.monotonic()
+        slot = self.slots.setdefault(w.worker_id, Slot())
+        how = _describe_exit(status)
+        if w.state in (STOPPING, KILLING):
+            logger.info("Worker %d (pid %d) %s [%s]", w.worker_id, w.pid, how, w.reason or "stopped")
+            if w.reason == policy.BOOT_TIMEOUT:
+                self._boot_failed(w, slot, now)
+            return
+        if w.state == BOOTING:
+            logger.error("Worker %d (pid %d) failed to boot: %s", w.worker_id, w.pid, how)
+            self._boot_failed(w, slot, now)
+            return
+        # A ready worker died on its own: a crash (segfault, os._exit, OOM killer...).
+        if w.ready_at and now - w.ready_at > policy.STABLE_AFTER:
+            slot.failures = 0
+        slot.failures += 1
+        slot.restarts += 1
+        slot.last_reason = policy.CRASH
+        delay = policy.backoff_delay(slot.failures)
+        slot.respawn_at = now + delay
+        logger.warning(
+            "Worker %d (pid %d) %s unexpectedly; %s",
+            w.worker_id,
+            w.pid,
+            how,
+            f"respawning in {delay:.1f} s" if delay else "respawning",
+        )
+
+    def _boot_failed(self, w: Worker, slot: Slot, now: float) -> None:
+        self.boot_failures += 1
+        if not self.all_ready_once and not self.stopping:
+            # First start: the app is broken. Stop, do not loop; the worker printed why.
+            logger.error("A worker failed to boot on first start: the master stops")
+            self.exit_code = 3
+            self._begin_stop(fast=True)
+            return
+        reload = self.reloading
+        if reload is not None and reload.current is w:
+            logger.error(
+                "Reload aborted: the new worker failed to boot; the previous workers keep serving"
+            )
+            self.reloading = None
+            self.hooks.reloaded(self)
+            return
+        slot.failures += 1
+        delay = max(policy.backoff_delay(slot.failures), policy.BACKOFF_BASE)
+        slot.respawn_at = slot.replace_after = now + delay
+        if self.boot_failures >= policy.MAX_BOOT_FAILURES and not self._ready_workers():
+            logger.error(
+                "%d workers in a row failed to boot and none is serving: the master stops",
+                self.boot_failures,
+            )
+            self.exit_code = 3
+            self._begin_stop(fast=True)
+
+    # ------------------------------------------------------------------ observing
+
+    def _ready_workers(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.state == RUNNING]
+
+    def _observe(self, now: float) -> None:
+        for w in list(self.workers.values()):
+            cell = self.stats.read(w.cell)
+            if w.state == BOOTING and cell.state == READY:
+                self._became_ready(w, now)
+            elif w.state == RUNNING and policy.is_hung(now, cell.heartbeat, self.config.timeout):
+                logger.error(
+                    "Worker %d (pid %d) is hung: its event loop has not run for %.1f s (--timeout %g);"
+                    " dumping its stacks and killing it",
+                    w.worker_id,
+                    w.pid,
+                    now - cell.heartbeat,
+                    self.config.timeout,
+                )
+                slot = self.slots.setdefault(w.worker_id, Slot())
+                slot.restarts += 1
+                slot.last_reason = policy.HUNG
+                self._dump_and_kill(w, policy.HUNG, now)
+
+    def _became_ready(self, w: Worker, now: float) -> None:
+        w.state = RUNNING
+        w.ready_at = now
+        self.boot_failures = 0
+        self.slots.setdefault(w.worker_id, Slot())
+        logger.info("Worker %d (pid %d) ready in %.2f s", w.worker_id, w.pid, now - w.started)
+        # The one rule behind every graceful replacement: the newcomer serves, so the
+        # others of its slot may now drain.
+        for other in list(self.workers.values()):
+            if other is not w and other.worker_id == w.worker_id and other.live:
+                self._stop_worker(other, other.reason or w.reason or "replaced", now)
+        if self.reloading is not None and self.reloading.current is w:
+            self.reloading.done.append(w.worker_id)
+            self.reloading.current = None
+
+    # ------------------------------------------------------------------ stopping workers
+
+    def _stop_worker(self, w: Worker, reason: str, now: float, fast: bool = False) -> None:
+        if w.state == KILLING:
+            return
+        if w.state == STOPPING and not fast:
+            return
+        w.state = STOPPING
+        w.reason = reason
+        if fast:
+            w.stop_deadline = min(w.stop_deadline or now + FAST_STOP_SECONDS, now + FAST_STOP_SECONDS)
+            self._kill(w.pid, signal.SIGQUIT)
+        else:
+            w.stop_deadline = now + self.config.timeout_graceful_shutdown + GRACEFUL_MARGIN
+            self._kill(w.pid, signal.SIGTERM)
+
+    def _dump_and_kill(self, w: Worker, reason: str, now: float) -> None:
+        w.state = KILLING
+        w.reason = reason
+        w.kill_at = now + DUMP_GRACE
+        self._kill(w.pid, DUMP_SIGNAL)
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for w in list(self.workers.values()):
+            if w.state == BOOTING and now - w.started > self.config.timeout_worker_boot:
+                logger.error(
+                    "Worker %d (pid %d) did not boot within %g s (--timeout-worker-boot)",
+                    w.worker_id,
+                    w.pid,
+                    self.config.timeout_worker_boot,
+                )
+                self._dump_and_kill(w, policy.BOOT_TIMEOUT, now)
+            elif w.state == STOPPING and now > w.stop_deadline:
+                logger.warning(
+                    "Worker %d (pid %d) still running past its stop deadline; killing it",
+                    w.worker_id,
+                    w.pid,
+                )
+                if self.exit_code == 0 and self.stopping:
+                    self.exit_code = 1
+                self._dump_and_kill(w, w.reason, now)
+            elif w.state == KILLING:
+                if not w.killed_at and now >= w.kill_at:
+                    w.killed_at = now
+                    self._kill(w.pid, signal.SIGKILL)
+                elif w.killed_at and now - w.killed_at > REAP_DEADLINE:
+                    logger.error("Worker pid %d did not die after SIGKILL; forgetting it", w.pid)
+                    self.workers.pop(w.pid, None)
+                    self.stats.release(w.cell)
+
+    def _begin_stop(self, fast: bool) -> None:
+        now = time.monotonic()
+        if not self.stopping:
+            self.stopping = True
+            self.reloading = None
+            logger.info("Stopping %s (%d worker(s))", "fast" if fast else "gracefully", len(self.workers))
+            self.hooks.stopping(self)
+        elif fast and not self.fast:
+            logger.info("Stop escalated: fast")
+        self.fast = self.fast or fast
+        for w in list(self.workers.values()):
+            self._stop_worker(w, "shutdown", now, fast=self.fast)
+
+    # ------------------------------------------------------------------ policy
+
+    def _recycle(self, now: float) -> None:
+        need_rss = self.config.max_worker_memory is not None
+        for w in list(self.workers.values()):
+            if w.state != RUNNING:
+                continue
+            if need_rss and now >= w.next_rss_sample:
+                w.next_rss_sample = now + MEMORY_SAMPLE_SECONDS
+                w.rss = _rss(w)
+            cell = self.stats.read(w.cell)
+            reason = policy.recycle_reason(w.limits, cell.requests, w.rss, now - w.ready_at)
+            if reason is None or w.reason in (policy.MAX_REQUESTS, policy.MEMORY, policy.LIFETIME):
+                continue
+            slot = self.slots.setdefault(w.worker_id, Slot())
+            if now < slot.replace_after or self._booting_in(w.worker_id):
+                continue
+            logger.info(
+                "Worker %d (pid %d) recycles: %s (requests %d, age %.0f s%s)",
+                w.worker_id,
+                w.pid,
+                reason,
+                cell.requests,
+                now - w.started,
+                f", rss {w.rss / 1048576:.0f} MB" if w.rss else "",
+            )
+            w.reason = reason  # the replacement's READY will stop it with this reason
+            slot.restarts += 1
+            slot.last_reason = reason
+            self._spawn(w.worker_id, reason)
+
+    def _booting_in(self, worker_id: int) -> bool:
+        return any(w.worker_id == worker_id and w.state == BOOTING for w in self.workers.values())
+
+    def _maintain(self, now: float) -> None:
+        ids = self._slot_ids()
+        if not self.all_ready_once:
+            # First start: one worker boots alone, so a broken app fails once, printing
+            # its error once, instead of N times at once.
+            if not self._ready_workers():
+                ids = ids[:1]
+        for worker_id in ids:
+            if any(w.worker_id == worker_id and w.live for w in self.workers.values()):
+                continue
+            slot = self.slots.setdefault(worker_id, Slot())
+            if now >= slot.respawn_at:
+                self._spawn(worker_id, slot.last_reason if slot.restarts else "")
+        # Scaled down: slots past the target drain.
+        for w in list(self.workers.values()):
+            if w.worker_id > self.target and w.live:
+                self._stop_worker(w, policy.SCALE, now)
+        # A slot whose workers stayed ready long enough is healthy again.
+        for w in self.workers.values():
+            if w.state == RUNNING and now - w.ready_at > policy.STABLE_AFTER:
+                self.slots.setdefault(w.worker_id, Slot()).failures = 0
+
+    def _advance_reload(self, now: float) -> None:
+        reload = self.reloading
+        if reload is None or reload.current is not None:
+            return
+        while reload.queue:
+            worker_id = reload.queue[0]
+            if worker_id > self.target:
+                reload.queue.pop(0)
+                continue
+            live = [w for w in self.workers.values() if w.worker_id == worker_id and w.live]
+            if not live or all(w.generation >= reload.generation for w in live):
+                reload.queue.pop(0)  # empty (respawn covers it) or already on new code
+                continue
+            if any(w.state == BOOTING for w in live):
+                return  # a replacement of another kind is booting here: wait for it
+            reload.queue.pop(0)
+            reload.current = self._spawn(worker_id, policy.RELOAD)
+            for w in live:
+                w.reason = policy.RELOAD
+            slot = self.slots.setdefault(worker_id, Slot())
+            slot.restarts += 1
+            slot.last_reason = policy.RELOAD
+            return
+        logger.info(
+            "Reload complete in %.2f s: %d workers ready (generation %d)",
+            now - reload.started,
+            len(self._ready_workers()),
+            reload.generation,
+        )
+        self.reloading = None
+        self.hooks.reloaded(self)
+
+    def _report_full(self) -> None:
+        ready_ids = {w.worker_id for w in self._ready_workers() if w.worker_id <= self.target}
+        full = len(ready_ids) >= self.target
+        if full and not self.was_full:
+            logger.info("%d workers ready", self.target)
+            if not self.all_ready_once:
+                self.all_ready_once = True
+                for url in self.listeners.urls(self._scheme):
+                    logger.info("Asgictl running on %s (Press CTRL+C to quit)", url)
+                self.hooks.ready(self)
+                self._retire_old_master()
+        self.was_full = full
+
+    # ------------------------------------------------------------------ USR2 upgrade
+
+    def _upgrade(self) -> None:
+        if self.upgrade_pid is not None:
+            logger.warning("USR2: an upgrade is already in progress (pid %d)", self.upgrade_pid)
+            return
+        if self.stopping:
+            return
+        self.listeners.make_inheritable()
+        env = dict(os.environ)
+        env[INHERIT_ENV] = ",".join(str(fd) for fd in self.listeners.fds())
+        env[OLD_MASTER_ENV] = str(os.getpid())
+        argv = [sys.executable, "-m", "asgictl", *sys.argv[1:]]
+        try:
+            self.upgrade_pid = os.posix_spawn(sys.executable, argv, env)
+        except OSError as exc:
+            logger.error("USR2: cannot start a new master: %s", exc)
+            return
+        finally:
+            for sock in self.listeners.sockets:
+                sock.set_inheritable(False)
+        logger.info("USR2: started a new master (pid %d) on the same listeners", self.upgrade_pid)
+
+    def _retire_old_master(self) -> None:
+        """A master started by USR2 tells its predecessor to stop, once it serves."""
+        old = self.old_master
+        self.old_master = None
+        if old and os.getppid() == old:
+            logger.info("Telling the previous master (pid %d) to stop", old)
+            self._kill(old, signal.SIGTERM)
+
+    # ------------------------------------------------------------------ exit
+
+    def _cleanup(self) -> None:
+        # Deadline for anything left (an exception in the loop): kill, reap briefly.
+        for w in list(self.workers.values()):
+            self._kill(w.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while self.workers and time.monotonic() < deadline:
+            self._reap()
+            if self.workers:
+                time.sleep(0.05)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        # After a USR2 handover the listeners (and UDS files) belong to the new master.
+        self.listeners.close(unlink=self.upgrade_pid is None)
+        self.stats.close()
+        logger.info("Master process [%d] exits (%d)", os.getpid(), self.exit_code)
+
+
+def _child_reset_signals() -> None:
+    # Minimal, right after fork, while signals are still blocked: child.py does the rest.
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _old_master() -> int | None:
+    value = os.environ.pop(OLD_MASTER_ENV, None)
+    return int(value) if value and value.isdigit() else None
+
+
+def _describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"was killed by {name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+def _rss(w: Worker) -> int | None:
+    try:
+        import psutil
+
+        if w.process is None:
+            w.process = psutil.Process(w.pid)
+        return int(w.process.memory_info().rss)
+    except Exception:  # gone, or psutil missing: no sample this time
+        return None
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover
+        return
+    setproctitle.setproctitle(title)
+
+
+def write_pid_file(path: str) -> None:
+    """Write our pid atomically: a temporary file in the same directory, then rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def remove_pid_file(path: str) -> None:
+    """Remove the pid file, unless it now names another master (after a USR2 upgrade)."""
+    try:
+        with open(path, encoding="ascii") as fh:
+            if fh.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            logger.warning("Could not remove the pid file %s: %s", path, exc)
+
+
+def preload_app(config: Config) -> Any:
+    """Import the app (and call its factory) in the master, for copy-on-write sharing."""
+    from asgictl.worker.loader import AppLoadError, import_from_string
+
+    app_dir = config.app_dir or os.getcwd()
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    app = import_from_string(config.app)
+    if config.factory:
+        if not callable(app):
+            raise AppLoadError("--factory: the APP is not callable.")
+        app = app()
+    return app
+
+
+def run_master(config: Config) -> int:
+    """``asgictl start``: bind, (preload), supervise until stopped; returns the exit code.
+
+    Raises ConfigError (bad listener) and AppLoadError (--preload) for the CLI to print.
+    """
+    listeners = open_listeners(config)
+    os.environ.pop(INHERIT_ENV, None)  # neither workers nor the app need to see it
+    try:
+        preloaded = preload_app(config) if config.preload else None
+        _set_title(f"asgictl: master {config.app if isinstance(config.app, str) else 'app'}")
+        if config.pid_file:
+            write_pid_file(config.pid_file)
+        try:
+            return Master(config, listeners, preloaded).run()
+        finally:
+            if config.pid_file:
+                remove_pid_file(config.pid_file)
+    except BaseException:
+        listeners.close()
+        raise
