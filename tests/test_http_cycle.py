@@ -87,8 +87,14 @@ def test_at_most_one_task_per_request_and_none_per_connection(http: str, monkeyp
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks exist on 3.12+")
 def test_eager_response_written_before_loop_runs(http: str) -> None:  # pragma: no cover - 3.12+
     h = make(hello, http)
-    h.feed(GET)
-    assert len(h.transport.writes) == 1  # no loop iteration was needed
+    written: list[int] = []
+
+    async def feed_inside_running_loop() -> None:
+        h.feed(GET)
+        written.append(len(h.transport.writes))  # before this coroutine yields once
+
+    h.loop.run_until_complete(feed_inside_running_loop())
+    assert written == [1]  # answered inside data_received: no loop iteration needed
     h.close()
 
 
@@ -142,6 +148,21 @@ def test_head_sends_no_body(http: str) -> None:
     h.settle()
     assert h.transport.data.endswith(b"\r\n\r\n")
     assert b"content-length: 13" in h.transport.data
+    h.close()
+
+
+def test_head_of_streaming_response_has_no_chunks(http: str) -> None:
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.trailers", "headers": [(b"x-t", b"1")]})
+
+    h = make(stream, http)
+    h.feed(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    h.settle()
+    assert h.transport.data.endswith(b"transfer-encoding: chunked\r\n\r\n")
+    assert not h.transport.closed
     h.close()
 
 

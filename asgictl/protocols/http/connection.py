@@ -152,6 +152,8 @@ class HTTPConnection(asyncio.Protocol):
         self.read_eof = True
         if self.cycle is None and not self.pipeline and self.parsing is None:
             return None
+        if self.cycle is not None:
+            self.cycle.wake()  # a receive() waiting for more can only get http.disconnect now
         return True
 
     def pause_writing(self) -> None:
@@ -256,10 +258,16 @@ class HTTPConnection(asyncio.Protocol):
         logger.debug("Invalid HTTP request: %s", reason)
         self.closing = True
         self.pipeline.clear()
-        self.parsing = None
-        if self.cycle is None and not self.transport.is_closing():
-            body = f"{reason}\n".encode("utf-8", "replace") if reason else b""
-            self.transport.write(simple_response(status, body, self.state.default_headers))
+        bad, self.parsing = self.parsing, None
+        cycle = self.cycle
+        if (cycle is None or cycle is bad) and not self.transport.is_closing():
+            # No request in progress, or it is the broken one (its body was malformed
+            # while the app read it): it can never complete, so answer it now and close.
+            if cycle is None or not cycle.response_started:
+                body = f"{reason}\n".encode("utf-8", "replace") if reason else b""
+                self.transport.write(simple_response(status, body, self.state.default_headers))
+            if cycle is not None:
+                cycle.on_disconnect()
             self.transport.close()
         elif self.cycle is not None:
             # Answer the request in progress first; it will close the connection.

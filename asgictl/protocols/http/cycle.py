@@ -133,6 +133,10 @@ class HTTPCycle:
         while not (self.disconnected or self.response_complete):
             if self.body or (self.more_body is False and not self.body_delivered):
                 break
+            if conn.read_eof:
+                # The client sent EOF: nothing more can arrive, so it has gone (or
+                # half-closed; the response can still be written either way).
+                return _DISCONNECT
             conn.resume_reading()
             self.waiter = conn.loop.create_future()
             await self.waiter
@@ -267,7 +271,7 @@ class HTTPCycle:
             if self.length_left < 0:
                 raise RuntimeError("Response content longer than Content-Length")
         transport = self.conn.transport
-        if self.chunked:
+        if self.chunked and not self.no_body:
             framed = chunk(data) if data else b""
             if not more and self.trailers == 0:
                 framed += LAST_CHUNK
@@ -280,7 +284,7 @@ class HTTPCycle:
 
     def _write_trailers(self, message: dict[str, Any]) -> None:
         more = message.get("more_trailers", False)
-        if self.chunked and not self.disconnected:
+        if self.chunked and not self.no_body and not self.disconnected:
             first = self.trailers == 1
             self.trailers = 2
             lines = [b"0\r\n"] if first else []
