@@ -34,19 +34,26 @@ NOFILE_TARGET = 65536
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Benchmark asgictl against its peers (servers on CPU 1, wrk on CPU 0).")
+        description="Benchmark asgictl against its peers (servers on CPU 1, wrk on CPU 0)."
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario (3)")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (5)")
-    parser.add_argument("--warmup", type=int, default=1,
-                        help="seconds of unmeasured wrk per server and scenario (1; 0 = none)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="seconds of unmeasured wrk per server and scenario (1; 0 = none)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2 s")
     parser.add_argument("--servers", help="comma-separated subset of servers (see --list)")
     parser.add_argument("--scenarios", help="comma-separated subset of scenarios (see --list)")
     parser.add_argument("--list", action="store_true", help="list servers and scenarios, then exit")
-    parser.add_argument("--reinstall", action="store_true",
-                        help="reinstall the venv's packages (picks up new peer releases)")
-    parser.add_argument("--results-dir", type=Path,
-                        default=bootstrap.BENCH_DIR / "results", help="where JSON and PNG go")
+    parser.add_argument(
+        "--reinstall", action="store_true", help="reinstall the venv's packages (picks up new peer releases)"
+    )
+    parser.add_argument(
+        "--results-dir", type=Path, default=bootstrap.BENCH_DIR / "results", help="where JSON and PNG go"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 1, 2
@@ -98,8 +105,10 @@ def select(args: argparse.Namespace) -> tuple[list, list]:
     specs = [s for s in SERVERS if server_names is None or s.name in server_names]
     missing = [s for s in specs if not s.available()]
     for spec in missing:
-        print(f"note: skipping {spec.name}: {spec.executable} is not installed in the venv"
-              + (" (no pyproject.toml at the repo root yet?)" if spec.executable == "asgictl" else ""))
+        print(
+            f"note: skipping {spec.name}: {spec.executable} is not installed in the venv"
+            + (" (no pyproject.toml at the repo root yet?)" if spec.executable == "asgictl" else "")
+        )
     specs = [s for s in specs if s not in missing]
     scenarios = [s for s in SCENARIOS if scenario_names is None or s.name in scenario_names]
     scenarios = [s for s in scenarios if any(spec.group == s.group for spec in specs)]
@@ -115,8 +124,10 @@ def print_list() -> None:
         print(f"  {spec.name:<13} group {spec.group:<5} {shlex.join(spec.command('APP', 'PORT'))}")
     print("scenarios:")
     for scenario in SCENARIOS:
-        print(f"  {scenario.name:<13} group {scenario.group:<5} -c{scenario.connections:<5} "
-              f"{scenario.description}")
+        print(
+            f"  {scenario.name:<13} group {scenario.group:<5} -c{scenario.connections:<5} "
+            f"{scenario.description}"
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -130,22 +141,30 @@ def main(argv: list[str]) -> int:
 
     # SIGTERM unwinds like Ctrl-C, so that the servers are stopped by the finally blocks.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    info = machine.machine_info()  # before check_cpus() pins this process to one CPU
     check_cpus()
     nofile = raise_nofile_limit()
     scenarios, specs = select(args)
     if not scenarios:
         sys.exit("error: nothing to run (no selected server takes part in a selected scenario)")
     runs = sum(args.rounds * len([s for s in specs if s.group == sc.group]) for sc in scenarios)
-    print(f"{len(scenarios)} scenario(s), {runs} measured runs of {args.duration}s "
-          f"(about {runs * args.duration / 60:.1f} min plus warm-up); servers on CPU 1, wrk on CPU 0")
+    print(
+        f"{len(scenarios)} scenario(s), {runs} measured runs of {args.duration}s "
+        f"(about {runs * args.duration / 60:.1f} min plus warm-up); servers on CPU 1, wrk on CPU 0"
+    )
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    info = machine.machine_info()
     results: dict = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "argv": sys.argv,
-        "config": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
-                   "server_cpu": 1, "wrk_cpu": 0, "rlimit_nofile": nofile},
+        "config": {
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "server_cpu": 1,
+            "wrk_cpu": 0,
+            "rlimit_nofile": nofile,
+        },
         "machine": info,
         "scenarios": [],
     }

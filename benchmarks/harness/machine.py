@@ -15,8 +15,19 @@ from harness.bootstrap import REPO_ROOT
 from harness.wrk import WRK
 
 PACKAGES = (
-    "asgictl", "uvicorn", "uvloop", "httptools", "h11", "granian", "gunicorn",
-    "uvicorn-worker", "fastapi", "starlette", "pydantic", "pydantic-core", "matplotlib",
+    "asgictl",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "h11",
+    "granian",
+    "gunicorn",
+    "uvicorn-worker",
+    "fastapi",
+    "starlette",
+    "pydantic",
+    "pydantic-core",
+    "matplotlib",
 )
 
 
@@ -41,9 +52,7 @@ def package_versions() -> dict[str, str | None]:
 
 def all_distributions() -> dict[str, str]:
     """Every distribution in the venv with its version (like ``pip freeze``)."""
-    return dict(sorted(
-        (dist.metadata["Name"], dist.version) for dist in importlib.metadata.distributions()
-    ))
+    return dict(sorted((dist.metadata["Name"], dist.version) for dist in importlib.metadata.distributions()))
 
 
 def command_output(cmd: list[str], cwd: Path | None = None) -> str | None:
@@ -59,8 +68,9 @@ def command_output(cmd: list[str], cwd: Path | None = None) -> str | None:
 def git_info() -> dict[str, Any]:
     """Commit and dirtiness of the repo under test."""
     commit = command_output(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT)
-    status = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
-                            cwd=REPO_ROOT, timeout=10)
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=10
+    )
     return {
         "commit": commit if commit and len(commit) == 40 else None,
         "dirty_files": len(status.stdout.splitlines()) if status.returncode == 0 else None,

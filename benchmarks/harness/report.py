@@ -15,8 +15,16 @@ from typing import Any
 from harness.runner import ScenarioOutcome, ServerOutcome
 
 COLUMNS = (
-    ("server", "<14"), ("req/s", ">10"), ("x uvicorn", ">9"), ("p50 ms", ">8"), ("p99 ms", ">8"),
-    ("µs/req", ">8"), ("x uvicorn", ">9"), ("CPU%", ">5"), ("spread", ">6"), ("noise", ">5"),
+    ("server", "<14"),
+    ("req/s", ">10"),
+    ("x uvicorn", ">9"),
+    ("p50 ms", ">8"),
+    ("p99 ms", ">8"),
+    ("µs/req", ">8"),
+    ("x uvicorn", ">9"),
+    ("CPU%", ">5"),
+    ("spread", ">6"),
+    ("noise", ">5"),
     ("errors", "<0"),
 )
 
@@ -55,10 +63,16 @@ def table_row(server: ServerOutcome, base: dict[str, float | None]) -> list[str]
         return [server.name, "FAILED:", first_error]
     rate, cpu = median["requests_per_s"], median["us_per_request"]
     row = [
-        server.name, fmt(rate, ",.0f"), fmt(ratio(rate, base.get("requests_per_s")), ".2f"),
-        fmt(median["p50_ms"], ".2f"), fmt(median["p99_ms"], ".2f"), fmt(cpu, ".1f"),
-        fmt(ratio(cpu, base.get("us_per_request")), ".2f"), fmt(median["server_cpu_pct"], ".0f"),
-        fmt(median["spread_pct"], ".0f") + "%", fmt(median["noise_pct"], ".0f") + "%",
+        server.name,
+        fmt(rate, ",.0f"),
+        fmt(ratio(rate, base.get("requests_per_s")), ".2f"),
+        fmt(median["p50_ms"], ".2f"),
+        fmt(median["p99_ms"], ".2f"),
+        fmt(cpu, ".1f"),
+        fmt(ratio(cpu, base.get("us_per_request")), ".2f"),
+        fmt(median["server_cpu_pct"], ".0f"),
+        fmt(median["spread_pct"], ".0f") + "%",
+        fmt(median["noise_pct"], ".0f") + "%",
         error_text(median),
     ]
     if server.errors:
@@ -142,8 +156,16 @@ def plot_metric(ax: Any, outcomes: list[ScenarioOutcome], metric: str, colors: d
             position = x + (index - (len(names) - 1) / 2) * width
             value = ratio(outcome.servers[name].median().get(metric), base.get(metric))
             if value is None:
-                ax.text(position, 0.02, f"{name}: n/a", rotation=90, ha="center", va="bottom",
-                        fontsize=7, transform=ax.get_xaxis_transform())
+                ax.text(
+                    position,
+                    0.02,
+                    f"{name}: n/a",
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    transform=ax.get_xaxis_transform(),
+                )
                 continue
             bars = ax.bar(position, value, width * 0.95, color=colors[name])
             ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
@@ -164,15 +186,22 @@ def write_chart(path: Path, outcomes: list[ScenarioOutcome]) -> bool:
     names = list(dict.fromkeys(name for outcome in outcomes for name in outcome.servers))
     colors = {name: f"C{index}" for index, name in enumerate(names)}
     fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 1.5 * len(outcomes) + 2), 9), sharex=True)
-    titles = {"requests_per_s": "requests/s (higher is better)",
-              "us_per_request": "server CPU µs per request (lower is better)"}
+    titles = {
+        "requests_per_s": "requests/s (higher is better)",
+        "us_per_request": "server CPU µs per request (lower is better)",
+    }
     for ax, (metric, title) in zip(axes, titles.items(), strict=True):
         plot_metric(ax, outcomes, metric, colors)
         ax.set_title(title, fontsize=10)
     labels = [f"{o.scenario.name}\n(vs {o.scenario.baseline})" for o in outcomes]
     axes[-1].set_xticks(range(len(outcomes)), labels, fontsize=8)
-    fig.legend(handles=[Patch(color=colors[name], label=name) for name in names],
-               loc="upper center", ncols=min(len(names), 6), fontsize=8, bbox_to_anchor=(0.5, 0.95))
+    fig.legend(
+        handles=[Patch(color=colors[name], label=name) for name in names],
+        loc="upper center",
+        ncols=min(len(names), 6),
+        fontsize=8,
+        bbox_to_anchor=(0.5, 0.95),
+    )
     fig.suptitle("asgictl benchmarks: medians as ratios to uvicorn (uvicorn-h11 for h11 scenarios)")
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=110)

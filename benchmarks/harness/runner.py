@@ -161,8 +161,11 @@ def warm_up(servers: list[RunningServer], scenario: Scenario, script: Path | Non
 
 
 def run_rounds(
-    servers: list[RunningServer], scenario: Scenario, script: Path | None,
-    config: RunConfig, outcome: ScenarioOutcome,
+    servers: list[RunningServer],
+    scenario: Scenario,
+    script: Path | None,
+    config: RunConfig,
+    outcome: ScenarioOutcome,
 ) -> None:
     """Rounds of A B C D ...; a failed run is recorded and the server dropped."""
     active = list(servers)
@@ -189,16 +192,20 @@ def run_summary(name: str, run: dict[str, Any]) -> str:
     """One progress line for a finished run."""
     us = "n/a" if run["us_per_request"] is None else f"{run['us_per_request']:.1f}"
     p99 = "n/a" if run["p99_ms"] is None else f"{run['p99_ms']:.2f}"
-    return (f"{name:<12} {run['requests_per_s']:>10,.0f} req/s {us:>7} µs/req  p99 {p99:>7} ms"
-            f"{noise_note(run)}{error_note(run)}")
+    return (
+        f"{name:<12} {run['requests_per_s']:>10,.0f} req/s {us:>7} µs/req  p99 {p99:>7} ms"
+        f"{noise_note(run)}{error_note(run)}"
+    )
 
 
 def noise_note(run: dict[str, Any]) -> str:
     """Warn when other processes took a noticeable share of the server's or wrk's CPU."""
     notes = [
         f"CPU {cpu} ({role}) {run[key]:.0f}%"
-        for cpu, role, key in ((SERVER_CPU, "server", "other_load_server_cpu_pct"),
-                               (WRK_CPU, "wrk", "other_load_wrk_cpu_pct"))
+        for cpu, role, key in (
+            (SERVER_CPU, "server", "other_load_server_cpu_pct"),
+            (WRK_CPU, "wrk", "other_load_wrk_cpu_pct"),
+        )
         if run[key] >= NOISE_WARN_PCT
     ]
     return f"  (other load: {', '.join(notes)})" if notes else ""
@@ -220,8 +227,9 @@ def error_note(run: dict[str, Any]) -> str:
 def run_scenario(scenario: Scenario, specs: list[ServerSpec], config: RunConfig) -> ScenarioOutcome:
     """Start the servers, warm up, run the interleaved rounds, stop the servers."""
     script = write_script(scenario.kind, config.work_dir, POST_SIZE)
-    example_cmd = wrk_command(f"http://127.0.0.1:PORT{scenario.path}", scenario.connections,
-                              config.duration_s, script)
+    example_cmd = wrk_command(
+        f"http://127.0.0.1:PORT{scenario.path}", scenario.connections, config.duration_s, script
+    )
     outcome = ScenarioOutcome(scenario, example_cmd, script.read_text() if script else None)
     outcome.servers = {spec.name: ServerOutcome(spec.name) for spec in specs}
     launched: list[RunningServer] = []

@@ -78,9 +78,7 @@ EXPECTED_BODIES = {
 
 SCENARIOS = [
     Scenario("hello", "GET 13-byte 'Hello, world!' text/plain, 64 connections", "apps:hello"),
-    Scenario(
-        "hello-c1024", "GET 13-byte hello, 1024 connections", "apps:hello", connections=1024
-    ),
+    Scenario("hello-c1024", "GET 13-byte hello, 1024 connections", "apps:hello", connections=1024),
     Scenario(
         "pipeline16",
         "GET 13-byte hello, 16 requests pipelined per write (no latency: wrk can't time it)",
@@ -102,7 +100,10 @@ SCENARIOS = [
     ),
     Scenario("h11-hello", "GET 13-byte hello, pure-Python h11 parser", "apps:hello", group="h11"),
     Scenario(
-        "h11-post10k", "POST 10 KiB echoed, pure-Python h11 parser", "apps:echo", kind="post",
+        "h11-post10k",
+        "POST 10 KiB echoed, pure-Python h11 parser",
+        "apps:echo",
+        kind="post",
         group="h11",
     ),
 ]

@@ -68,22 +68,38 @@ def _asgictl(http: str | None) -> Callable[[str, int | str], list[str]]:
 
 def _uvicorn(http: str) -> Callable[[str, int | str], list[str]]:
     def args(app: str, port: int | str) -> list[str]:
-        return [app, "--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", http,
-                "--no-access-log"]
+        return [
+            app,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            http,
+            "--no-access-log",
+        ]
 
     return args
 
 
 def _granian(app: str, port: int | str) -> list[str]:
-    return ["--interface", "asgi", "--host", HOST, "--port", str(port), "--workers", "1",
-            "--no-log", app]
+    return ["--interface", "asgi", "--host", HOST, "--port", str(port), "--workers", "1", "--no-log", app]
 
 
 def _gunicorn(app: str, port: int | str) -> list[str]:
     # UvicornWorker picks uvloop + httptools when installed; gunicorn has no access log
     # unless --access-logfile is given.
-    return [app, "--bind", f"{HOST}:{port}", "--workers", "1",
-            "--worker-class", "uvicorn_worker.UvicornWorker"]
+    return [
+        app,
+        "--bind",
+        f"{HOST}:{port}",
+        "--workers",
+        "1",
+        "--worker-class",
+        "uvicorn_worker.UvicornWorker",
+    ]
 
 
 SERVERS = [
@@ -120,8 +136,11 @@ def server_env() -> dict[str, str]:
     ``GUNICORN_CMD_ARGS``, ``WEB_CONCURRENCY``) are dropped so that the command line alone
     decides the configuration.
     """
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(IGNORED_ENV_PREFIXES) and key not in IGNORED_ENV}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(IGNORED_ENV_PREFIXES) and key not in IGNORED_ENV
+    }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
     env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
     return env

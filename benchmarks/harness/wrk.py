@@ -139,9 +139,7 @@ def parse_wrk_output(text: str) -> WrkResult:
     latency = parse_latency_distribution(text)
     if not done or not rate or 50 not in latency or 99 not in latency:
         raise ValueError(f"could not parse wrk output:\n{text}")
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
-    )
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     connect, read, write, timeout = (int(g) for g in errors.groups()) if errors else (0, 0, 0, 0)
     return WrkResult(
         requests=int(done.group(1)),
