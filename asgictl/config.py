@@ -321,6 +321,38 @@ OPTIONS: tuple[Option, ...] = (
     _opt(
         "root_path", to_str, "", "The ASGI root_path, for an app mounted below a URL prefix.", metavar="PATH"
     ),
+    # -- request limits and read deadlines (answers: 414, 431, 413, 408)
+    _opt(
+        "limit_request_line",
+        positive(to_int),
+        8190,
+        "Longest request line (method, target, version) in bytes; longer gets 414.",
+    ),
+    _opt("limit_request_fields", positive(to_int), 100, "Most header fields in a request; more gets 431."),
+    _opt(
+        "limit_request_field_size",
+        positive(to_int),
+        8190,
+        "Longest header field (name and value) in bytes; longer gets 431.",
+    ),
+    _opt(
+        "limit_request_body",
+        positive(to_int),
+        None,
+        "Largest request body in bytes, chunked or not; larger gets 413 (the excess is not read).",
+    ),
+    _opt(
+        "timeout_header_read",
+        positive(to_float),
+        10.0,
+        "Seconds a client has to send a complete request head, for every request (slowloris).",
+    ),
+    _opt(
+        "timeout_body_read",
+        positive(to_float),
+        30.0,
+        "Seconds the server waits for the next piece of a request body before closing.",
+    ),
     _opt(
         "proxy_headers",
         to_bool,
@@ -562,6 +594,12 @@ class Config:
     timeout_graceful_shutdown: float
     limit_concurrency: int | None
     limit_max_requests: int | None
+    limit_request_line: int
+    limit_request_fields: int
+    limit_request_field_size: int
+    limit_request_body: int | None
+    timeout_header_read: float
+    timeout_body_read: float
     root_path: str
     proxy_headers: bool
     forwarded_allow_ips: str
@@ -672,7 +710,8 @@ def resolve(
         if os.path.isfile(pyproject):
             file_values = read_config_file(pyproject, pyproject=True)
 
-    app = cli.get("app") or file_values.pop("app", None) or environ.get("ASGICTL_APP")
+    file_app = file_values.pop("app", None)
+    app = cli.get("app") or environ.get("ASGICTL_APP") or file_app
     if not app:
         raise ConfigError("APP: missing; give it as module:attribute (e.g. main:app)")
 

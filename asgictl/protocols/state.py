@@ -46,6 +46,13 @@ class ServerState:
         "default_headers",
         "extra_lines",
         "h11_max_incomplete_event_size",
+        "limit_line",
+        "limit_fields",
+        "limit_field_size",
+        "limit_body",
+        "limit_head",
+        "timeout_header_read",
+        "timeout_body_read",
         "is_ssl",
         "trace",
         "keep_alive_timeout",
@@ -81,6 +88,15 @@ class ServerState:
         self.trusted = TrustedHosts(config.forwarded_allow_ips) if config.proxy_headers else None
         self.lifespan_state: dict[str, Any] = {}
         self.h11_max_incomplete_event_size = config.h11_max_incomplete_event_size
+        self.limit_line = config.limit_request_line
+        self.limit_fields = config.limit_request_fields
+        self.limit_field_size = config.limit_request_field_size
+        self.limit_body = config.limit_request_body
+        #: Bytes a head may take in all before 431, whatever its shape: bounds the memory
+        #: a client can pin by never finishing its head.
+        self.limit_head = max(64 * 1024, config.limit_request_line + config.limit_request_field_size + 4)
+        self.timeout_header_read = config.timeout_header_read
+        self.timeout_body_read = config.timeout_body_read
         self.shutting_down = False
         self.is_ssl = config.is_ssl
         #: --log-level trace: connection events are logged (checked once, not per call)

@@ -22,6 +22,7 @@ from urllib.parse import unquote
 
 from asgictl.protocols.http.cycle import HTTPCycle
 from asgictl.protocols.http.response import simple_response
+from asgictl.protocols.http.strict import InvalidRequest, check_head
 from asgictl.protocols.proxy import parse_forwarded_proto
 from asgictl.protocols.state import ServerState
 
@@ -70,7 +71,11 @@ async def service_unavailable(scope: Any, receive: Any, send: Any) -> None:
 class HTTPConnection(asyncio.Protocol):
     __slots__ = (
         "_starting",
+        "body_mark",
+        "body_seen",
         "client",
+        "head_bytes",
+        "head_since",
         "closing",
         "read_eof",
         "cycle",
@@ -109,6 +114,13 @@ class HTTPConnection(asyncio.Protocol):
         #: the client half-closed: answer what was received, then close
         self.read_eof = False
         self.idle_since: float | None = None
+        #: bytes of the request head received so far (0 between requests)
+        self.head_bytes = 0
+        #: when the clock first saw a partial head (for --timeout-header-read)
+        self.head_since: float | None = None
+        #: request body bytes received, and the count the clock saw last with its time
+        self.body_seen = 0
+        self.body_mark: tuple[int, float] | None = None
         self._starting = False
 
     # ------------------------------------------------------------------ asyncio events
@@ -150,6 +162,10 @@ class HTTPConnection(asyncio.Protocol):
         # A client may half-close after its last request: answer what is in progress,
         # then close. An idle connection closes at once.
         self.read_eof = True
+        if self.parsing is not None or self.head_bytes:
+            # The client stopped in the middle of a request: it will never be complete.
+            self.parse_error(400, "incomplete request")
+            return None
         if self.cycle is None and not self.pipeline and self.parsing is None:
             return None
         if self.cycle is not None:
@@ -192,10 +208,19 @@ class HTTPConnection(asyncio.Protocol):
         http_version: str,
         headers: list[tuple[bytes, bytes]],
         keep_alive: bool,
-        expect_continue: bool,
     ) -> None:
-        """A request head is complete: build its scope and queue its cycle."""
+        """A request head is complete: check it, build its scope and queue its cycle.
+
+        Raises InvalidRequest for a head the policy refuses (see strict.py).
+        """
         state = self.state
+        if len(target) + len(method) + 10 > state.limit_line:
+            raise InvalidRequest(414, "request line too long")
+        if len(headers) > state.limit_fields:
+            raise InvalidRequest(431, "too many header fields")
+        expect_continue = check_head(method, target, http_version, headers, state)
+        self.head_bytes = 0
+        self.head_since = None
         if target[:1] == b"/":
             raw_path, _, query = target.partition(b"?")
         elif target == b"*":
@@ -242,6 +267,13 @@ class HTTPConnection(asyncio.Protocol):
 
     def request_body(self, data: bytes) -> None:
         cycle = self.parsing
+        self.body_seen += len(data)
+        limit = self.state.limit_body
+        if limit is not None and cycle is not None:
+            cycle.body_size += len(data)
+            if cycle.body_size > limit:
+                self.body_too_large(cycle)
+                return
         if cycle is not None and not cycle.response_complete:
             cycle.feed_body(data)
             if len(cycle.body) > HIGH_WATER:
@@ -253,14 +285,36 @@ class HTTPConnection(asyncio.Protocol):
             self.parsing = None
             cycle.end_of_request()
 
+    def body_too_large(self, cycle: HTTPCycle) -> None:
+        """A body past --limit-request-body: answer 413 if still possible, read no more."""
+        self.pipeline.clear()
+        self.parsing = None
+        self.closing = True
+        if not cycle.response_started and not self.transport.is_closing():
+            cycle.response_started = cycle.response_complete = True
+            body = b"Request body too large\n"
+            self.transport.write(simple_response(413, body, self.state.default_headers))
+        cycle.on_disconnect()  # the app's receive/send now see a client that went away
+        self.transport.close()
+
     def parse_error(self, status: int, reason: str) -> None:
         """Answer a request the parser refused, and close: nothing after it is trusted."""
         logger.debug("Invalid HTTP request: %s", reason)
         self.closing = True
-        self.pipeline.clear()
         bad, self.parsing = self.parsing, None
+        if bad is not None and bad is not self.cycle:
+            if bad in self.pipeline:
+                self.pipeline.remove(bad)
+            bad.on_disconnect()
+        if self.pipeline or (self.cycle is not None and self.cycle is not bad):
+            # Requests that came whole before the bad bytes are still answered; the
+            # connection closes after the last of them.
+            last = self.pipeline[-1] if self.pipeline else self.cycle
+            assert last is not None
+            last.keep_alive = False
+            return
         cycle = self.cycle
-        if (cycle is None or cycle is bad) and not self.transport.is_closing():
+        if not self.transport.is_closing():
             # No request in progress, or it is the broken one (its body was malformed
             # while the app read it): it can never complete, so answer it now and close.
             if cycle is None or not cycle.response_started:
@@ -269,9 +323,6 @@ class HTTPConnection(asyncio.Protocol):
             if cycle is not None:
                 cycle.on_disconnect()
             self.transport.close()
-        elif self.cycle is not None:
-            # Answer the request in progress first; it will close the connection.
-            self.cycle.keep_alive = False
 
     def after_feed(self) -> None:
         """Called by the adapters after each batch of parsed bytes."""
@@ -352,15 +403,45 @@ class HTTPConnection(asyncio.Protocol):
     # ----------------------------------------------------------------- housekeeping
 
     def check_idle(self, now: float) -> None:
-        """Close a connection idle past the keep-alive timeout (called once a second).
+        """The once-a-second deadlines (no timer per request):
 
-        A connection counts as idle from the end of its last response (or its start)
-        until a complete request head arrives; trickling bytes do not reset the clock.
+        - keep-alive: no byte of a new request within --timeout-keep-alive;
+        - header read: a head started but not complete within --timeout-header-read,
+          however the bytes trickle in (slowloris);
+        - body read: no new body bytes within --timeout-body-read.
         """
+        state = self.state
+        if self.head_bytes:
+            if self.head_since is None:
+                self.head_since = now
+            elif now - self.head_since >= state.timeout_header_read:
+                self.timed_out("request head not received in time")
+            return
         since = self.idle_since
-        if since is not None and now - since >= self.state.keep_alive_timeout:
-            if self.cycle is None and not self.pipeline:
+        if since is not None and now - since >= state.keep_alive_timeout:
+            if self.cycle is None and not self.pipeline and self.parsing is None:
                 self.transport.close()
+            return
+        if self.parsing is not None:
+            mark = self.body_mark
+            if mark is None or mark[0] != self.body_seen:
+                self.body_mark = (self.body_seen, now)
+            elif now - mark[1] >= state.timeout_body_read:
+                self.timed_out("request body not received in time")
+        elif self.body_mark is not None:
+            self.body_mark = None
+
+    def timed_out(self, reason: str) -> None:
+        logger.debug("Closing connection: %s", reason)
+        cycle = self.parsing
+        self.parsing = None
+        self.pipeline.clear()
+        self.closing = True
+        if self.cycle is None and cycle is None and not self.transport.is_closing():
+            self.transport.write(simple_response(408, f"{reason}\n".encode(), self.state.default_headers))
+        if cycle is not None:
+            cycle.on_disconnect()
+        self.transport.close()
 
     def shutdown(self) -> None:
         """Graceful stop: close if idle, else close after the response in progress."""

@@ -58,6 +58,7 @@ class HTTPCycle:
         "body",
         "more_body",
         "body_delivered",
+        "body_size",
         "expect_continue",
         "waiter",
         "disconnected",
@@ -86,6 +87,7 @@ class HTTPCycle:
         self.body = b""
         self.more_body = True
         self.body_delivered = False
+        self.body_size = 0
         self.expect_continue = expect_continue
         self.waiter: asyncio.Future[None] | None = None
         self.disconnected = False

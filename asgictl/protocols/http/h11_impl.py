@@ -3,6 +3,10 @@
 h11 is used for parsing only; responses are written by the shared cycle. h11's
 connection object models one request/response at a time, so after each complete
 request a fresh one takes over the bytes that followed it (``trailing_data``).
+
+h11 is lenient where the policy is not (bare LF, obs-fold, control bytes): the raw
+bytes of each head are kept until h11 has parsed it and checked with
+``strict.check_raw_head`` first.
 """
 
 from __future__ import annotations
@@ -10,15 +14,18 @@ from __future__ import annotations
 import h11
 
 from asgictl.protocols.http.connection import HTTPConnection
+from asgictl.protocols.http.strict import InvalidRequest, check_raw_head, check_trailer, head_end
 from asgictl.protocols.state import ServerState
 
 
 class H11Connection(HTTPConnection):
-    __slots__ = ("parser", "stopped")
+    __slots__ = ("parser", "raw_head", "stopped")
 
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
         self.parser = self._new_parser()
+        #: bytes of a head not yet parsed, or None while a body is being read
+        self.raw_head: bytearray | None = bytearray()
         self.stopped = False
 
     def _new_parser(self) -> h11.Connection:
@@ -26,6 +33,14 @@ class H11Connection(HTTPConnection):
 
     def data_received(self, data: bytes) -> None:
         if self.stopped:
+            return
+        if self.parsing is None:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.state.limit_head:
+                self.stopped = True
+                self.parse_error(431, "request head too large")
+                return
+        if not self._check_head_bytes(data):
             return
         self.parser.receive_data(data)
         self._handle_events()
@@ -37,6 +52,24 @@ class H11Connection(HTTPConnection):
             self._handle_events()
         return super().eof_received()
 
+    def _check_head_bytes(self, data: bytes) -> bool:
+        raw = self.raw_head
+        if raw is None:
+            return True
+        raw += data
+        end = head_end(raw)
+        if end >= 0:
+            try:
+                check_raw_head(raw[:end])
+            except InvalidRequest as exc:
+                self._refuse(exc)
+                return False
+        return True
+
+    def _refuse(self, exc: InvalidRequest) -> None:
+        self.stopped = True
+        self.parse_error(exc.status, exc.reason)
+
     def _handle_events(self) -> None:
         while not self.stopped:
             try:
@@ -46,30 +79,40 @@ class H11Connection(HTTPConnection):
                 self.parse_error(exc.error_status_hint, f"Invalid HTTP request: {exc}")
                 return
             kind = type(event)
-            if kind is h11.Data:
-                self.request_body(event.data)  # type: ignore[union-attr]
-            elif kind is h11.Request:
-                self._on_request(event)  # type: ignore[arg-type]
-            elif kind is h11.EndOfMessage:
-                self.end_of_request()
-                if self.closing:
-                    # Bytes after a request that closes the connection are never parsed.
-                    self.stopped = True
+            try:
+                if kind is h11.Data:
+                    self.request_body(event.data)  # type: ignore[union-attr]
+                elif kind is h11.Request:
+                    self.raw_head = None
+                    self._on_request(event)  # type: ignore[arg-type]
+                elif kind is h11.EndOfMessage:
+                    for name, _ in event.headers:  # type: ignore[union-attr]
+                        check_trailer(name)
+                    self.end_of_request()
+                    if self.closing:
+                        # Bytes after a request that closes the connection are never parsed.
+                        self.stopped = True
+                        return
+                    data, closed = self.parser.trailing_data
+                    self.parser = self._new_parser()
+                    self.raw_head = bytearray()
+                    if data:
+                        if not self._check_head_bytes(data):
+                            return
+                        self.parser.receive_data(data)
+                    if closed:
+                        self.parser.receive_data(b"")
+                elif event is h11.NEED_DATA or kind is h11.ConnectionClosed:
                     return
-                data, closed = self.parser.trailing_data
-                self.parser = self._new_parser()
-                if data:
-                    self.parser.receive_data(data)
-                if closed:
-                    self.parser.receive_data(b"")
-            elif event is h11.NEED_DATA or kind is h11.ConnectionClosed:
-                return
-            elif event is h11.PAUSED:
-                # h11 pauses after a request that switches protocols (Upgrade,
-                # CONNECT): it was answered as plain HTTP; read nothing more.
-                self.end_of_request()
-                self.stopped = True
-                self.closing = True
+                elif event is h11.PAUSED:
+                    # h11 pauses after a request that switches protocols (Upgrade,
+                    # CONNECT): it was answered as plain HTTP; read nothing more.
+                    self.end_of_request()
+                    self.stopped = True
+                    self.closing = True
+                    return
+            except InvalidRequest as exc:
+                self._refuse(exc)
                 return
 
     def _on_request(self, event: h11.Request) -> None:
@@ -80,11 +123,4 @@ class H11Connection(HTTPConnection):
             keep_alive = b"close" not in connection_tokens
         else:
             keep_alive = b"keep-alive" in connection_tokens
-        self.begin_request(
-            event.method.decode("ascii"),
-            event.target,
-            version,
-            headers,
-            keep_alive,
-            self.parser.they_are_waiting_for_100_continue,
-        )
+        self.begin_request(event.method.decode("ascii"), event.target, version, headers, keep_alive)

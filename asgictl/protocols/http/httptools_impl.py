@@ -1,30 +1,44 @@
-"""The httptools (llhttp, in C) adapter: parser callbacks become HTTPConnection calls."""
+"""The httptools (llhttp, in C) adapter: parser callbacks become HTTPConnection calls.
+
+llhttp is strict about line endings, folding and control bytes; what it lets through
+that the policy refuses is checked by the shared ``strict.check_head``. Trailer fields
+arrive through ``on_header`` after the head is complete: they are checked and dropped
+(ASGI has no request trailers).
+"""
 
 from __future__ import annotations
 
 import httptools
 
 from asgictl.protocols.http.connection import HTTPConnection
+from asgictl.protocols.http.strict import InvalidRequest, check_trailer
 from asgictl.protocols.state import ServerState
 
 #: Decoded once instead of per request.
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+_OWS = b" \t"
 
 
 class HttpToolsConnection(HTTPConnection):
-    __slots__ = ("expect_continue", "headers", "parser", "stopped", "url")
+    __slots__ = ("headers", "in_trailers", "parser", "stopped", "url")
 
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.expect_continue = False
+        self.in_trailers = False
         self.stopped = False
 
     def data_received(self, data: bytes) -> None:
         if self.stopped:
             return
+        if self.parsing is None:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.state.limit_head:
+                self.stopped = True
+                self.parse_error(431, "request head too large")
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -32,6 +46,12 @@ class HttpToolsConnection(HTTPConnection):
             # HTTP, and whatever follows it is not HTTP/1.1, so nothing more is read.
             self.stopped = True
             self.closing = True
+        except httptools.HttpParserCallbackError as exc:
+            self.stopped = True
+            refused = exc.__context__
+            if not isinstance(refused, InvalidRequest):
+                raise
+            self.parse_error(refused.status, refused.reason)
         except httptools.HttpParserError as exc:
             self.stopped = True
             self.parse_error(400, _reason(exc))
@@ -41,28 +61,31 @@ class HttpToolsConnection(HTTPConnection):
 
     def on_message_begin(self) -> None:
         self.url = b""
-        self.headers = []
-        self.expect_continue = False
+        self.in_trailers = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_continue = True
-        self.headers.append((name, value))
+        if self.in_trailers:
+            check_trailer(name)
+            return
+        # llhttp drops leading whitespace of a value but keeps trailing (RFC 9110 5.5).
+        self.headers.append((name, value.rstrip(_OWS)))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         method = parser.get_method()
+        headers = self.headers
+        self.headers = []  # the scope owns that list now
+        self.in_trailers = True
         self.begin_request(
             _METHODS.get(method) or method.decode("ascii"),
             self.url,
             parser.get_http_version(),
-            self.headers,
+            headers,
             parser.should_keep_alive(),
-            self.expect_continue,
         )
 
     def on_body(self, body: bytes) -> None:

@@ -1,0 +1,215 @@
+"""One strictness policy for request heads, whichever parser read them.
+
+httptools (llhttp) and h11 disagree on what they let through: h11 accepts bare-LF line
+endings, obs-fold and control bytes in values; neither refuses Content-Length together
+with Transfer-Encoding, a duplicated Host or an underscore spelling of a framing header.
+Every one of those is a way for a request to mean one thing to a proxy in front and
+another thing here (request smuggling). The adapters call :func:`check_head` on every
+parsed head, and the h11 adapter also runs :func:`check_raw_head` on the bytes of the head,
+so both parsers refuse the same requests with the same answers.
+
+Refusals raise :class:`InvalidRequest` with the status to answer (400, 414, 431, 501,
+505) and a short reason; the connection then answers and closes, and nothing after the
+bad request is parsed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class InvalidRequest(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+#: The methods llhttp knows; h11 accepts any token, so both are held to this list.
+KNOWN_METHODS = frozenset(
+    "DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    "SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    "SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
+
+_HOST = 1
+_CONTENT_LENGTH = 2
+_TRANSFER_ENCODING = 3
+_CONTENT_TYPE = 4
+_EXPECT = 5
+_FRAMING_ALIAS = 6
+#: Header names that need a look; every other header costs one dict lookup.
+_SPECIAL = {
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"content-type": _CONTENT_TYPE,
+    b"expect": _EXPECT,
+    # WSGI environ (and some proxies) map "_" to "-": these spellings would smuggle a
+    # second framing header past a proxy that reads only the dashed one.
+    b"content_length": _FRAMING_ALIAS,
+    b"transfer_encoding": _FRAMING_ALIAS,
+}
+
+#: Fields a sender must not put in a trailer section (RFC 9110 6.5.1): framing, routing,
+#: request modifiers, authentication, content handling.
+FORBIDDEN_TRAILERS = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"trailer",
+        b"te",
+        b"expect",
+        b"connection",
+        b"keep-alive",
+        b"upgrade",
+        b"authorization",
+        b"proxy-authorization",
+        b"cookie",
+        b"set-cookie",
+        b"max-forwards",
+        b"cache-control",
+        b"range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"if-range",
+    }
+)
+
+
+def check_head(
+    method: str, target: bytes, version: str, headers: list[tuple[bytes, bytes]], limits: Any
+) -> bool:
+    """Refuse a head the policy forbids; return whether it expects ``100-continue``.
+
+    ``limits`` has ``limit_field_size`` and ``limit_body`` (the ServerState).
+    """
+    if version != "1.1" and version != "1.0":
+        raise InvalidRequest(505, f"HTTP/{version} is not supported")
+    if method not in KNOWN_METHODS:
+        raise InvalidRequest(400, "unknown method")
+    host = length = encoding = content_type = 0
+    expect_continue = False
+    length_value = encoding_value = b""
+    max_field = limits.limit_field_size - 4  # the field line counts ": " and its CRLF
+    for name, value in headers:
+        if len(name) + len(value) > max_field:
+            raise InvalidRequest(431, "header field too large")
+        kind = _SPECIAL.get(name)
+        if kind is None:
+            continue
+        if kind == _HOST:
+            host += 1
+        elif kind == _CONTENT_LENGTH:
+            length += 1
+            length_value = value
+        elif kind == _TRANSFER_ENCODING:
+            encoding += 1
+            encoding_value = value
+        elif kind == _CONTENT_TYPE:
+            content_type += 1
+        elif kind == _EXPECT:
+            if value.lower() == b"100-continue":
+                expect_continue = True
+        else:
+            raise InvalidRequest(400, f"ambiguous header name {name.decode('latin-1')!r}")
+    if host != 1 and (host or version == "1.1"):
+        raise InvalidRequest(400, "exactly one Host header is required" if host else "missing Host header")
+    if length or encoding:
+        _check_framing(version, length, length_value, encoding, encoding_value)
+        if length and limits.limit_body is not None and int(length_value) > limits.limit_body:
+            raise InvalidRequest(413, "request body too large")
+    if content_type > 1:
+        raise InvalidRequest(400, "duplicate Content-Type header")
+    first = target[:1]
+    if first != b"/":
+        _check_target(method, target)
+    return expect_continue
+
+
+def _check_framing(version: str, length: int, length_value: bytes, encoding: int, encoding_value: bytes) -> None:
+    if length and encoding:
+        raise InvalidRequest(400, "both Content-Length and Transfer-Encoding")
+    if length:
+        if length > 1:
+            raise InvalidRequest(400, "duplicate Content-Length header")
+        if not length_value.isdigit() or not length_value.isascii():
+            raise InvalidRequest(400, "malformed Content-Length")
+        return
+    if encoding > 1 or version == "1.0":
+        raise InvalidRequest(400, "Transfer-Encoding is not allowed here")
+    codings = [c.strip().lower() for c in encoding_value.split(b",")]
+    if codings[-1] != b"chunked":
+        raise InvalidRequest(400, "Transfer-Encoding must end with chunked")
+    if len(codings) > 1:
+        raise InvalidRequest(501, f"transfer coding {codings[0].decode('latin-1')!r} is not implemented")
+
+
+def _check_target(method: str, target: bytes) -> None:
+    if target == b"*":
+        if method != "OPTIONS":
+            raise InvalidRequest(400, "the asterisk target is only for OPTIONS")
+        return
+    if method == "CONNECT":
+        host, sep, port = target.rpartition(b":")
+        if not sep or not host or not port.isdigit():
+            raise InvalidRequest(400, "CONNECT needs a host:port target")
+        return
+    if b"://" not in target:
+        raise InvalidRequest(400, "invalid request target")
+    try:
+        parts = urlsplit(target.decode("ascii"))
+        parts.port  # noqa: B018 - validates the port
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest(400, "invalid request target") from None
+    if not parts.scheme or not parts.netloc or parts.scheme.lower() not in ("http", "https"):
+        raise InvalidRequest(400, "invalid request target")
+
+
+def check_trailer(name: bytes) -> None:
+    if name in FORBIDDEN_TRAILERS:
+        raise InvalidRequest(400, f"field {name.decode('latin-1')!r} is not allowed in a trailer")
+
+
+# ---------------------------------------------------------------- raw head (h11 path)
+
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_REQUEST_LINE = rb"%s+ [\x21-\x7e\x80-\xff]+ HTTP/[0-9]\.[0-9]\r\n" % _TCHAR
+# A field line: a token, a colon, optional whitespace, a value of visible characters
+# (obs-text allowed) and inner spaces/tabs, optional whitespace, CRLF. No obs-fold, no
+# whitespace before the colon, no control bytes, no bare CR or LF.
+_FIELD_LINE = rb"%s+:[ \t]*(?:[\x21-\x7e\x80-\xff](?:[\x20\x09\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?[ \t]*\r\n" % (
+    _TCHAR
+)
+_HEAD = re.compile(rb"%s(?:%s)*\r\n" % (_REQUEST_LINE, _FIELD_LINE))
+# h11 folds "Content-Length: 5, 5" into "5"; the list form is refused (RFC 9112 6.3).
+_LENGTH_LIST = re.compile(rb"\ncontent-length:[^\r\n]*,", re.IGNORECASE)
+
+
+def head_end(data: bytes | bytearray) -> int:
+    """Offset just past the head (its blank line) in ``data``, or -1 if not complete.
+
+    A bare-LF blank line counts as an end too, so that the malformed head is seen and
+    refused instead of waited on.
+    """
+    crlf = data.find(b"\r\n\r\n")
+    lf = data.find(b"\n\n")
+    if lf >= 0 and (crlf < 0 or lf < crlf + 2):
+        return lf + 2
+    return crlf + 4 if crlf >= 0 else -1
+
+
+def check_raw_head(head: bytes | bytearray) -> None:
+    """Refuse a head whose bytes break RFC 9112's grammar where h11 is lenient."""
+    if _HEAD.fullmatch(head) is None:
+        raise InvalidRequest(400, "malformed request head")
+    if _LENGTH_LIST.search(head) is not None:
+        raise InvalidRequest(400, "malformed Content-Length")
