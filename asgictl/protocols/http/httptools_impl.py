@@ -11,7 +11,7 @@ from __future__ import annotations
 import httptools
 
 from asgictl.protocols.http.connection import HTTPConnection
-from asgictl.protocols.http.strict import InvalidRequest, check_trailer
+from asgictl.protocols.http.strict import InvalidRequest, check_request_line, check_trailer
 from asgictl.protocols.state import ServerState
 
 #: Decoded once instead of per request.
@@ -34,6 +34,15 @@ class HttpToolsConnection(HTTPConnection):
         if self.stopped:
             return
         if self.parsing is None:
+            if not self.head_bytes:
+                # A head starts here: llhttp accepts runs of spaces in the request line
+                # where h11 and RFC 9112's grammar do not; refuse them alike.
+                try:
+                    check_request_line(data)
+                except InvalidRequest as exc:
+                    self.stopped = True
+                    self.parse_error(exc.status, exc.reason)
+                    return
             self.head_bytes += len(data)
             if self.head_bytes > self.state.limit_head:
                 self.stopped = True
@@ -54,7 +63,9 @@ class HttpToolsConnection(HTTPConnection):
             self.parse_error(refused.status, refused.reason)
         except httptools.HttpParserError as exc:
             self.stopped = True
-            self.parse_error(400, _reason(exc))
+            reason = _reason(exc)
+            # A well-formed but unsupported version is 505, as the shared check says.
+            self.parse_error(505 if "Invalid HTTP version" in reason else 400, reason)
         self.after_feed()
 
     # ------------------------------------------------------------- parser callbacks

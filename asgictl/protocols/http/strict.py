@@ -146,7 +146,12 @@ def _check_framing(version: str, length: int, length_value: bytes, encoding: int
         return
     if encoding > 1 or version == "1.0":
         raise InvalidRequest(400, "Transfer-Encoding is not allowed here")
-    codings = [c.strip().lower() for c in encoding_value.split(b",")]
+    check_transfer_encoding(encoding_value)
+
+
+def check_transfer_encoding(value: bytes) -> None:
+    """Only ``chunked`` is decoded here: it must come last (400), alone (501)."""
+    codings = [c.strip().lower() for c in value.split(b",")]
     if codings[-1] != b"chunked":
         raise InvalidRequest(400, "Transfer-Encoding must end with chunked")
     if len(codings) > 1:
@@ -190,8 +195,19 @@ _FIELD_LINE = rb"%s+:[ \t]*(?:[\x21-\x7e\x80-\xff](?:[\x20\x09\x21-\x7e\x80-\xff
     _TCHAR
 )
 _HEAD = re.compile(rb"%s(?:%s)*\r\n" % (_REQUEST_LINE, _FIELD_LINE))
-# h11 folds "Content-Length: 5, 5" into "5"; the list form is refused (RFC 9112 6.3).
-_LENGTH_LIST = re.compile(rb"\ncontent-length:[^\r\n]*,", re.IGNORECASE)
+# h11 folds "Content-Length: 5, 5" and repeated equal lengths into one value, and
+# answers a Transfer-Encoding it does not know with its own status: the raw fields are
+# checked first so that both parsers refuse them alike (RFC 9112 6.1, 6.3).
+_FRAMING_FIELD = re.compile(rb"\n(content-length|transfer-encoding):[ \t]*([^\r\n]*)", re.IGNORECASE)
+
+
+def check_request_line(data: bytes) -> None:
+    """The request line at the start of ``data`` has single spaces (for llhttp, which
+    parses on whitespace boundaries where h11 and the grammar do not)."""
+    end = data.find(b"\r\n", 0, 16384)
+    line = data[:end] if end >= 0 else data[:16384]
+    if line.count(b" ") != 2 and (end >= 0 or line.count(b" ") > 2):
+        raise InvalidRequest(400, "malformed request line")
 
 
 def head_end(data: bytes | bytearray) -> int:
@@ -211,5 +227,11 @@ def check_raw_head(head: bytes | bytearray) -> None:
     """Refuse a head whose bytes break RFC 9112's grammar where h11 is lenient."""
     if _HEAD.fullmatch(head) is None:
         raise InvalidRequest(400, "malformed request head")
-    if _LENGTH_LIST.search(head) is not None:
-        raise InvalidRequest(400, "malformed Content-Length")
+    lengths = 0
+    for name, value in _FRAMING_FIELD.findall(head):
+        if name.lower() == b"content-length":
+            lengths += 1
+            if lengths > 1 or not value.strip().isdigit():
+                raise InvalidRequest(400, "malformed or repeated Content-Length")
+        elif not head.startswith(b"HTTP/1.0", head.find(b"HTTP/")):
+            check_transfer_encoding(value)
