@@ -214,3 +214,55 @@ def test_slowloris_connection_closed_while_others_served(parser: str) -> None:
                 break
         slow.close()
         assert closed_after is not None and closed_after < 6, closed_after
+
+
+def test_idle_flood_is_closed_and_normal_clients_served() -> None:
+    """Hundreds of connections that never send a byte: normal requests keep getting
+    answers, and the keep-alive deadline closes every idle one (uvicorn holds them)."""
+    args = ["serve", "recorder:app", "--port", "0", "--timeout-keep-alive", "2", "--backlog", "1024"]
+    with run_asgictl(args) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(300)]
+        try:
+            for _ in range(5):
+                with socket.create_connection(("127.0.0.1", server.port), timeout=10) as normal:
+                    normal.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                    assert read_all(normal).startswith(b"HTTP/1.1 200 ")
+            deadline = time.monotonic() + 20
+            still_open = list(idle)
+            while still_open and time.monotonic() < deadline:
+                for sock in list(still_open):
+                    sock.settimeout(0.05)
+                    try:
+                        if sock.recv(1) == b"":
+                            still_open.remove(sock)
+                    except TimeoutError:
+                        pass
+                    except OSError:
+                        still_open.remove(sock)
+            assert not still_open, f"{len(still_open)} idle connections outlived the deadline"
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_limit_concurrency_answers_503_under_an_idle_flood() -> None:
+    args = ["serve", "recorder:app", "--port", "0", "--limit-concurrency", "50", "--timeout-keep-alive", "30"]
+    with run_asgictl(args) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(60)]
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as extra:
+                extra.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                data = read_all(extra)
+            assert data.startswith(b"HTTP/1.1 503 ")
+        finally:
+            for sock in idle:
+                sock.close()
+        # The flood gone, the server answers normally again.
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as normal:
+                normal.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                if read_all(normal).startswith(b"HTTP/1.1 200 ") or time.monotonic() > deadline:
+                    break
+            time.sleep(0.1)  # poll interval: the server notices the closed flood asynchronously
+        assert time.monotonic() <= deadline
