@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 
 from asgictl import __version__
-from asgictl.config import SERVE, ConfigError, Option, options_for, resolve
+from asgictl.config import SERVE, START, ConfigError, Option, options_for, resolve
 
 app = typer.Typer(
     name="asgictl",
@@ -102,6 +102,33 @@ app.command(
     help="Serve APP in this process: one worker in the foreground, no master.",
     no_args_is_help=True,
 )(_command(SERVE, _serve))
+
+
+def _start(values: dict[str, Any]) -> None:
+    from asgictl.logs import configure_logging
+    from asgictl.supervisor import run_master
+    from asgictl.worker.loader import AppLoadError
+
+    try:
+        config = resolve(START, values)
+        configure_logging(config)
+        code = run_master(config)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    except AppLoadError as exc:
+        fail(str(exc), 1)
+    except ValueError as exc:  # e.g. a --log-config file that does not load
+        if str(exc).startswith("--"):
+            fail(str(exc), 2)
+        raise
+    raise SystemExit(code)
+
+
+app.command(
+    START,
+    help="Start a master that binds the listeners and supervises --workers forked workers.",
+    no_args_is_help=True,
+)(_command(START, _start))
 
 
 def _version(value: bool) -> None:

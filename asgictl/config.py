@@ -287,6 +287,44 @@ OPTIONS: tuple[Option, ...] = (
         "loop", choice("auto", "asyncio", "uvloop"), "auto", "Event loop implementation. auto prefers uvloop."
     ),
     _opt("http", choice("auto", "httptools", "h11"), "auto", "HTTP/1.1 parser. auto prefers httptools."),
+    # -- WebSocket (same names and defaults as uvicorn's)
+    _opt(
+        "ws",
+        choice("auto", "none", "websockets", "wsproto"),
+        "auto",
+        "WebSocket implementation. auto prefers websockets (sans-IO); none answers upgrades as plain HTTP.",
+    ),
+    _opt(
+        "ws_max_size",
+        positive(to_int),
+        16 * 1024 * 1024,
+        "Largest WebSocket message accepted, in bytes; a larger one closes the connection with 1009.",
+    ),
+    _opt(
+        "ws_max_queue",
+        positive(to_int),
+        32,
+        "WebSocket messages queued for the app before the server stops reading from the client.",
+    ),
+    _opt(
+        "ws_ping_interval",
+        non_negative(to_float),
+        20.0,
+        "Send a WebSocket ping every this many seconds (0 disables keepalive pings).",
+    ),
+    _opt(
+        "ws_ping_timeout",
+        non_negative(to_float),
+        20.0,
+        "Close a WebSocket whose pong has not come back within this many seconds.",
+    ),
+    _opt(
+        "ws_per_message_deflate",
+        to_bool,
+        True,
+        "Offer the permessage-deflate WebSocket extension.",
+        flag=True,
+    ),
     _opt(
         "h11_max_incomplete_event_size",
         positive(to_int),
@@ -590,6 +628,12 @@ class Config:
     loop: str
     http: str
     h11_max_incomplete_event_size: int
+    ws: str
+    ws_max_size: int
+    ws_max_queue: int
+    ws_ping_interval: float
+    ws_ping_timeout: float
+    ws_per_message_deflate: bool
     timeout_keep_alive: float
     timeout_graceful_shutdown: float
     limit_concurrency: int | None

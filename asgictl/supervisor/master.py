@@ -112,6 +112,7 @@ class Worker:
     kill_at: float = 0.0
     killed_at: float = 0.0
     rss: int | None = None
+    requests: int = 0  # last count read from its cell (kept after it exits)
     next_rss_sample: float = 0.0
     process: Any = None  # psutil.Process, created lazily
 
@@ -154,6 +155,7 @@ class Master:
         self.hooks = hooks or MasterHooks()
         self.app_label = config.app if isinstance(config.app, str) else getattr(config.app, "__name__", "app")
         self.child_config = child_config(config, preloaded)
+        self.preloaded = preloaded is not None
         self.target = min(config.workers, MAX_WORKERS)
         self.stats = StatsTable(CELLS)
         self.workers: dict[int, Worker] = {}  # by pid
@@ -196,7 +198,7 @@ class Master:
         """Rolling restart: one slot after another, each gated on its new worker's READY."""
         if self.stopping:
             return
-        if self.child_config.factory is False and not isinstance(self.child_config.app, str):
+        if self.preloaded:
             logger.warning("--preload: new workers reuse the app imported at start; USR2 loads new code")
         self.generation += 1
         ids = sorted(self._slot_ids())
@@ -392,10 +394,12 @@ class Master:
                 return
             if pid == self.upgrade_pid:
                 self.upgrade_pid = None
-                logger.error("Upgrade failed: the new master %s; this one keeps serving", _describe_exit(status))
+                how = _describe_exit(status)
+                logger.error("Upgrade failed: the new master %s; this one keeps serving", how)
                 continue
             worker = self.workers.pop(pid, None)
             if worker is not None:
+                worker.requests = self.stats.read(worker.cell).requests
                 self.stats.release(worker.cell)
                 self._on_exit(worker, status)
 
@@ -403,6 +407,8 @@ class Master:
         now = time.monotonic()
         slot = self.slots.setdefault(w.worker_id, Slot())
         how = _describe_exit(status)
+        if w.ready_at:
+            how += f" after serving {w.requests} requests"
         if w.state in (STOPPING, KILLING):
             logger.info("Worker %d (pid %d) %s [%s]", w.worker_id, w.pid, how, w.reason or "stopped")
             if w.reason == policy.BOOT_TIMEOUT:
@@ -569,7 +575,7 @@ class Master:
                 w.rss = _rss(w)
             cell = self.stats.read(w.cell)
             reason = policy.recycle_reason(w.limits, cell.requests, w.rss, now - w.ready_at)
-            if reason is None or w.reason in (policy.MAX_REQUESTS, policy.MEMORY, policy.LIFETIME):
+            if reason is None:
                 continue
             slot = self.slots.setdefault(w.worker_id, Slot())
             if now < slot.replace_after or self._booting_in(w.worker_id):
@@ -603,7 +609,7 @@ class Master:
                 continue
             slot = self.slots.setdefault(worker_id, Slot())
             if now >= slot.respawn_at:
-                self._spawn(worker_id, slot.last_reason if slot.restarts else "")
+                self._spawn(worker_id, f"respawn after {slot.last_reason}" if slot.last_reason else "")
         # Scaled down: slots past the target drain.
         for w in list(self.workers.values()):
             if w.worker_id > self.target and w.live:

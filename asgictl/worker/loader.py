@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from asgictl.config import Config
+from asgictl.config import Config, read_env_file
 
 
 class AppLoadError(Exception):
@@ -79,6 +79,11 @@ def detect_interface(app: Any) -> str:
 
 def load_app(config: Config) -> Any:
     """Import (or take) the app, call its factory if asked, and wrap it as ASGI3."""
+    if config.env_file:
+        # As uvicorn's Config does, also from the Python API: the app sees the file's
+        # variables (the real environment wins, as when resolve() applied them already).
+        for key, value in read_env_file(config.env_file).items():
+            os.environ.setdefault(key, value)
     app_dir = config.app_dir or os.getcwd()
     if app_dir not in sys.path:
         sys.path.insert(0, app_dir)

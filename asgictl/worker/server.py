@@ -37,6 +37,8 @@ logger = logging.getLogger("asgictl.error")
 #: Exit status when the app fails its lifespan startup (as uvicorn's).
 STARTUP_FAILURE = 3
 TICK_SECONDS = 1.0
+#: On shutdown, how long an idle connection may still deliver a request.
+IDLE_GRACE_SECONDS = 0.25
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -101,7 +103,13 @@ class Server:
         if self.should_exit:
             await lifespan.shutdown()
             return
-        await self._start_listening(sockets, ssl_context)
+        try:
+            await self._start_listening(sockets, ssl_context)
+        except BaseException:
+            # e.g. the port is taken: the app started, so it gets its shutdown too (and
+            # its lifespan task is not left to be cancelled mid-receive, with a traceback).
+            await lifespan.shutdown()
+            raise
         self.started = True
         if self.on_ready is not None:
             self.on_ready(self)
@@ -137,9 +145,22 @@ class Server:
         for server in self.servers:
             server.close()
         state.shutting_down = True
+        deadline = loop.time() + self.config.timeout_graceful_shutdown
+        # Idle connections get a short grace before they close: one accepted just before
+        # the listeners closed, whose request is not read yet, or a keep-alive client that
+        # sent its next request as we stopped, must be answered (with Connection: close),
+        # not reset. Busy ones close after their response.
+        idle = False
+        for conn in list(state.connections):
+            conn.closing = True
+            if conn.cycle is not None or conn.pipeline:
+                conn.shutdown()
+            else:
+                idle = True
+        if idle and not self.force_exit:
+            await asyncio.sleep(IDLE_GRACE_SECONDS)
         for conn in list(state.connections):
             conn.shutdown()
-        deadline = loop.time() + self.config.timeout_graceful_shutdown
         # Poll with a deadline: the conditions (connections, tasks) change from many
         # callbacks, and a 50 ms step keeps the stop prompt without a notifier per request.
         while (state.connections or state.active_requests) and not self.force_exit and loop.time() < deadline:

@@ -1,0 +1,3 @@
+"""An app module that cannot be imported: the supervisor's boot-failure test."""
+
+raise RuntimeError("svbroken: the database URL is not configured")

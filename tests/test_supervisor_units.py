@@ -1,0 +1,200 @@
+"""Unit tests of the supervisor's pieces that need no running master: policy, --bind
+parsing, the shared-memory table (across a real fork), the worker's Config, pid files."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from asgictl.config import Config, ConfigError, resolve
+from asgictl.supervisor import policy
+from asgictl.supervisor.child import child_config
+from asgictl.supervisor.listeners import BindSpec, open_listeners, parse_bind, specs_from_config
+from asgictl.supervisor.master import remove_pid_file, write_pid_file
+from asgictl.supervisor.slots import BOOTING, FREE, READY, StatsTable
+
+# ----------------------------------------------------------------------------- policy
+
+
+def test_backoff_is_immediate_then_exponential_and_capped() -> None:
+    delays = [policy.backoff_delay(n) for n in range(1, 12)]
+    assert delays[0] == 0.0
+    assert delays[1:5] == [0.5, 1.0, 2.0, 4.0]
+    assert max(delays) == policy.BACKOFF_MAX
+    assert delays == sorted(delays)
+
+
+def test_request_limit_jitter_stays_in_range_and_varies() -> None:
+    rng = random.Random(7)
+    limits = {policy.request_limit(100, 10, rng) for _ in range(200)}
+    assert limits <= set(range(100, 111)) and len(limits) > 5
+    assert policy.request_limit(None, 10, rng) is None
+    assert policy.request_limit(100, 0, rng) == 100
+
+
+def test_lifetime_limit_adds_up_to_ten_percent() -> None:
+    rng = random.Random(1)
+    values = [policy.lifetime_limit(100.0, rng) for _ in range(100)]
+    assert all(100.0 <= v <= 110.0 for v in values if v is not None)
+    assert policy.lifetime_limit(None) is None
+
+
+@pytest.mark.parametrize(
+    ("limits", "requests", "rss", "age", "expected"),
+    [
+        (policy.Limits(None, None, None), 10**9, 10**12, 10**9, None),
+        (policy.Limits(100, None, None), 99, None, 0, None),
+        (policy.Limits(100, None, None), 100, None, 0, policy.MAX_REQUESTS),
+        (policy.Limits(None, 1000, None), 0, 1001, 0, policy.MEMORY),
+        (policy.Limits(None, 1000, None), 0, None, 0, None),
+        (policy.Limits(None, None, 5.0), 0, None, 5.0, policy.LIFETIME),
+        (policy.Limits(10, 1000, 5.0), 10, 2000, 9.0, policy.MAX_REQUESTS),
+    ],
+)
+def test_recycle_reason(
+    limits: policy.Limits, requests: int, rss: int | None, age: float, expected: str | None
+) -> None:
+    assert policy.recycle_reason(limits, requests, rss, age) == expected
+
+
+def test_is_hung() -> None:
+    assert not policy.is_hung(now=100.0, heartbeat=95.0, timeout=30.0)
+    assert policy.is_hung(now=100.0, heartbeat=69.0, timeout=30.0)
+
+
+# ----------------------------------------------------------------------------- --bind
+
+
+@pytest.mark.parametrize(
+    ("url", "spec"),
+    [
+        ("tcp://127.0.0.1:8000", BindSpec("tcp", host="127.0.0.1", port=8000)),
+        ("tcp://[::1]:0", BindSpec("tcp", host="::1", port=0)),
+        ("tcp://:9000", BindSpec("tcp", host="0.0.0.0", port=9000)),
+        ("localhost:80", BindSpec("tcp", host="localhost", port=80)),
+        ("unix:///run/app.sock", BindSpec("unix", path="/run/app.sock")),
+        ("fd://3", BindSpec("fd", fd=3)),
+    ],
+)
+def test_parse_bind(url: str, spec: BindSpec) -> None:
+    assert parse_bind(url) == spec
+
+
+@pytest.mark.parametrize(
+    "url", ["http://x:1", "tcp://x", "tcp://x:99999", "unix://relative", "fd://three", "tcp://[::1]8000"]
+)
+def test_parse_bind_refuses_with_one_line(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_bind(url)
+    assert str(info.value).startswith("--bind: ") and "\n" not in str(info.value)
+
+
+def test_specs_default_to_host_and_port() -> None:
+    config = Config("m:app", host="127.0.0.1", port=0)
+    assert specs_from_config(config) == [BindSpec("tcp", host="127.0.0.1", port=0)]
+    config = Config("m:app", bind=["tcp://127.0.0.1:0"], uds="/tmp/x.sock")
+    assert [s.kind for s in specs_from_config(config)] == ["tcp", "unix"]
+
+
+def test_open_listeners_binds_before_anything_and_adopts_inherited(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    config = Config("m:app", bind=["tcp://127.0.0.1:0", f"unix://{path}"])
+    listeners = open_listeners(config, environ={})
+    try:
+        assert len(listeners.sockets) == 2 and listeners.owned_paths == [path]
+        tcp = listeners.sockets[0]
+        socket.create_connection(tcp.getsockname(), timeout=5).close()  # listening already
+        # Adopted as a re-exec'd master would: same sockets by descriptor number.
+        dups = [os.dup(fd) for fd in listeners.fds()]
+        adopted = open_listeners(config, environ={"_ASGICTL_INHERITED_FDS": ",".join(map(str, dups))})
+        assert [s.getsockname() for s in adopted.sockets] == [s.getsockname() for s in listeners.sockets]
+        assert adopted.owned_paths == [path]
+        adopted.close(unlink=False)
+    finally:
+        listeners.close()
+    assert not os.path.exists(path)
+
+
+# ----------------------------------------------------------------------------- shared memory
+
+
+def test_stats_table_is_shared_with_a_forked_child() -> None:
+    table = StatsTable(8)
+    cell = table.allocate()
+    other = table.allocate()
+    assert cell != other and table.read(cell).state == BOOTING
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        writer = table.writer(cell)
+        writer.beat(requests=42, connections=3)
+        writer.ready()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    snap = table.read(cell)
+    assert (snap.state, snap.requests, snap.connections) == (READY, 42, 3)
+    assert abs(snap.heartbeat - time.monotonic()) < 5 and snap.ready_at > 0
+    assert table.read(other).requests == 0  # cells do not overlap
+    table.release(cell)
+    assert table.read(cell).state == FREE
+    assert table.allocate() == cell  # reused
+    table.close()
+
+
+def test_stats_table_full_raises() -> None:
+    table = StatsTable(1)
+    table.allocate()
+    with pytest.raises(RuntimeError):
+        table.allocate()
+
+
+# ----------------------------------------------------------------------------- worker config
+
+
+def test_child_config_leaves_recycling_to_the_master() -> None:
+    config = resolve("start", {"app": "m:app", "limit_max_requests": "10", "workers": "3"}, environ={})
+    assert config.limit_max_requests == 10 and config.workers == 3
+    child = child_config(config)
+    assert child.limit_max_requests is None and child.app == "m:app" and child.workers == 3
+
+
+def test_child_config_uses_the_preloaded_app() -> None:
+    async def app(scope: object, receive: object, send: object) -> None: ...
+
+    config = resolve("start", {"app": "m:factory", "factory": True}, environ={})
+    child = child_config(config, preloaded=app)
+    assert child.app is app and child.factory is False
+
+
+def test_supervisor_options_exist_only_for_start() -> None:
+    config = resolve(
+        "start",
+        {"app": "m:app"},
+        environ={"WEB_CONCURRENCY": "5", "ASGICTL_TIMEOUT": "7", "ASGICTL_MAX_REQUESTS_JITTER": "3"},
+    )
+    assert (config.workers, config.timeout, config.max_requests_jitter) == (5, 7.0, 3)
+    serve = resolve("serve", {"app": "m:app"}, environ={"WEB_CONCURRENCY": "5"})
+    assert serve.workers == 1  # serve has no --workers
+
+
+# ----------------------------------------------------------------------------- pid file
+
+
+def test_pid_file_is_written_atomically_and_removed_only_if_ours(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "a.pid"
+    path.parent.mkdir()
+    write_pid_file(str(path))
+    assert path.read_text() == f"{os.getpid()}\n"
+    assert [p.name for p in path.parent.iterdir()] == ["a.pid"]  # no temporary left
+    path.write_text("1\n")  # another master (after a USR2 upgrade) owns it now
+    remove_pid_file(str(path))
+    assert path.exists()
+    write_pid_file(str(path))
+    remove_pid_file(str(path))
+    assert not path.exists()
+    remove_pid_file(str(path))  # already gone: no error
