@@ -33,7 +33,9 @@ _URL = re.compile(r"running on (\S+)")
 class ServerProcess:
     """A running asgictl process whose combined output is collected by a thread."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, args: list[str], cwd: Path, env: dict[str, str], pass_fds: tuple[int, ...] = ()
+    ) -> None:
         self.args = args
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "asgictl", *args],
@@ -43,6 +45,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
         self._lines: list[str] = []
         self._cond = threading.Condition()
@@ -138,9 +141,13 @@ def run_asgictl(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     ready: bool = True,
+    pass_fds: tuple[int, ...] = (),
 ) -> Iterator[ServerProcess]:
-    """Start ``python -m asgictl ARGS``; wait for its "running on" line unless ready=False."""
-    server = ServerProcess(args, cwd or APPS, env or test_env())
+    """Start ``python -m asgictl ARGS``; wait for its "running on" line unless ready=False.
+
+    ``pass_fds``: descriptors the process inherits (for ``--fd``), as subprocess.Popen's.
+    """
+    server = ServerProcess(args, cwd or APPS, env or test_env(), pass_fds)
     try:
         if ready:
             server.wait_ready()

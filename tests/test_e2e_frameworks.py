@@ -41,7 +41,7 @@ def test_json_route(asgi_framework: tuple[str, ServerProcess]) -> None:
 
 
 def test_path_and_query_params(asgi_framework: tuple[str, ServerProcess]) -> None:
-    module, server = asgi_framework
+    _module, server = asgi_framework
     r = httpx.get(server.url + "/items/42", params={"q": "a b&c"}, timeout=10)
     assert r.status_code == 200
     assert r.json()["item_id"] == 42 and r.json()["q"] == "a b&c"
@@ -98,7 +98,7 @@ def test_request_body_upload(asgi_framework: tuple[str, ServerProcess]) -> None:
 
 
 def test_lifespan_state_in_request_state(asgi_framework: tuple[str, ServerProcess]) -> None:
-    module, server = asgi_framework
+    _module, server = asgi_framework
     r = httpx.get(server.url + "/state", timeout=10)
     assert r.status_code == 200
     assert r.json()["greeting"].startswith("hello from") and r.json()["pid"] == server.pid
@@ -112,6 +112,18 @@ def test_lifespan_shutdown_runs_on_sigterm(module: str) -> None:
         assert server.wait_exit(20) == 0
         assert f"{module.removesuffix('_app')} lifespan shutdown" in server.output
         assert "Application shutdown complete." in server.output
+
+
+def test_starlette_under_root_path() -> None:
+    with run_asgictl(["serve", "starlette_app:app", "--port", "0", "--root-path", "/api"]) as server:
+        # Routing ignores the prefix; URLs the app builds include it.
+        assert httpx.get(server.url + "/items/5", timeout=10).json()["item_id"] == 5
+        body = httpx.get(server.url + "/url?a=1", timeout=10).json()
+    assert body == {
+        "url": f"{server.url}/api/url?a=1",
+        "url_for": f"{server.url}/api/items/3",
+        "root_path": "/api",
+    }
 
 
 # ---------------------------------------------------------------------------- Flask / WSGI
@@ -151,9 +163,16 @@ def test_flask_environ(flask_server: ServerProcess) -> None:
     assert r.json() == {
         "method": "GET",
         "path": "/environ",
+        "script_name": "",
         "query": "x=1",
         "scheme": "http",
         "server_protocol": "HTTP/1.1",
     }
     # The WSGI app does not speak lifespan: auto mode says so and serves anyway.
     assert "Application startup failed" not in flask_server.output
+
+
+def test_flask_under_root_path() -> None:
+    with run_asgictl(["serve", "flask_app:app", "--port", "0", "--root-path", "/mnt"]) as server:
+        body = httpx.get(server.url + "/environ", timeout=10).json()
+    assert (body["script_name"], body["path"]) == ("/mnt", "/environ")

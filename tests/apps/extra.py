@@ -1,6 +1,7 @@
 """More ASGI test apps: body reading on demand, long polls, the environment, ASGI2,
 an app without lifespan support, and attributes reached through dots."""
 
+import asyncio
 import os
 import types
 
@@ -13,17 +14,23 @@ async def _send_text(send, body, status=200, headers=()):
 
 
 async def app(scope, receive, send):
-    """Routes: /read (echo the body), /noread (answer without reading the body),
-    /longpoll (read the body, then wait for http.disconnect and print a marker),
-    /env?NAME (the value of an environment variable), /head (a fixed body);
+    """Routes: /read[?TAG] (echo the body; with a tag, print each message received),
+    /noread (answer without reading the body), /longpoll?TAG (read the body, then wait
+    for http.disconnect, printing a line before and after), /sleep?SECS&TAG (print a
+    line, then sleep), /env?NAME (the value of an environment variable);
     anything else goes to basic:app."""
     if scope["type"] != "http":
         return await basic_app(scope, receive, send)
-    path = scope["path"]
+    path = scope["path"][len(scope["root_path"]) :]
     if path == "/read":
+        tag = scope["query_string"].decode()
         body = b""
         while True:
             message = await receive()
+            if tag:
+                print(f"read {tag} got {message['type']}", flush=True)
+            if message["type"] == "http.disconnect":
+                return
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
@@ -39,6 +46,11 @@ async def app(scope, receive, send):
         print(f"longpoll {tag} waiting", flush=True)
         message = await receive()  # nothing more comes: only the disconnect can end this
         print(f"longpoll {tag} got {message['type']}", flush=True)
+    elif path == "/sleep":
+        secs, _, tag = scope["query_string"].decode().partition("&")
+        print(f"sleep {tag} started", flush=True)
+        await asyncio.sleep(float(secs))
+        await _send_text(send, b"slept")
     elif path == "/env":
         name = scope["query_string"].decode()
         await _send_text(send, os.environ.get(name, "<unset>").encode())

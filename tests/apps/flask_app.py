@@ -30,6 +30,7 @@ def environ():
     return {
         "method": env["REQUEST_METHOD"],
         "path": env["PATH_INFO"],
+        "script_name": env["SCRIPT_NAME"],
         "query": env["QUERY_STRING"],
         "scheme": env["wsgi.url_scheme"],
         "server_protocol": env["SERVER_PROTOCOL"],

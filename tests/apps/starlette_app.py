@@ -11,7 +11,7 @@ import os
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 SENT: dict[str, list[str]] = {}
@@ -62,6 +62,16 @@ async def state(request: Request):
     return JSONResponse({"greeting": request.state.greeting, "pid": request.state.pid})
 
 
+async def url(request: Request):
+    return JSONResponse(
+        {
+            "url": str(request.url),
+            "url_for": str(request.url_for("item", item_id=3)),
+            "root_path": request.scope["root_path"],
+        }
+    )
+
+
 async def sent(request: Request):
     return JSONResponse(SENT)
 
@@ -87,6 +97,7 @@ _starlette = Starlette(
         Route("/file", file),
         Route("/upload", upload, methods=["POST"]),
         Route("/state", state),
+        Route("/url", url),
         Route("/debug/sent", sent),
     ],
     lifespan=lifespan,
