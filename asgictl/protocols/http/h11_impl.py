@@ -35,7 +35,9 @@ class H11Connection(HTTPConnection):
         if self.stopped:
             return
         if self.parsing is None:
-            self.head_bytes += len(data)
+            # Only the head counts: the same read may carry (much) body after it.
+            end = data.find(b"\r\n\r\n")
+            self.head_bytes += len(data) if end < 0 else end + 4
             if self.head_bytes > self.state.limit_head:
                 self.stopped = True
                 self.parse_error(431, "request head too large")
