@@ -266,3 +266,10 @@ def test_limit_concurrency_answers_503_under_an_idle_flood() -> None:
                     break
             time.sleep(0.1)  # poll interval: the server notices the closed flood asynchronously
         assert time.monotonic() <= deadline
+
+
+def test_large_body_in_the_same_read_as_the_head_is_not_a_large_head(http: str) -> None:
+    body = b"b" * 300_000
+    h = answer(http, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert status_of(h) == 200
+    h.close()
