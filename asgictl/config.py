@@ -702,9 +702,11 @@ class Config:
         return {opt.name: getattr(self, opt.name) for opt in OPTIONS}
 
     def replace(self, **changes: Any) -> Config:
+        """A copy with some options (or ``app``) changed."""
+        app = changes.pop("app", self.app)
         values = {k: v for k, v in self.as_dict().items() if v is not None}
         values.update(changes)
-        return Config(changes.pop("app", self.app), **values)
+        return Config(app, **values)
 
     def __repr__(self) -> str:
         return f"Config(app={self.app!r})"

@@ -340,3 +340,12 @@ def test_config_rejects_bad_and_unknown_values() -> None:
         Config("m:a", uds_mode="600")
     with pytest.raises(ConfigError, match=r"^--uds and --fd"):
         Config("m:a", uds="/tmp/x.sock", fd=3)
+
+
+def test_replace_changes_app_and_options() -> None:
+    from asgictl.config import Config
+
+    base = Config("a:b", port=1, http="h11")
+    copy = base.replace(app="x:y", port=2)
+    assert (copy.app, copy.port, copy.http) == ("x:y", 2, "h11")
+    assert (base.app, base.port) == ("a:b", 1)
