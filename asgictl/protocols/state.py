@@ -44,6 +44,7 @@ class ServerState:
         "connections",
         "date_line",
         "default_headers",
+        "default_lines",
         "extra_lines",
         "h11_max_incomplete_event_size",
         "limit_line",
@@ -108,6 +109,7 @@ class ServerState:
             stamp = email.utils.formatdate(time.time(), usegmt=True)
             self.date_line = b"date: " + stamp.encode("ascii") + b"\r\n"
         self.default_headers = self.date_line + self.server_line + self.extra_lines
+        self.default_lines = self.default_headers.count(b"\n")
 
     def tick(self) -> None:
         """The once-a-second housekeeping: Date header, idle connections."""

@@ -22,7 +22,7 @@ from urllib.parse import unquote
 
 from asgictl.protocols.http.cycle import HTTPCycle
 from asgictl.protocols.http.response import simple_response
-from asgictl.protocols.http.strict import InvalidRequest, check_head
+from asgictl.protocols.http.strict import EXPECT_CONTINUE, FORWARDED, InvalidRequest, check_head
 from asgictl.protocols.proxy import parse_forwarded_proto
 from asgictl.protocols.state import ServerState
 
@@ -214,11 +214,7 @@ class HTTPConnection(asyncio.Protocol):
         Raises InvalidRequest for a head the policy refuses (see strict.py).
         """
         state = self.state
-        if len(target) + len(method) + 10 > state.limit_line:
-            raise InvalidRequest(414, "request line too long")
-        if len(headers) > state.limit_fields:
-            raise InvalidRequest(431, "too many header fields")
-        expect_continue = check_head(method, target, http_version, headers, state)
+        flags = check_head(method, target, http_version, headers, state)
         self.head_bytes = 0
         self.head_since = None
         if target[:1] == b"/":
@@ -236,7 +232,7 @@ class HTTPConnection(asyncio.Protocol):
             raw_path = state.root_path_bytes + raw_path
         client = self.client
         scheme = self.scheme
-        if self.trusted:
+        if flags & FORWARDED and self.trusted:
             client, scheme = self._forwarded(headers, client, scheme)
         scope = {
             "type": "http",
@@ -258,7 +254,7 @@ class HTTPConnection(asyncio.Protocol):
             keep_alive = False
         elif not keep_alive:
             self.closing = True
-        cycle = HTTPCycle(self, scope, keep_alive, expect_continue)
+        cycle = HTTPCycle(self, scope, keep_alive, bool(flags & EXPECT_CONTINUE))
         self.parsing = cycle
         if self.cycle is not None:
             self.pause_reading()

@@ -65,6 +65,8 @@ class HTTPCycle:
         # response side
         "status",
         "head",
+        "head_lines",
+        "head_pieces",
         "response_started",
         "response_complete",
         "chunked",
@@ -93,6 +95,8 @@ class HTTPCycle:
         self.disconnected = False
         self.status = 0
         self.head: list[bytes] | None = None
+        self.head_lines = 0
+        self.head_pieces = 0
         self.response_started = False
         self.response_complete = False
         self.chunked = False
@@ -187,8 +191,8 @@ class HTTPCycle:
     def _start(self, message: dict[str, Any]) -> None:
         status = message["status"]
         state = self.conn.state
-        head = [status_line(status)]
         default_headers = state.default_headers
+        head = [status_line(status), default_headers]
         no_body = status in NO_BODY_STATUSES
         length: int | None = None
         chunked = False
@@ -211,21 +215,19 @@ class HTTPCycle:
                         keep_alive = False
                     continue
                 else:  # server or date: the app's replaces the default one
-                    default_headers = _without(default_headers, lname)
+                    default_headers = head[1] = _without(head[1], lname)
             head += (name, b": ", value, CRLF)
-        block = b"".join(head)
-        # One scan of the whole block instead of a check per header: a CR or LF inside
-        # a name or value (response splitting) shows up as an extra line break.
-        lines = (len(head) - 1) // 4 + 1
-        if block.count(b"\n") != lines or block.count(b"\r") != lines:
-            raise RuntimeError("Invalid HTTP header: CR or LF in a response header")
+        # Lines the head has so far; _write_body checks the joined bytes against it.
+        self.head_lines = 1 + (len(head) - 2) // 4 + (
+            state.default_lines if default_headers is state.default_headers else default_headers.count(b"\n")
+        )
         self.status = status
         self.no_body = no_body or self.scope["method"] == "HEAD"
         self.trailers = 1 if message.get("trailers", False) else 0
         self.length_left = length
         self.chunked = chunked
         self.keep_alive = keep_alive
-        self.head = [block[: len(head[0])], default_headers, block[len(head[0]) :]]
+        self.head = head
         self.response_started = True
 
     def _complete_head(self, final_body: bytes | None) -> list[bytes]:
@@ -234,6 +236,7 @@ class HTTPCycle:
         head = self.head
         assert head is not None
         self.head = None
+        self.head_pieces = len(head)
         http10 = self.scope["http_version"] == "1.0"
         if self.length_left is None and not self.chunked and self.status not in NO_BODY_STATUSES:
             if final_body is not None and not self.trailers:
@@ -279,8 +282,19 @@ class HTTPCycle:
                 framed += LAST_CHUNK
             data = framed
         if out is not None:
+            head_length = len(out)
             out.append(data)
-            transport.write(b"".join(out))
+            payload = b"".join(out)
+            # One scan of the head for the whole header block instead of a check per
+            # header: a CR or LF inside a name or value (response splitting) shows up
+            # as a line break too many. The head's lines: the app's headers and the
+            # default ones counted in _start, plus one per piece _complete_head added.
+            end = len(payload) - len(data)
+            lines = self.head_lines + head_length - self.head_pieces
+            if payload.count(b"\n", 0, end) != lines or payload.count(b"\r", 0, end) != lines:
+                self.response_started = False  # nothing was written: the app gets its 500
+                raise RuntimeError("Invalid HTTP header: CR or LF in a response header")
+            transport.write(payload)
         elif data:
             transport.write(data)
 
@@ -309,6 +323,7 @@ class HTTPCycle:
             if self.length_left is None and not self.chunked and not self.trailers:
                 # Known size: framed by Content-Length so the connection stays reusable.
                 self.head.append(b"content-length: %d\r\n" % size)
+                self.head_lines += 1
                 self.length_left = size
             sent = 0
             while True:

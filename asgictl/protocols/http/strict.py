@@ -40,6 +40,11 @@ _TRANSFER_ENCODING = 3
 _CONTENT_TYPE = 4
 _EXPECT = 5
 _FRAMING_ALIAS = 6
+_FORWARDED = 7
+
+#: check_head's result bits
+EXPECT_CONTINUE = 1
+FORWARDED = 2
 #: Header names that need a look; every other header costs one dict lookup.
 _SPECIAL = {
     b"host": _HOST,
@@ -51,6 +56,8 @@ _SPECIAL = {
     # second framing header past a proxy that reads only the dashed one.
     b"content_length": _FRAMING_ALIAS,
     b"transfer_encoding": _FRAMING_ALIAS,
+    b"x-forwarded-for": _FORWARDED,
+    b"x-forwarded-proto": _FORWARDED,
 }
 
 #: Fields a sender must not put in a trailer section (RFC 9110 6.5.1): framing, routing,
@@ -87,17 +94,22 @@ FORBIDDEN_TRAILERS = frozenset(
 
 def check_head(
     method: str, target: bytes, version: str, headers: list[tuple[bytes, bytes]], limits: Any
-) -> bool:
-    """Refuse a head the policy forbids; return whether it expects ``100-continue``.
+) -> int:
+    """Refuse a head the policy forbids, else return bits: EXPECT_CONTINUE when the
+    client waits for ``100 Continue``, FORWARDED when proxy headers are present.
 
-    ``limits`` has ``limit_field_size`` and ``limit_body`` (the ServerState).
+    ``limits`` has the ``limit_*`` attributes of the ServerState.
     """
+    if len(target) + len(method) + 10 > limits.limit_line:
+        raise InvalidRequest(414, "request line too long")
+    if len(headers) > limits.limit_fields:
+        raise InvalidRequest(431, "too many header fields")
     if version != "1.1" and version != "1.0":
         raise InvalidRequest(505, f"HTTP/{version} is not supported")
     if method not in KNOWN_METHODS:
         raise InvalidRequest(400, "unknown method")
     host = length = encoding = content_type = 0
-    expect_continue = False
+    flags = 0
     length_value = encoding_value = b""
     max_field = limits.limit_field_size - 4  # the field line counts ": " and its CRLF
     for name, value in headers:
@@ -118,7 +130,9 @@ def check_head(
             content_type += 1
         elif kind == _EXPECT:
             if value.lower() == b"100-continue":
-                expect_continue = True
+                flags |= EXPECT_CONTINUE
+        elif kind == _FORWARDED:
+            flags |= FORWARDED
         else:
             raise InvalidRequest(400, f"ambiguous header name {name.decode('latin-1')!r}")
     if host != 1 and (host or version == "1.1"):
@@ -129,10 +143,9 @@ def check_head(
             raise InvalidRequest(413, "request body too large")
     if content_type > 1:
         raise InvalidRequest(400, "duplicate Content-Type header")
-    first = target[:1]
-    if first != b"/":
+    if target[:1] != b"/":
         _check_target(method, target)
-    return expect_continue
+    return flags
 
 
 def _check_framing(version: str, length: int, length_value: bytes, encoding: int, encoding_value: bytes) -> None:
