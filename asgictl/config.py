@@ -527,6 +527,55 @@ OPTIONS: tuple[Option, ...] = (
         "Kill a worker that is not serving this many seconds after it was forked.",
         commands=frozenset({START}),
     ),
+    # -- dev mode (asgictl start --reload, asgictl dev): same names and defaults as uvicorn's
+    _opt(
+        "reload",
+        to_bool,
+        False,
+        "Watch files and roll the workers onto new code when they change (dev mode; shortens"
+        " --timeout-graceful-shutdown to 3 s unless set).",
+        flag=True,
+        commands=frozenset({START}),
+    ),
+    _opt(
+        "reload_dirs",
+        to_str,
+        [],
+        "With --reload, watch this directory (repeatable). Default: the working directory.",
+        multiple=True,
+        aliases=("--reload-dir",),
+        metavar="DIR",
+        commands=frozenset({START}),
+    ),
+    _opt(
+        "reload_includes",
+        to_str,
+        [],
+        "With --reload, also watch files matching this glob (repeatable; *.py always is).",
+        multiple=True,
+        aliases=("--reload-include",),
+        metavar="GLOB",
+        commands=frozenset({START}),
+    ),
+    _opt(
+        "reload_excludes",
+        to_str,
+        [],
+        "With --reload, ignore files or folders matching this glob (repeatable; besides the"
+        " defaults .* .py[cod] .sw.* ~*).",
+        multiple=True,
+        aliases=("--reload-exclude",),
+        metavar="GLOB",
+        commands=frozenset({START}),
+    ),
+    _opt(
+        "reload_delay",
+        non_negative(to_float),
+        0.25,
+        "With --reload, wait until files stay unchanged this many seconds before reloading (debounce).",
+        metavar="SECONDS",
+        commands=frozenset({START}),
+    ),
     # -- the configuration file itself
     _opt(
         "config",
@@ -671,6 +720,11 @@ class Config:
     preload: bool
     pid_file: str | None
     timeout_worker_boot: float
+    reload: bool
+    reload_dirs: list[str]
+    reload_includes: list[str]
+    reload_excludes: list[str]
+    reload_delay: float
 
     def __init__(self, app: Any, **kwargs: Any) -> None:
         self.app = app
@@ -693,6 +747,8 @@ class Config:
             raise ConfigError("--uds-mode: only applies with --uds")
         if self.uds and self.fd is not None:
             raise ConfigError("--uds and --fd: choose one listener")
+        if self.reload and self.preload:
+            raise ConfigError("--reload: cannot be combined with --preload (the master imports no app code)")
 
     @property
     def is_ssl(self) -> bool:
@@ -717,9 +773,11 @@ def resolve(
     cli: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Config:
     """Build a Config from the command line (``cli``: option name -> raw value or None),
-    the environment and the configuration file, in that order of precedence.
+    the environment and the configuration file, in that order of precedence; then
+    ``defaults`` (a mode's own defaults, e.g. dev mode's), then the options' defaults.
 
     ``--env-file`` is applied to ``os.environ`` first (when ``environ`` is the real
     environment), so the app and the ASGICTL_ variables it sets both see it.
@@ -769,6 +827,8 @@ def resolve(
             values[opt.name] = opt.parse(found[0], source=found[1])
         elif opt.name in file_values:
             values[opt.name] = file_values[opt.name]
+        elif defaults and opt.name in defaults:
+            values[opt.name] = opt.parse(defaults[opt.name])
     # File keys of options another command takes (``workers`` under ``serve``) are left
     # alone: one [tool.asgictl] table serves every command.
     return Config(app, **values)

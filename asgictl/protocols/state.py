@@ -66,6 +66,13 @@ class ServerState:
         "shutting_down",
         "total_requests",
         "trusted",
+        "ws_protocol",
+        "ws_max_size",
+        "ws_max_queue",
+        "ws_ping_interval",
+        "ws_ping_timeout",
+        "ws_per_message_deflate",
+        "close_code",
     )
 
     def __init__(self, config: Config, app: ASGIApp, loop: asyncio.AbstractEventLoop) -> None:
@@ -102,6 +109,19 @@ class ServerState:
         self.is_ssl = config.is_ssl
         #: --log-level trace: connection events are logged (checked once, not per call)
         self.trace = logger.isEnabledFor(5)
+        # WebSocket: the protocol class an Upgrade is handed to (None: --ws none, the
+        # upgrade is answered as plain HTTP), and its settings.
+        from asgictl.protocols.websockets import ws_protocol_class
+
+        self.ws_protocol = ws_protocol_class(config.ws)
+        self.ws_max_size = config.ws_max_size
+        self.ws_max_queue = config.ws_max_queue
+        self.ws_ping_interval = config.ws_ping_interval
+        self.ws_ping_timeout = config.ws_ping_timeout
+        self.ws_per_message_deflate = config.ws_per_message_deflate
+        #: The close code open WebSockets get on shutdown: 1001 (going away) on a stop,
+        #: 1012 (service restart) when the worker is reloaded or recycled.
+        self.close_code = 1001
         self.update_date()
 
     def update_date(self) -> None:

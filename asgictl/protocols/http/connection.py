@@ -52,9 +52,14 @@ else:
         return loop.create_task(coro)
 
 
+#: The coroutines that run an app for one request or one WebSocket session.
+_APP_RUNNERS = frozenset({"HTTPCycle.run", "WSConnection.run"})
+
+
 def request_tasks(loop: asyncio.AbstractEventLoop | None = None) -> list[asyncio.Task[Any]]:
-    """The tasks running requests in ``loop`` (for shutdown: not tracked per request)."""
-    return [t for t in asyncio.all_tasks(loop) if getattr(t.get_coro(), "__qualname__", "") == "HTTPCycle.run"]
+    """The tasks running requests (and WebSocket sessions) in ``loop`` (for shutdown:
+    not tracked per request)."""
+    return [t for t in asyncio.all_tasks(loop) if getattr(t.get_coro(), "__qualname__", "") in _APP_RUNNERS]
 
 
 async def service_unavailable(scope: Any, receive: Any, send: Any) -> None:
@@ -320,6 +325,44 @@ class HTTPConnection(asyncio.Protocol):
                 cycle.on_disconnect()
             self.transport.close()
 
+    def upgrade(self, trailing: bytes) -> bool:
+        """The parser stopped after a request asking to switch protocols (Upgrade).
+
+        If it is a WebSocket handshake and ``--ws`` is not none, the transport is handed
+        to the WebSocket protocol with the request's scope and ``trailing`` (the bytes
+        that followed the head), and True is returned: the adapter must not touch the
+        connection again. Otherwise (another protocol, --ws none, requests still queued
+        before it, shutting down) False: the adapter answers it as plain HTTP and reads
+        no more.
+        """
+        ws_protocol = self.state.ws_protocol
+        pipeline = self.pipeline
+        if (
+            ws_protocol is None
+            or self.cycle is not None
+            or len(pipeline) != 1
+            or self.state.shutting_down
+            or self.transport.is_closing()
+            or not _is_websocket_handshake(pipeline[0].scope)
+        ):
+            return False
+        scope = pipeline[0].scope
+        pipeline.clear()
+        self.parsing = None
+        self.closing = True
+        self.state.connections.discard(self)
+        from asgictl.protocols.websockets.connection import websocket_scope
+
+        protocol = ws_protocol(self.state, websocket_scope(scope))
+        transport = self.transport
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+        protocol.handshake(trailing)
+        return True
+
     def after_feed(self) -> None:
         """Called by the adapters after each batch of parsed bytes."""
         if self.cycle is None and self.pipeline:
@@ -466,6 +509,19 @@ class HTTPConnection(asyncio.Protocol):
         if scheme in ("ws", "wss"):
             scheme = "https" if scheme == "wss" else "http"
         return client, scheme
+
+
+def _is_websocket_handshake(scope: dict[str, Any]) -> bool:
+    """GET, HTTP/1.1, ``Upgrade: websocket`` and ``Connection: upgrade`` (RFC 6455 4.1)."""
+    if scope["method"] != "GET" or scope["http_version"] != "1.1":
+        return False
+    upgrade = connection = False
+    for name, value in scope["headers"]:
+        if name == b"upgrade":
+            upgrade = upgrade or any(t.strip() == b"websocket" for t in value.lower().split(b","))
+        elif name == b"connection":
+            connection = connection or any(t.strip() == b"upgrade" for t in value.lower().split(b","))
+    return upgrade and connection
 
 
 def _peer(client: Any, server: Any) -> str:

@@ -91,6 +91,14 @@ class H11Connection(HTTPConnection):
                     for name, _ in event.headers:  # type: ignore[union-attr]
                         check_trailer(name)
                     self.end_of_request()
+                    if self.parser.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+                        # A request asking to switch protocols (Upgrade, CONNECT): what
+                        # follows it is not HTTP/1.1. A WebSocket handshake is handed
+                        # over; anything else is answered as plain HTTP, reading stops.
+                        self.stopped = True
+                        if not self.upgrade(self.parser.trailing_data[0]):
+                            self.closing = True
+                        return
                     if self.closing:
                         # Bytes after a request that closes the connection are never parsed.
                         self.stopped = True

@@ -52,10 +52,13 @@ class HttpToolsConnection(HTTPConnection):
                 return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # No protocol switch is offered here: the request was answered as plain
-            # HTTP, and whatever follows it is not HTTP/1.1, so nothing more is read.
+        except httptools.HttpParserUpgrade as exc:
             self.stopped = True
+            # The head ended at offset exc.args[0] of this chunk; what follows is the
+            # new protocol's. A WebSocket handshake is handed over; any other upgrade
+            # is answered as plain HTTP and nothing more is read.
+            if self.upgrade(data[exc.args[0] :] if exc.args else b""):
+                return
             self.closing = True
         except httptools.HttpParserCallbackError as exc:
             self.stopped = True
