@@ -101,3 +101,19 @@ def test_ws_none_answers_upgrades_as_plain_http() -> None:
         with pytest.raises(InvalidStatus) as info:
             connect(ws_url(server, "/ws/echo"), open_timeout=TIMEOUT)
         assert info.value.response.status_code != 101
+
+
+def test_rolling_reload_closes_with_1012_and_a_new_worker_serves() -> None:
+    """Under the supervisor, HUP replaces the worker: its WebSockets close with 1012
+    (service restart), not 1001, and the app hears it; new connections reach the new one."""
+    with run_asgictl(["start", "ws_app:app", "--port", "0", "--workers", "1"]) as server:
+        with connect(ws_url(server, "/ws/hold"), open_timeout=TIMEOUT, close_timeout=TIMEOUT) as client:
+            assert client.recv(TIMEOUT) == "ready"
+            server.signal(signal.SIGHUP)
+            with pytest.raises(ConnectionClosed) as info:
+                client.recv(TIMEOUT * 2)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1012
+        server.wait_for_line(r"ws_hold disconnect code=1012", timeout=TIMEOUT)
+        with connect(ws_url(server, "/ws/echo"), open_timeout=TIMEOUT, close_timeout=TIMEOUT) as client:
+            client.send("after reload")
+            assert client.recv(TIMEOUT) == "after reload"

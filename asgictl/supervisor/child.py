@@ -172,6 +172,13 @@ def _run(ctx: WorkerContext) -> int:
         server.force_exit = True
         server.should_exit = True
 
+    def restart_stop() -> None:
+        # The master replaces this worker (reload, recycle): a graceful stop whose open
+        # WebSockets close with 1012 "service restart" (RFC 6455 7.4.1), not 1001.
+        if server.state is not None:
+            server.state.close_code = 1012
+        server.should_exit = True
+
     def on_ready(_: Server) -> None:
         nonlocal ready
         ready = True
@@ -179,6 +186,7 @@ def _run(ctx: WorkerContext) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGQUIT, fast_stop)
         loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
+        loop.add_signal_handler(signal.SIGHUP, restart_stop)
         beat()
         writer.ready()
 

@@ -514,7 +514,10 @@ class Master:
             self._kill(w.pid, signal.SIGQUIT)
         else:
             w.stop_deadline = now + self.config.timeout_graceful_shutdown + GRACEFUL_MARGIN
-            self._kill(w.pid, signal.SIGTERM)
+            # A worker replaced by another (reload, recycle) is told so with HUP: its
+            # WebSockets close with 1012 "service restart" instead of 1001 "going away".
+            restart = reason not in ("shutdown", policy.SCALE) and w.ready_at > 0
+            self._kill(w.pid, signal.SIGHUP if restart else signal.SIGTERM)
 
     def _dump_and_kill(self, w: Worker, reason: str, now: float) -> None:
         w.state = KILLING
