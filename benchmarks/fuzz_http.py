@@ -18,4 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if __name__ == "__main__":
     examples = sys.argv[1] if len(sys.argv) > 1 else "20000"
     env = dict(os.environ, ASGICTL_FUZZ_EXAMPLES=examples, ASGICTL_FUZZ_RANDOM="1")
-    sys.exit(subprocess.call([sys.executable, "-m", "pytest", "-q", str(ROOT / "tests" / "test_fuzz.py")], cwd=ROOT, env=env))
+    sys.exit(
+        subprocess.call(
+            [sys.executable, "-m", "pytest", "-q", str(ROOT / "tests" / "test_fuzz.py")], cwd=ROOT, env=env
+        )
+    )

@@ -26,8 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 KEEP_ALIVE = 5
 
 
-
-
 def normal_request(port: int) -> int:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
@@ -41,13 +39,40 @@ def tree_rss(pid: int) -> int:
 
 def command(server: str, port: int, limit: int | None) -> list[str]:
     if server == "asgictl":
-        cmd = [sys.executable, "-m", "asgictl", "serve", "examples.hello:app", "--port", str(port),
-               "--no-access-log", "--log-level", "warning", "--timeout-keep-alive", str(KEEP_ALIVE),
-               "--timeout-header-read", str(KEEP_ALIVE), "--backlog", "8192"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "asgictl",
+            "serve",
+            "examples.hello:app",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--timeout-keep-alive",
+            str(KEEP_ALIVE),
+            "--timeout-header-read",
+            str(KEEP_ALIVE),
+            "--backlog",
+            "8192",
+        ]
     else:
-        cmd = [sys.executable, "-m", "uvicorn", "examples.hello:app", "--port", str(port),
-               "--no-access-log", "--log-level", "warning", "--timeout-keep-alive", str(KEEP_ALIVE),
-               "--backlog", "8192"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "examples.hello:app",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--timeout-keep-alive",
+            str(KEEP_ALIVE),
+            "--backlog",
+            "8192",
+        ]
     if limit:
         cmd += ["--limit-concurrency", str(limit)]
     return cmd
@@ -93,7 +118,9 @@ def flood(server: str, connections: int, limit: int | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--server", choices=["asgictl", "uvicorn", "both"], default="both")
     parser.add_argument("--limit-concurrency", type=int, default=None)

@@ -30,8 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 5  # --timeout-header-read and --timeout-body-read for the run
 
 
-
-
 def probe(port: int, done: threading.Event, results: list[bool]) -> None:
     request = b"GET / HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
     while not done.is_set():
@@ -49,9 +47,20 @@ def run_mode(mode: str, connections: int, length: int, interval: int) -> dict[st
     server = subprocess.Popen(
         [
             # echo reads the whole body before answering, so a slow body really holds it
-            sys.executable, "-m", "asgictl", "serve", "benchmarks.apps:echo", "--port", str(port),
-            "--no-access-log", "--log-level", "warning",
-            "--timeout-header-read", str(DEADLINE), "--timeout-body-read", str(DEADLINE),
+            sys.executable,
+            "-m",
+            "asgictl",
+            "serve",
+            "benchmarks.apps:echo",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--timeout-header-read",
+            str(DEADLINE),
+            "--timeout-body-read",
+            str(DEADLINE),
         ],
         cwd=ROOT,
         start_new_session=True,
@@ -66,9 +75,25 @@ def run_mode(mode: str, connections: int, length: int, interval: int) -> dict[st
             prefix = os.path.join(tmp, "stats")
             subprocess.run(
                 [
-                    "slowhttptest", mode, "-c", str(connections), "-r", str(max(connections // 4, 50)),
-                    "-i", str(interval), "-l", str(length), "-s", "65536", "-u", f"http://127.0.0.1:{port}/",
-                    "-g", "-o", prefix, "-p", "3",
+                    "slowhttptest",
+                    mode,
+                    "-c",
+                    str(connections),
+                    "-r",
+                    str(max(connections // 4, 50)),
+                    "-i",
+                    str(interval),
+                    "-l",
+                    str(length),
+                    "-s",
+                    "65536",
+                    "-u",
+                    f"http://127.0.0.1:{port}/",
+                    "-g",
+                    "-o",
+                    prefix,
+                    "-p",
+                    "3",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -100,7 +125,9 @@ def run_mode(mode: str, connections: int, length: int, interval: int) -> dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--connections", type=int, default=400)
     parser.add_argument("--length", type=int, default=30, help="seconds per mode")
     parser.add_argument(

@@ -48,7 +48,7 @@ def check(case: Case, data: bytes, closed: bool) -> None:
     responses = split_responses(data)
     good = case.accepted
     assert [r[0] for r in responses[:good]] == [200] * good, data[:300]
-    for (_, _, body), want in zip(responses[:good], case.requests):
+    for (_, _, body), want in zip(responses[:good], case.requests, strict=False):
         got = json.loads(body)
         assert got["method"] == want["method"]
         target = want["target"]
@@ -56,7 +56,7 @@ def check(case: Case, data: bytes, closed: bool) -> None:
             target = "/" + target.split("://", 1)[-1].partition("/")[2]
         if got["method"] != "CONNECT":
             assert got["target"].encode("latin-1") == target.encode("utf-8")
-        assert got["version"] == "%d.%d" % tuple(want["version"])
+        assert got["version"] == "{}.{}".format(*want["version"])
         assert [[n, v] for n, v in got["headers"]] == [[n.lower(), v] for n, v in want["headers"]]
         assert got["body"].encode("latin-1") == expected_body(want)
     if case.expect_valid:

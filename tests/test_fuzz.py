@@ -39,7 +39,8 @@ def well_formed(data: bytes) -> None:
         head, sep, rest = data.partition(b"\r\n\r\n")
         assert sep, data[:200]
         fields = dict(
-            (line.split(b":", 1)[0].lower(), line.split(b":", 1)[1].strip()) for line in head.split(b"\r\n")[1:]
+            (line.split(b":", 1)[0].lower(), line.split(b":", 1)[1].strip())
+            for line in head.split(b"\r\n")[1:]
         )
         if head.startswith(b"HTTP/1.1 100 "):
             data = rest

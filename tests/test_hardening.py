@@ -96,7 +96,9 @@ def test_field_limits_431(http: str) -> None:
     h = answer(http, b"GET / HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n", limit_request_fields=10)
     assert status_of(h) == 431
     h.close()
-    h = answer(http, b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"v" * 200 + b"\r\n\r\n", limit_request_field_size=100)
+    h = answer(
+        http, b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"v" * 200 + b"\r\n\r\n", limit_request_field_size=100
+    )
     assert status_of(h) == 431
     h.close()
 

@@ -118,7 +118,9 @@ def test_content_length_body_and_chunked_body(http: str) -> None:
     h.settle(0.2)  # the app waits for the rest of the body
     h.feed(b"lo")
     h.settle()
-    h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    h.feed(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
     h.settle()
     h.settle()
     bodies = [r.split(b"\r\n\r\n", 1)[1] for r in responses(h.transport.data)]
@@ -228,7 +230,9 @@ def test_app_exception_after_start_closes_connection(http: str) -> None:
 
 def test_response_header_with_newline_is_refused(http: str) -> None:
     async def splitting(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1\r\nset-cookie: evil")]})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1\r\nset-cookie: evil")]}
+        )
         await send({"type": "http.response.body", "body": b""})
 
     h = make(splitting, http)
@@ -394,7 +398,10 @@ def test_proxy_headers_from_trusted_peer(http: str) -> None:
         scopes.append(scope)
         await hello(scope, receive, send)
 
-    request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9, 127.0.0.1\r\nX-Forwarded-Proto: https\r\n\r\n"
+    request = (
+        b"GET / HTTP/1.1\r\nHost: x\r\n"
+        b"X-Forwarded-For: 203.0.113.9, 127.0.0.1\r\nX-Forwarded-Proto: https\r\n\r\n"
+    )
     h = make(capture, http)
     h.feed(request)
     h.settle()

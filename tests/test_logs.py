@@ -71,7 +71,7 @@ def access_record(args: tuple = ACCESS_ARGS, msg: str = ACCESS_MSG) -> logging.L
 
 
 def log_access(status: int = 200) -> None:
-    args = ACCESS_ARGS[:4] + (status, ACCESS_ARGS[5])
+    args = (*ACCESS_ARGS[:4], status, ACCESS_ARGS[5])
     logging.getLogger(ACCESS_LOGGER).info(ACCESS_MSG, *args)
 
 
@@ -232,7 +232,7 @@ def test_warning_level_hides_info(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_unknown_log_level() -> None:
-    with pytest.raises(ValueError, match="^--log-level: "):
+    with pytest.raises(ValueError, match=r"^--log-level: "):
         configure_logging(Opts(log_level="loud"))
 
 
@@ -315,7 +315,7 @@ def test_yaml_without_pyyaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     config_file = tmp_path / "logging.yaml"
     config_file.write_text("version: 1\n")
     monkeypatch.setitem(sys.modules, "yaml", None)  # makes "import yaml" raise ImportError
-    with pytest.raises(ValueError, match="^--log-config: PyYAML is not installed"):
+    with pytest.raises(ValueError, match=r"^--log-config: PyYAML is not installed"):
         configure_logging(Opts(log_config=str(config_file)))
 
 
@@ -370,7 +370,7 @@ def test_broken_log_config(tmp_path: Path, name: str, content: str) -> None:
         pytest.importorskip("yaml")
     config_file = tmp_path / name
     config_file.write_text(content)
-    with pytest.raises(ValueError, match="^--log-config: ") as info:
+    with pytest.raises(ValueError, match=r"^--log-config: ") as info:
         configure_logging(Opts(log_config=str(config_file)))
     assert "\n" not in str(info.value)
     assert name in str(info.value)
@@ -378,7 +378,7 @@ def test_broken_log_config(tmp_path: Path, name: str, content: str) -> None:
 
 @pytest.mark.parametrize("name", ["missing.json", "missing.yaml", "missing.ini", "missing.conf"])
 def test_missing_log_config(tmp_path: Path, name: str) -> None:
-    with pytest.raises(ValueError, match="^--log-config: .*No such file") as info:
+    with pytest.raises(ValueError, match=r"^--log-config: .*No such file") as info:
         configure_logging(Opts(log_config=str(tmp_path / name)))
     assert "\n" not in str(info.value)
 
@@ -406,7 +406,7 @@ def test_access_formatter_fields_with_levelprefix_and_message() -> None:
     ("status", "color"), [(101, "\033[97m"), (204, GREEN), (302, YELLOW), (418, RED), (500, BRIGHT_RED)]
 )
 def test_access_formatter_status_colors(status: int, color: str) -> None:
-    args = ACCESS_ARGS[:4] + (status, 12.345)
+    args = (*ACCESS_ARGS[:4], status, 12.345)
     record = access_record(args)
     assert AccessFormatter(use_colors=True).format(record) == (
         f'{GREEN}INFO{RESET}:     127.0.0.1:5000 - "{BOLD}GET /a?b=1 HTTP/1.1{RESET}" '

@@ -54,7 +54,18 @@ async def app(scope, receive, send):
         view = {
             k: v
             for k, v in scope.items()
-            if k in ("http_version", "method", "scheme", "path", "root_path", "query_string", "client", "server", "raw_path")
+            if k
+            in (
+                "http_version",
+                "method",
+                "scheme",
+                "path",
+                "root_path",
+                "query_string",
+                "client",
+                "server",
+                "raw_path",
+            )
         }
         view["query_string"] = scope["query_string"].decode()
         view["raw_path"] = scope["raw_path"].decode()

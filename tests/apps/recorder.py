@@ -23,5 +23,7 @@ async def app(scope, receive, send):
         "body": body.decode("latin-1"),
     }
     payload = json.dumps(record).encode()
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+    )
     await send({"type": "http.response.body", "body": payload})

@@ -11,8 +11,11 @@ import time
 
 LEAK = []
 
+
 async def _text(send, body, status=200):
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]}
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -22,7 +22,7 @@ from urllib.parse import unquote
 
 from asgictl.protocols.http.cycle import HTTPCycle
 from asgictl.protocols.http.response import simple_response
-from asgictl.protocols.http.strict import EXPECT_CONTINUE, FORWARDED, InvalidRequest, check_head
+from asgictl.protocols.http.strict import EXPECT_CONTINUE, FORWARDED, check_head
 from asgictl.protocols.proxy import parse_forwarded_proto
 from asgictl.protocols.state import ServerState
 

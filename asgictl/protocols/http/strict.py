@@ -148,7 +148,9 @@ def check_head(
     return flags
 
 
-def _check_framing(version: str, length: int, length_value: bytes, encoding: int, encoding_value: bytes) -> None:
+def _check_framing(
+    version: str, length: int, length_value: bytes, encoding: int, encoding_value: bytes
+) -> None:
     if length and encoding:
         raise InvalidRequest(400, "both Content-Length and Transfer-Encoding")
     if length:
@@ -204,8 +206,9 @@ _REQUEST_LINE = rb"%s+ [\x21-\x7e\x80-\xff]+ HTTP/[0-9]\.[0-9]\r\n" % _TCHAR
 # A field line: a token, a colon, optional whitespace, a value of visible characters
 # (obs-text allowed) and inner spaces/tabs, optional whitespace, CRLF. No obs-fold, no
 # whitespace before the colon, no control bytes, no bare CR or LF.
-_FIELD_LINE = rb"%s+:[ \t]*(?:[\x21-\x7e\x80-\xff](?:[\x20\x09\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?[ \t]*\r\n" % (
-    _TCHAR
+_FIELD_LINE = (
+    rb"%s+:[ \t]*(?:[\x21-\x7e\x80-\xff](?:[\x20\x09\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?[ \t]*\r\n"
+    % (_TCHAR)
 )
 _HEAD = re.compile(rb"%s(?:%s)*\r\n" % (_REQUEST_LINE, _FIELD_LINE))
 # h11 folds "Content-Length: 5, 5" and repeated equal lengths into one value, and
