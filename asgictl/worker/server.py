@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -78,8 +79,19 @@ class Server:
 
     def run(self, sockets: list[socket.socket] | None = None) -> int:
         """Serve until stopped, in a new event loop; returns the exit status."""
-        with asyncio.Runner(loop_factory=loop_factory(self.config.loop)) as runner:
-            runner.run(self.serve(sockets))
+        factory = loop_factory(self.config.loop)
+        if sys.version_info >= (3, 11):
+            with asyncio.Runner(loop_factory=factory) as runner:
+                runner.run(self.serve(sockets))
+        else:  # pragma: no cover - Python 3.10
+            loop = factory()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.serve(sockets))
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                asyncio.set_event_loop(None)
+                loop.close()
         return self.exit_code
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
