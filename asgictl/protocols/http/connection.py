@@ -20,6 +20,7 @@ import sys
 from typing import Any
 from urllib.parse import unquote
 
+from asgictl.protocols.flow import FlowControlled
 from asgictl.protocols.http.cycle import HTTPCycle
 from asgictl.protocols.http.response import simple_response
 from asgictl.protocols.http.strict import EXPECT_CONTINUE, FORWARDED, check_head
@@ -73,7 +74,7 @@ async def service_unavailable(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"Service Unavailable"})
 
 
-class HTTPConnection(asyncio.Protocol):
+class HTTPConnection(FlowControlled):
     __slots__ = (
         "_starting",
         "body_mark",
@@ -84,24 +85,18 @@ class HTTPConnection(asyncio.Protocol):
         "closing",
         "read_eof",
         "cycle",
-        "drain_waiter",
         "idle_since",
-        "loop",
         "parsing",
         "pipeline",
-        "read_paused",
         "scheme",
         "server",
         "state",
-        "transport",
         "trusted",
-        "write_paused",
     )
 
     def __init__(self, state: ServerState) -> None:
+        super().__init__(state.loop)
         self.state = state
-        self.loop = state.loop
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.server: tuple[str, int | None] | None = None
         self.client: tuple[str, int] | None = None
         self.scheme = "http"
@@ -111,9 +106,6 @@ class HTTPConnection(asyncio.Protocol):
         #: the cycle whose request body is being read (a later one when pipelining)
         self.parsing: HTTPCycle | None = None
         self.pipeline: list[HTTPCycle] = []
-        self.read_paused = False
-        self.write_paused = False
-        self.drain_waiter: asyncio.Future[None] | None = None
         #: no more requests on this connection (shutdown, Connection: close, error)
         self.closing = False
         #: the client half-closed: answer what was received, then close
@@ -158,10 +150,7 @@ class HTTPConnection(asyncio.Protocol):
                 cycle.on_disconnect()
         self.pipeline.clear()
         self.parsing = None
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        self.drain_waiter = None
+        self.release_drain()
 
     def eof_received(self) -> bool | None:
         # A client may half-close after its last request: answer what is in progress,
@@ -177,32 +166,10 @@ class HTTPConnection(asyncio.Protocol):
             self.cycle.wake()  # a receive() waiting for more can only get http.disconnect now
         return True
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        waiter = self.drain_waiter
-        if waiter is not None:
-            self.drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def drain(self) -> None:
-        if self.write_paused and not self.transport.is_closing():
-            if self.drain_waiter is None:
-                self.drain_waiter = self.loop.create_future()
-            await asyncio.shield(self.drain_waiter)
-
-    def pause_reading(self) -> None:
-        if not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
-
     def resume_reading(self) -> None:
-        if self.read_paused and not self.pipeline:
-            self.read_paused = False
-            self.transport.resume_reading()
+        # Requests queued behind the one in progress keep reading paused (pipelining).
+        if not self.pipeline:
+            super().resume_reading()
 
     # -------------------------------------------------------------- from the adapters
 

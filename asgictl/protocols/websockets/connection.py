@@ -36,6 +36,7 @@ import os
 from collections import deque
 from typing import Any
 
+from asgictl.protocols.flow import FlowControlled
 from asgictl.protocols.http.connection import start_task
 from asgictl.protocols.http.response import STATUS_LINES, simple_response
 from asgictl.protocols.state import ServerState
@@ -99,7 +100,7 @@ def websocket_scope(http_scope: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class WSConnection(asyncio.Protocol):
+class WSConnection(FlowControlled):
     __slots__ = (
         "app_closed",
         "close_timer",
@@ -109,30 +110,24 @@ class WSConnection(asyncio.Protocol):
         "deny_head",
         "deny_length",
         "disconnect",
-        "drain_waiter",
         "early",
         "last_ping",
-        "loop",
         "messages",
         "phase",
         "ping_payload",
         "ping_sent_at",
-        "read_paused",
         "scope",
         "state",
-        "transport",
         "waiter",
-        "write_paused",
     )
 
     #: The server's shutdown looks for queued requests on every connection: never here.
     pipeline: tuple[()] = ()
 
     def __init__(self, state: ServerState, scope: dict[str, Any]) -> None:
+        super().__init__(state.loop)
         self.state = state
-        self.loop = state.loop
         self.scope = scope
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.phase = CONNECTING
         self.messages: deque[dict[str, Any]] = deque()
         self.waiter: asyncio.Future[None] | None = None
@@ -141,9 +136,6 @@ class WSConnection(asyncio.Protocol):
         self.disconnect: dict[str, Any] | None = None
         #: the app sent its close (or completed its HTTP answer): nothing more from it
         self.app_closed = False
-        self.read_paused = False
-        self.write_paused = False
-        self.drain_waiter: asyncio.Future[None] | None = None
         #: bytes received before the app accepted, fed to the engine after the 101
         self.early = b""
         self.deny_head: bytes | None = None
@@ -229,39 +221,7 @@ class WSConnection(asyncio.Protocol):
             self.close_timer = None
         # Without a close frame from the peer: 1006, abnormal closure.
         self.set_disconnect(1006, "")
-        waiter = self.drain_waiter
-        if waiter is not None:
-            self.drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        waiter = self.drain_waiter
-        if waiter is not None:
-            self.drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def drain(self) -> None:
-        if self.write_paused and not self.transport.is_closing():
-            if self.drain_waiter is None:
-                self.drain_waiter = self.loop.create_future()
-            await asyncio.shield(self.drain_waiter)
-
-    def pause_reading(self) -> None:
-        if not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.read_paused:
-            self.read_paused = False
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
+        self.release_drain()
 
     # ------------------------------------------------------------ from the adapters
 
