@@ -111,6 +111,10 @@ def _start(values: dict[str, Any]) -> None:
 
     try:
         config = resolve(START, values)
+        if config.reload:  # dev mode: its own defaults, below what the user set anywhere
+            from asgictl.supervisor.reload import DEV_DEFAULTS
+
+            config = resolve(START, values, defaults=DEV_DEFAULTS)
         configure_logging(config)
         code = run_master(config)
     except ConfigError as exc:
@@ -129,6 +133,17 @@ app.command(
     help="Start a master that binds the listeners and supervises --workers forked workers.",
     no_args_is_help=True,
 )(_command(START, _start))
+
+
+def _dev(values: dict[str, Any]) -> None:
+    _start({**values, "reload": True if values.get("reload") is None else values["reload"]})
+
+
+app.command(
+    "dev",
+    help="Develop APP: start --reload (watch files, roll workers onto new code; 3 s graceful deadline).",
+    no_args_is_help=True,
+)(_command(START, _dev))
 
 
 def _version(value: bool) -> None:

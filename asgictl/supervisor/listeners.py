@@ -7,22 +7,29 @@ connections the kernel has accepted for it, outlive every worker.
 Sources, in order: sockets inherited from a previous master over a USR2 re-exec (their
 descriptor numbers come in :data:`INHERIT_ENV`), else ``--bind`` URLs (plus ``--uds`` /
 ``--fd`` when given), else the ``--host/--port``/``--uds``/``--fd`` of ``asgictl serve``.
+Sockets passed by systemd socket activation (``LISTEN_FDS``) come first and stand in for
+the ``--host/--port`` default.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from asgictl import systemd
 from asgictl.config import Config, ConfigError
 from asgictl.worker.sockets import bind_tcp, bind_unix, describe, from_fd
 
 #: Environment variable through which a re-exec'd master learns its inherited listeners.
 INHERIT_ENV = "_ASGICTL_INHERITED_FDS"
+#: Unix socket paths this master adopted but does not own (systemd's): a master re-exec'd
+#: by USR2 must not unlink them on exit either (JSON list, inherited through os.environ).
+FOREIGN_PATHS_ENV = "_ASGICTL_FOREIGN_PATHS"
 
 
 @dataclass(frozen=True)
@@ -114,11 +121,21 @@ def open_listeners(config: Config, environ: Mapping[str, str] | None = None) -> 
     if inherited:
         sockets = [from_fd(int(fd)) for fd in inherited.split(",") if fd.strip()]
         paths = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX and s.getsockname()]
-        return Listeners(sockets, [p for p in paths if isinstance(p, str)])
+        foreign = json.loads(environ.get(FOREIGN_PATHS_ENV) or "[]")
+        return Listeners(sockets, [p for p in paths if isinstance(p, str) and p not in foreign])
     sockets: list[socket.socket] = []
     paths: list[str] = []
+    # Socket activation (LISTEN_FDS): systemd's sockets replace the --host/--port default;
+    # explicit --bind/--uds/--fd listeners are added to them.
+    passed = systemd.listen_fds(environ if environ is os.environ else dict(environ))
+    explicit = bool(config.bind or config.uds or config.fd is not None)
     try:
-        for spec in specs_from_config(config):
+        for item in passed:
+            sockets.append(from_fd(item.fd))  # family read from the socket itself
+        if passed and environ is os.environ:
+            foreign = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX]
+            os.environ[FOREIGN_PATHS_ENV] = json.dumps([p for p in foreign if isinstance(p, str) and p])
+        for spec in specs_from_config(config) if explicit or not passed else []:
             if spec.kind == "tcp":
                 sockets.append(bind_tcp(spec.host, spec.port, config.backlog))
             elif spec.kind == "unix":

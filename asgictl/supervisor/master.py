@@ -36,11 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from asgictl import systemd
 from asgictl.config import Config
 from asgictl.logs import reopen_log_files
 from asgictl.supervisor import policy
 from asgictl.supervisor.child import DUMP_SIGNAL, WorkerContext, child_config, run_worker
 from asgictl.supervisor.listeners import INHERIT_ENV, Listeners, open_listeners
+from asgictl.supervisor.reload import reloading
 from asgictl.supervisor.slots import READY, StatsTable
 
 logger = logging.getLogger("asgictl.error")
@@ -816,7 +818,13 @@ def run_master(config: Config) -> int:
         if config.pid_file:
             write_pid_file(config.pid_file)
         try:
-            return Master(config, listeners, preloaded).run()
+            master = Master(config, listeners, preloaded)
+            # sd_notify when NOTIFY_SOCKET is set (systemd Type=notify): READY, RELOADING...
+            notify_hooks = systemd.SystemdHooks.from_environ(old_master=master.old_master)
+            if notify_hooks is not None:
+                master.hooks = notify_hooks  # type: ignore[assignment]  # duck-typed MasterHooks
+            with reloading(master):  # --reload: the file watcher, stopped with a deadline
+                return master.run()
         finally:
             if config.pid_file:
                 remove_pid_file(config.pid_file)
