@@ -146,6 +146,79 @@ app.command(
 )(_command(START, _dev))
 
 
+# -- the control commands: talk to a running master over its control socket (issue 7)
+
+_JSON = inspect.Parameter(
+    "json",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=False,
+    annotation=Annotated[bool, typer.Option("--json", help="Print the result as JSON.")],
+)
+
+
+def _control_command(command: str, *extra: inspect.Parameter) -> Callable[..., None]:
+    """A command taking ``extra`` parameters plus the table's options of ``command``."""
+    params = [*extra, _JSON, *(_parameter(opt) for opt in options_for(command))]
+    names = {p.name for p in extra} | {"json"}
+
+    def run_command(**values: Any) -> None:
+        from asgictl import ctl
+
+        options = {name: values.pop(name) for name in names}
+        raise SystemExit(ctl.main(command, values, **options))
+
+    run_command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run_command.__annotations__ = {p.name: p.annotation for p in params}
+    return run_command
+
+
+app.command(
+    "status",
+    help="Show the master and each worker: state, age, requests, connections, req/s, RSS, CPU%, restarts.",
+)(
+    _control_command(
+        "status",
+        inspect.Parameter(
+            "watch",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[bool, typer.Option("--watch", "-w", help="Refresh every second, like top.")],
+        ),
+    )
+)
+app.command("reload", help="Rolling restart of every worker; waits until it is done.")(
+    _control_command("reload")
+)
+app.command(
+    "scale",
+    help="Set the number of workers: N, +K or -K; waits until they are ready (or gone).",
+    # "-1" is a count here, not an option.
+    context_settings={"ignore_unknown_options": True},
+)(
+    _control_command(
+        "scale",
+        inspect.Parameter(
+            "count",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Annotated[str, typer.Argument(metavar="N|+K|-K", help="Workers, or a change.")],
+        ),
+    )
+)
+app.command("stop", help="Stop the server (gracefully, or --fast) and wait until the master has exited.")(
+    _control_command(
+        "stop",
+        inspect.Parameter(
+            "fast",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[
+                bool, typer.Option("--fast", help="Do not wait for in-flight requests (like SIGQUIT).")
+            ],
+        ),
+    )
+)
+
+
 def _version(value: bool) -> None:
     if value:
         import platform

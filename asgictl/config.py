@@ -152,11 +152,23 @@ def choice(*choices: str) -> Callable[[Any], str]:
     return check
 
 
+def pubsub_backend(raw: Any) -> str:
+    """``--pubsub``: auto, local, master, or a Redis URL (redis://, rediss://, unix://)."""
+    value = to_str(raw).strip()
+    if value.lower() in ("auto", "local", "master"):
+        return value.lower()
+    if value.startswith(("redis://", "rediss://", "unix://")) and len(value) > len("unix://"):
+        return value
+    raise ValueError(f"{raw!r} is not auto, local, master or a redis://HOST:PORT/DB URL")
+
+
 # ------------------------------------------------------------------------------ options
 
 SERVE = "serve"
 START = "start"
 WORKER_COMMANDS = frozenset({SERVE, START})
+#: The commands that talk to a running master over its control socket (no APP).
+CONTROL_COMMANDS = frozenset({"status", "reload", "scale", "stop"})
 
 
 @dataclass(frozen=True)
@@ -455,6 +467,12 @@ OPTIONS: tuple[Option, ...] = (
         "Colored log output. Default: when the log goes to a terminal.",
         flag=True,
     ),
+    _opt(
+        "log_format",
+        choice("text", "json"),
+        "text",
+        "Log line format: text, or json (one object per line, with the worker id under start).",
+    ),
     # -- the supervisor (asgictl start)
     _opt(
         "workers",
@@ -516,8 +534,26 @@ OPTIONS: tuple[Option, ...] = (
         "pid_file",
         to_str,
         None,
-        "Write the master's PID to this file (atomically); removed on exit.",
+        "Write the master's PID to this file (atomically); removed on exit. The default control"
+        " socket lives next to it (app.pid: app.ctl).",
         metavar="PATH",
+        commands=frozenset({START}) | CONTROL_COMMANDS,
+    ),
+    _opt(
+        "control_socket",
+        to_str,
+        None,
+        "The master's control socket (Unix, mode 0600) for asgictl status|reload|scale|stop."
+        " Default: next to --pid-file, else $XDG_RUNTIME_DIR/asgictl.ctl, else /tmp/asgictl-UID/.",
+        metavar="PATH",
+        commands=frozenset({START}) | CONTROL_COMMANDS,
+    ),
+    _opt(
+        "metrics_bind",
+        to_str,
+        None,
+        "Serve Prometheus metrics (per worker) at http://HOST:PORT/metrics from the master. Default: off.",
+        metavar="HOST:PORT",
         commands=frozenset({START}),
     ),
     _opt(
@@ -572,9 +608,26 @@ OPTIONS: tuple[Option, ...] = (
         "reload_delay",
         non_negative(to_float),
         0.25,
-        "With --reload, wait until files stay unchanged this many seconds before reloading (debounce).",
+        "With --reload, start reloads at least this many seconds apart; changes in between are"
+        " batched into the next reload (debounce).",
         metavar="SECONDS",
         commands=frozenset({START}),
+    ),
+    # -- pub/sub (asgictl.pubsub)
+    _opt(
+        "pubsub",
+        pubsub_backend,
+        "auto",
+        "Pub/sub backend of asgictl.pubsub: local (this process), master (the master relays between"
+        " workers; auto picks it under start, local under serve) or redis://HOST:PORT/DB (many hosts).",
+        metavar="[auto|local|master|redis://...]",
+    ),
+    _opt(
+        "pubsub_max_queue",
+        positive(to_int),
+        1024,
+        "Pub/sub messages queued per subscriber; past it, that subscriber gets an Overflow error.",
+        metavar="N",
     ),
     # -- the configuration file itself
     _opt(
@@ -725,6 +778,11 @@ class Config:
     reload_includes: list[str]
     reload_excludes: list[str]
     reload_delay: float
+    control_socket: str | None
+    metrics_bind: str | None
+    log_format: str
+    pubsub: str
+    pubsub_max_queue: int
 
     def __init__(self, app: Any, **kwargs: Any) -> None:
         self.app = app
@@ -816,7 +874,7 @@ def resolve(
 
     file_app = file_values.pop("app", None)
     app = cli.get("app") or environ.get("ASGICTL_APP") or file_app
-    if not app:
+    if not app and command not in CONTROL_COMMANDS:  # status & co. talk to a master, no APP
         raise ConfigError("APP: missing; give it as module:attribute (e.g. main:app)")
 
     values: dict[str, Any] = {}

@@ -20,6 +20,7 @@ import logging
 import logging.config
 import logging.handlers
 import sys
+import time
 from collections.abc import Iterator
 from copy import copy
 from typing import Any, Literal, Protocol
@@ -33,9 +34,11 @@ __all__ = [
     "TRACE_LEVEL",
     "AccessFormatter",
     "DefaultFormatter",
+    "JsonFormatter",
     "LoggingOptions",
     "configure_logging",
     "reopen_log_files",
+    "set_worker_id",
 ]
 
 PARENT_LOGGER = "asgictl"
@@ -222,6 +225,54 @@ class AccessFormatter(_LevelPrefixFormatter):
         return str(client_addr), f"{method} {full_path} HTTP/{http_version}", str(status), duration
 
 
+class JsonFormatter(logging.Formatter):
+    """``--log-format json``: one JSON object per line, for log collectors.
+
+    Every line has ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message`` and ``pid``;
+    lines of a supervised worker add ``worker`` (its id, see :func:`set_worker_id`);
+    access lines add ``client``, ``method``, ``path``, ``http_version``, ``status`` and
+    ``duration_ms``; a logged exception adds ``exc_info`` (the traceback as text).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = time.gmtime(record.created)
+        data: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", created) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if _worker_id is not None:
+            data["worker"] = _worker_id
+        args = record.args
+        if record.msg == ACCESS_MESSAGE and isinstance(args, tuple) and len(args) == 6:
+            client, method, path, version, status, duration = args
+            data.update(
+                client=client,
+                method=method,
+                path=path,
+                http_version=version,
+                status=status,
+                duration_ms=round(float(duration), 1),  # type: ignore[arg-type]
+            )
+        if record.exc_info:
+            data["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            data["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(data, ensure_ascii=False, default=str)
+
+
+#: The id of the supervised worker this process is (None in a master or under ``serve``).
+_worker_id: int | None = None
+
+
+def set_worker_id(worker_id: int | None) -> None:
+    """Name the worker in every JSON log line of this process (called once after fork)."""
+    global _worker_id
+    _worker_id = worker_id
+
+
 # -- Configuration -----------------------------------------------------------------------------------
 
 
@@ -234,13 +285,17 @@ def _set_handlers(logger: logging.Logger, handlers: list[logging.Handler]) -> No
         logger.addHandler(handler)
 
 
-def _configure_defaults(use_colors: bool | None) -> None:
+def _configure_defaults(use_colors: bool | None, log_format: str = "text") -> None:
     # Built by hand rather than through dictConfig(): dictConfig() closes every handler in the
     # process, which would break an application that set up its own logging before embedding us.
     error_handler = logging.StreamHandler(sys.stderr)
-    error_handler.setFormatter(DefaultFormatter(DEFAULT_FORMAT, use_colors=use_colors))
     access_handler = logging.StreamHandler(sys.stdout)
-    access_handler.setFormatter(AccessFormatter(ACCESS_FORMAT, use_colors=use_colors))
+    if log_format == "json":
+        error_handler.setFormatter(JsonFormatter())
+        access_handler.setFormatter(JsonFormatter())
+    else:
+        error_handler.setFormatter(DefaultFormatter(DEFAULT_FORMAT, use_colors=use_colors))
+        access_handler.setFormatter(AccessFormatter(ACCESS_FORMAT, use_colors=use_colors))
 
     # The stderr handler sits on the parent, so "asgictl.error" and any other "asgictl.*" module
     # logger reach it; nothing goes on to the root logger (the app's own logging stays separate).
@@ -321,7 +376,8 @@ def configure_logging(config: LoggingOptions) -> None:
                 if isinstance(handler.formatter, _LevelPrefixFormatter):
                     handler.formatter.use_colors = config.use_colors
     else:
-        _configure_defaults(config.use_colors)
+        # getattr: LoggingOptions predates --log-format; older option objects lack it.
+        _configure_defaults(config.use_colors, getattr(config, "log_format", "text"))
 
     # Applied after --log-config, like uvicorn: --log-level wins over levels set in the file.
     for name in (PARENT_LOGGER, ERROR_LOGGER, ACCESS_LOGGER):

@@ -11,6 +11,7 @@ below are generous for a noisy shared 2-core machine. Every process is ended by 
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support import ServerProcess, run_asgictl
+from support import ServerProcess, run_asgictl, short_uds_path
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
 pytest.importorskip("watchfiles")
 
@@ -36,6 +39,12 @@ async def app(scope, receive, send):
         await send({"type": "lifespan.startup.complete"})
         await receive()
         await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["type"] == "websocket":  # an echo that never ends on its own
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message.get("text")})
         return
     if scope["path"] == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -101,11 +110,15 @@ def wait_served(server: ServerProcess, body: bytes) -> None:
 
 
 @contextmanager
-def dev_server(directory: Path, *extra: str, command: str = "start") -> Iterator[ServerProcess]:
+def dev_server(
+    directory: Path, *extra: str, command: str = "start", ready: bool = True
+) -> Iterator[ServerProcess]:
     args = [command, "app:app", "--port", "0", "--workers", "2", "--app-dir", str(directory)]
+    # A private control socket: the default path is shared by every master on the machine.
+    args += ["--control-socket", short_uds_path()]
     if command == "start":
         args += ["--reload", "--reload-dir", str(directory)]
-    with run_asgictl([*args, *extra], cwd=directory) as server:
+    with run_asgictl([*args, *extra], cwd=directory, ready=ready) as server:
         yield server
 
 
@@ -179,19 +192,32 @@ def test_excluded_and_unmatched_files_do_not_reload_included_ones_do(tmp_path: P
         page.write_text("<p>2</p>")
         wait_count(server, RELOADED + r"templates/page\.html changed", 1)
         assert count(server, RELOADED) == 2, server.output
+        # A HUP in dev mode gets its one line too.
+        server.signal(signal.SIGHUP)
+        wait_count(server, RELOADED + r"reload requested", 1)
 
 
 def test_an_open_stream_is_closed_within_the_dev_graceful_deadline(tmp_path: Path) -> None:
-    """``asgictl dev``: the old worker gives the stream 3 s (dev default), then closes it."""
+    """``asgictl dev``: the old worker gives the stream 3 s (dev default), then closes it;
+    an open WebSocket gets its close frame at once."""
     app = tmp_path / "app.py"
     app.write_text(app_source("v1"))
     with dev_server(tmp_path, command="dev") as server:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as sock:
+        with (
+            ws_connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=DEADLINE) as ws,
+            socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as sock,
+        ):
+            ws.send("hi")
+            assert ws.recv(timeout=DEADLINE) == "hi"
             sock.sendall(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
             app.write_text(app_source("v2"))
             wait_count(server, RELOADED, 1)
             reloaded = time.monotonic()
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=DEADLINE)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012  # service restart
+            assert time.monotonic() - reloaded < 3.0
             wait_served(server, b"v2")  # the new workers serve while the stream drains
             received = 0
             while data := sock.recv(65536):
@@ -202,3 +228,20 @@ def test_an_open_stream_is_closed_within_the_dev_graceful_deadline(tmp_path: Pat
         # deadline (grace + 5 s) and nowhere near uvicorn's "wait forever".
         assert 2.0 < closed_after < 3.0 + 4.0, (closed_after, server.output)
         wait_until(lambda: "Graceful shutdown timed out" in server.output, what="the timeout warning")
+
+
+def test_an_app_broken_at_start_waits_for_the_fix(tmp_path: Path) -> None:
+    """uvicorn --reload survives a broken first import; so does the dev master."""
+    app = tmp_path / "app.py"
+    app.write_text(app_source("v1") + "\nx = (\n")
+    with dev_server(tmp_path, ready=False) as server:
+        server.wait_for_line(r"waiting for a change to try again")
+        assert server.proc.poll() is None
+        app.write_text(app_source("v2"))
+        server.wait_ready()
+        wait_served(server, b"v2")
+        assert count(server, r"SyntaxError: '\(' was never closed") == 1, server.output
+        # From here on, a normal dev server.
+        app.write_text(app_source("v3"))
+        wait_served(server, b"v3")
+        wait_count(server, RELOADED, 1)

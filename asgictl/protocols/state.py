@@ -73,6 +73,8 @@ class ServerState:
         "ws_ping_timeout",
         "ws_per_message_deflate",
         "close_code",
+        "on_response",
+        "timed",
     )
 
     def __init__(self, config: Config, app: ASGIApp, loop: asyncio.AbstractEventLoop) -> None:
@@ -122,7 +124,17 @@ class ServerState:
         #: The close code open WebSockets get on shutdown: 1001 (going away) on a stop,
         #: 1012 (service restart) when the worker is reloaded or recycled.
         self.close_code = 1001
+        #: Called as ``on_response(status, seconds)`` when a response completes (the
+        #: supervisor's metrics, set through observe_responses); None costs one check.
+        self.on_response: Callable[[int, float], None] | None = None
+        #: Requests get a start time (access log or on_response need the duration).
+        self.timed = self.access_log
         self.update_date()
+
+    def observe_responses(self, callback: Callable[[int, float], None]) -> None:
+        """Have ``callback(status, seconds)`` called for every completed HTTP response."""
+        self.on_response = callback
+        self.timed = True
 
     def update_date(self) -> None:
         if self.config.date_header:

@@ -21,11 +21,15 @@ import signal
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from asgictl.config import Config
-from asgictl.logs import AccessFormatter, DefaultFormatter, reopen_log_files
+from asgictl.logs import AccessFormatter, DefaultFormatter, reopen_log_files, set_worker_id
+from asgictl.pubsub import backends as pubsub_backends
+from asgictl.pubsub.relay import MasterBackend
+from asgictl.supervisor.metrics import MetricsTable
 from asgictl.supervisor.slots import StatsTable
 from asgictl.worker.loader import AppLoadError
 from asgictl.worker.server import STARTUP_FAILURE, Server
@@ -58,6 +62,10 @@ class WorkerContext:
     app_label: str
     #: The master's private descriptors (its wakeup pipe...), closed in the child.
     close_fds: list[int] = field(default_factory=list)
+    #: Per-response counters shared with the master (--metrics-bind), else None.
+    metrics: MetricsTable | None = None
+    #: This worker's end of its pub/sub socket pair (``--pubsub master``), else None.
+    pubsub_socket: socket.socket | None = None
 
 
 def child_config(config: Config, preloaded: Any = None) -> Config:
@@ -158,8 +166,12 @@ def _run(ctx: WorkerContext) -> int:
     _reset_process_state(ctx)
     _set_title(f"asgictl: worker {ctx.worker_id} {ctx.app_label}")
     tag_log_lines(f"[worker {ctx.worker_id} pid {os.getpid()}] ")
+    set_worker_id(ctx.worker_id)  # --log-format json: a "worker" field on every line
     logger.addFilter(_drop_running_on)
     writer = ctx.stats.writer(ctx.cell)
+    if ctx.pubsub_socket is not None:
+        # Pinned: the Server keeps it rather than installing the one its Config names.
+        pubsub_backends.install(MasterBackend(ctx.pubsub_socket, ctx.config.pubsub_max_queue), pinned=True)
     server = Server(ctx.config)
     ready = False
 
@@ -187,6 +199,11 @@ def _run(ctx: WorkerContext) -> int:
         loop.add_signal_handler(signal.SIGQUIT, fast_stop)
         loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
         loop.add_signal_handler(signal.SIGHUP, restart_stop)
+        if ctx.metrics is not None and server.state is not None:
+            observe, publish = ctx.metrics.recorder(ctx.cell)
+            server.state.observe_responses(observe)
+            server.add_tick_callback(publish)
+            publishers.append(publish)  # and once more on the way out (below)
         beat()
         writer.ready()
         # Wake the master now rather than at its next poll (up to 0.25 s later): a rolling
@@ -197,8 +214,12 @@ def _run(ctx: WorkerContext) -> int:
 
     server.on_ready = on_ready
     server.add_tick_callback(beat)
+    publishers: list[Callable[[], None]] = []  # --metrics-bind: the last counts, at exit
     try:
         code = server.run(sockets=ctx.sockets)
+        beat()  # the last counts, or the master would see those of up to a second ago
+        for publish in publishers:
+            publish()
     except AppLoadError as exc:
         logger.error("Could not load the application: %s", exc)
         return BOOT_FAILURE

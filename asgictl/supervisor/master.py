@@ -39,9 +39,14 @@ from typing import Any
 from asgictl import systemd
 from asgictl.config import Config
 from asgictl.logs import reopen_log_files
+from asgictl.pubsub.backends import MASTER as PUBSUB_MASTER
+from asgictl.pubsub.backends import mode as pubsub_mode
 from asgictl.supervisor import policy
+from asgictl.supervisor.broker import Broker
 from asgictl.supervisor.child import DUMP_SIGNAL, WorkerContext, child_config, run_worker
+from asgictl.supervisor.control import control_plane
 from asgictl.supervisor.listeners import INHERIT_ENV, Listeners, open_listeners
+from asgictl.supervisor.metrics import MetricsTable
 from asgictl.supervisor.reload import reloading
 from asgictl.supervisor.slots import READY, StatsTable
 
@@ -133,6 +138,7 @@ class Slot:
     replace_after: float = 0.0  # back-off for recycle replacements that failed to boot
     restarts: int = 0
     last_reason: str = ""
+    reasons: collections.Counter[str] = field(default_factory=collections.Counter)  # restarts by reason
 
 
 @dataclass
@@ -171,15 +177,30 @@ class Master:
         self.stopping = False
         self.fast = False
         self.reloading: _Reload | None = None
+        #: --reload: an app that fails to boot on first start waits for a change (held)
+        #: instead of stopping the master; :meth:`resume` tries again.
+        self.wait_for_fix = False
+        self.held = False
         self.upgrade_pid: int | None = None
         self.old_master = _old_master()
         self._signals: collections.deque[int] = collections.deque()
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._readers: dict[int, Callable[[], None]] = {}
+        self._writers: dict[int, Callable[[], None]] = {}
+        # Issue 7 (control.py, metrics.py): per-pass callbacks, reaped-worker callbacks, and
+        # the shared per-response counters handed to workers (None: --metrics-bind is off).
+        self._tick_callbacks: list[Callable[[], None]] = []
+        self._exit_callbacks: list[Callable[[Worker], None]] = []
+        self.metrics: MetricsTable | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._scheme = "https" if config.is_ssl else "http"
+        # Issue 10: asgictl.pubsub's `master` backend relays between workers in this loop.
+        self.broker: Broker | None = None
+        if pubsub_mode(config.pubsub, supervised=True) == PUBSUB_MASTER:
+            self.broker = Broker(self.add_reader, self.remove_reader, self.add_writer, self.remove_writer)
+            self.add_exit_callback(lambda w: self.broker.forget(w.pid) if self.broker else None)
 
     # ------------------------------------------------------------------ public seams
 
@@ -190,11 +211,30 @@ class Master:
     def remove_reader(self, fd: int) -> None:
         self._readers.pop(fd, None)
 
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` in the loop when ``fd`` is writable (the pub/sub broker)."""
+        self._writers[fd] = callback
+
+    def remove_writer(self, fd: int) -> None:
+        self._writers.pop(fd, None)
+
+    def add_tick_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` at the end of every pass of the loop (at least every POLL_INTERVAL)."""
+        self._tick_callbacks.append(callback)
+
+    def add_exit_callback(self, callback: Callable[[Worker], None]) -> None:
+        """Call ``callback(worker)`` for each reaped worker, before its cell is released."""
+        self._exit_callbacks.append(callback)
+
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` in the master's loop (from a watcher thread, for one)."""
         self._calls.append(callback)
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\0")
+
+    def resume(self) -> None:
+        """After a held first-start failure (--reload): boot the workers again."""
+        self.held = False
 
     def reload(self) -> None:
         """Rolling restart: one slot after another, each gated on its new worker's READY."""
@@ -274,13 +314,25 @@ class Master:
             self._advance_reload(now)
             self._report_full()
         self.hooks.tick(self)
+        for callback in self._tick_callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("Error in a master tick callback")
 
     def _wait(self, timeout: float) -> None:
         fds = [self._wake_r, *self._readers]
         try:
-            readable, _, _ = select.select(fds, [], [], timeout)
+            readable, writable, _ = select.select(fds, list(self._writers), [], timeout)
         except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
             return
+        for fd in writable:
+            wcallback = self._writers.get(fd)
+            if wcallback is not None:
+                try:
+                    wcallback()
+                except Exception:
+                    logger.exception("Error in a writer callback")
         for fd in readable:
             callback = self._readers.get(fd)
             if callback is not None:
@@ -347,6 +399,9 @@ class Master:
             else None,
             lifetime=policy.lifetime_limit(self.config.max_worker_lifetime),
         )
+        # asgictl.pubsub (master backend): a fresh socket pair per worker process, made
+        # before forking; the child keeps one end, the broker the other.
+        pair = self.broker.prepare() if self.broker is not None else None
         ctx = WorkerContext(
             worker_id=worker_id,
             cell=cell,
@@ -354,7 +409,9 @@ class Master:
             sockets=self.listeners.sockets,
             config=self.child_config,
             app_label=self.app_label,
-            close_fds=[self._wake_r, self._wake_w, *self._readers],
+            close_fds=[self._wake_r, self._wake_w, *self._readers, *([pair[0].fileno()] if pair else [])],
+            pubsub_socket=pair[1] if pair else None,
+            metrics=self.metrics,
         )
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
@@ -367,6 +424,8 @@ class Master:
         except OSError:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             self.stats.release(cell)
+            for end in pair or ():
+                end.close()
             raise
         if pid == 0:  # the worker
             try:
@@ -375,6 +434,9 @@ class Master:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             run_worker(ctx)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        if pair is not None and self.broker is not None:
+            pair[1].close()  # the worker's end lives in the worker only: its exit is our EOF
+            self.broker.attach(pair[0], pid)
         self.stats.set_pid(cell, pid)
         now = time.monotonic()
         worker = Worker(worker_id, pid, cell, self.generation, now, limits, reason=reason)
@@ -402,6 +464,8 @@ class Master:
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 worker.requests = self.stats.read(worker.cell).requests
+                for callback in self._exit_callbacks:
+                    callback(worker)
                 self.stats.release(worker.cell)
                 self._on_exit(worker, status)
 
@@ -426,6 +490,7 @@ class Master:
         slot.failures += 1
         slot.restarts += 1
         slot.last_reason = policy.CRASH
+        slot.reasons[slot.last_reason] += 1
         delay = policy.backoff_delay(slot.failures)
         slot.respawn_at = now + delay
         logger.warning(
@@ -438,6 +503,10 @@ class Master:
 
     def _boot_failed(self, w: Worker, slot: Slot, now: float) -> None:
         self.boot_failures += 1
+        if not self.all_ready_once and not self.stopping and self.wait_for_fix:
+            self.held = True
+            logger.error("The app failed to boot: waiting for a change to try again (--reload)")
+            return
         if not self.all_ready_once and not self.stopping:
             # First start: the app is broken. Stop, do not loop; the worker printed why.
             logger.error("A worker failed to boot on first start: the master stops")
@@ -485,6 +554,7 @@ class Master:
                 slot = self.slots.setdefault(w.worker_id, Slot())
                 slot.restarts += 1
                 slot.last_reason = policy.HUNG
+                slot.reasons[slot.last_reason] += 1
                 self._dump_and_kill(w, policy.HUNG, now)
 
     def _became_ready(self, w: Worker, now: float) -> None:
@@ -597,12 +667,15 @@ class Master:
             w.reason = reason  # the replacement's READY will stop it with this reason
             slot.restarts += 1
             slot.last_reason = reason
+            slot.reasons[slot.last_reason] += 1
             self._spawn(w.worker_id, reason)
 
     def _booting_in(self, worker_id: int) -> bool:
         return any(w.worker_id == worker_id and w.state == BOOTING for w in self.workers.values())
 
     def _maintain(self, now: float) -> None:
+        if self.held:
+            return  # the app did not boot: nothing to start until resume()
         ids = self._slot_ids()
         if not self.all_ready_once:
             # First start: one worker boots alone, so a broken app fails once, printing
@@ -646,6 +719,7 @@ class Master:
             slot = self.slots.setdefault(worker_id, Slot())
             slot.restarts += 1
             slot.last_reason = policy.RELOAD
+            slot.reasons[slot.last_reason] += 1
             return
         logger.info(
             "Reload complete in %.2f s: %d workers ready (generation %d)",
@@ -823,7 +897,8 @@ def run_master(config: Config) -> int:
             notify_hooks = systemd.SystemdHooks.from_environ(old_master=master.old_master)
             if notify_hooks is not None:
                 master.hooks = notify_hooks  # type: ignore[assignment]  # duck-typed MasterHooks
-            with reloading(master):  # --reload: the file watcher, stopped with a deadline
+            # The control socket (and --metrics-bind) first: bound before anything else runs.
+            with control_plane(master), reloading(master):  # reloading: --reload's file watcher
                 return master.run()
         finally:
             if config.pid_file:

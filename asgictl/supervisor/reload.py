@@ -337,10 +337,19 @@ class Reloader:
             return
         paths, self.pending = self.pending, []
         self.last_begin = time.monotonic()
+        if master.held:  # the app never booted: start it again rather than roll workers
+            logger.info(self._paint(f"{self._describe(paths)} changed: starting the app again", _GREEN))
+            master.resume()
+            return
         self.current = (paths, self.pending_since)
         master.reload()
         if master.reloading is None:  # stopping: nothing started
             self.current = None
+
+    def reloading(self, master: Master) -> None:
+        """A rolling reload starts: ours, or one asked for otherwise (HUP, ``asgictl reload``)."""
+        if self.current is None:
+            self.current = ([], time.monotonic())
 
     def reloaded(self, master: Master) -> None:
         """The master's rolling reload ended, complete or aborted (in the master's loop)."""
@@ -356,14 +365,14 @@ class Reloader:
         elapsed = time.monotonic() - seen
         ready = [w for w in master.workers.values() if w.state == RUNNING and w.worker_id <= master.target]
         ok = bool(ready) and all(w.generation == master.generation for w in ready)
-        what = self._describe(paths)
+        what = f"{self._describe(paths)} changed" if paths else "reload requested"
         self.reloads += 1
         if ok:
-            text = f"Reloaded in {elapsed:.2f} s: {what} changed ({len(ready)} worker(s) on new code)"
+            text = f"Reloaded in {elapsed:.2f} s: {what} ({len(ready)} worker(s) on new code)"
             logger.info(self._paint(text, _GREEN))
         else:
             text = (
-                f"Reload failed after {elapsed:.2f} s: {what} changed; the previous workers keep"
+                f"Reload failed after {elapsed:.2f} s: {what}; the previous workers keep"
                 " serving (error above). Save a fix to reload."
             )
             logger.error(self._paint(text, _RED))
@@ -409,6 +418,10 @@ class _ReloadHooks:
         self._inner = inner
         self._reloader = reloader
 
+    def reloading(self, master: Master) -> None:
+        self._inner.reloading(master)
+        self._reloader.reloading(master)
+
     def reloaded(self, master: Master) -> None:
         self._inner.reloaded(master)
         self._reloader.reloaded(master)
@@ -431,6 +444,7 @@ def reloading(master: Master) -> Iterator[Reloader | None]:
         return
     check_reload_config(config)
     reloader = Reloader(master, config)
+    master.wait_for_fix = True
     master.hooks = cast("MasterHooks", _ReloadHooks(master.hooks, reloader))
     quiet = DevLogFilter()
     error_logger = logging.getLogger("asgictl.error")

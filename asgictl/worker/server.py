@@ -27,6 +27,7 @@ from asgictl.config import Config
 from asgictl.protocols.http import protocol_class
 from asgictl.protocols.http.connection import request_tasks
 from asgictl.protocols.state import ServerState
+from asgictl.pubsub import backends as pubsub_backends
 from asgictl.worker.lifespan import Lifespan
 from asgictl.worker.loader import load_app
 from asgictl.worker.loops import loop_factory
@@ -59,6 +60,7 @@ class Server:
         self._exit_waiter: asyncio.Future[None] | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
         self._tick_callbacks: list[Callable[[], None]] = []
+        self._pubsub: pubsub_backends.Backend | None = None  # the pub/sub backend we installed
 
     # ------------------------------------------------------------------ public API
 
@@ -97,7 +99,10 @@ class Server:
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         with self._capture_signals():
-            await self._serve(sockets)
+            try:
+                await self._serve(sockets)
+            finally:
+                await self._close_pubsub()
 
     # ------------------------------------------------------------------ lifetime
 
@@ -109,6 +114,8 @@ class Server:
         app = load_app(config)
         state = self.state = ServerState(config, app, loop)
         lifespan = Lifespan(app, config.lifespan, state.lifespan_state)
+        # asgictl.pubsub's backend before lifespan startup: the app may publish there.
+        self._pubsub = pubsub_backends.setup_for_server(config)
         if not await lifespan.startup():
             self.exit_code = STARTUP_FAILURE
             return
@@ -225,6 +232,16 @@ class Server:
             except Exception:
                 logger.exception("Error in a tick callback")
         self._schedule_tick()
+
+    async def _close_pubsub(self) -> None:
+        backend, self._pubsub = self._pubsub, None
+        if backend is not None:
+            try:
+                await backend.aclose()
+            except Exception:
+                logger.exception("Error closing the pub/sub backend")
+            if pubsub_backends.current() is backend:
+                pubsub_backends.install(None)
 
     def _wake(self) -> None:
         waiter = self._exit_waiter

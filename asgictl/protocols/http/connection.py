@@ -354,7 +354,7 @@ class HTTPConnection(FlowControlled):
                 app = state.app
                 if state.limit_concurrency is not None and state.over_capacity():
                     app = service_unavailable
-                if state.access_log:
+                if state.timed:
                     cycle.started_at = self.loop.time()
                 # No reference is kept: the loop holds running tasks, active_requests
                 # counts them, and shutdown finds them by their coroutine (request_tasks).
@@ -399,6 +399,9 @@ class HTTPConnection(FlowControlled):
             cycle.response_started = cycle.response_complete = True
             self.closing = True
             self.transport.write(simple_response(500, b"Internal Server Error", self.state.default_headers))
+            observe = self.state.on_response
+            if observe is not None:  # the 500 counts as a response, like the app's own
+                observe(500, self.loop.time() - cycle.started_at)
             self.cycle = None if self.cycle is cycle else self.cycle
             self.transport.close()
         elif not cycle.response_complete:

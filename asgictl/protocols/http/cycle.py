@@ -350,8 +350,12 @@ class HTTPCycle:
             self.keep_alive = False
         self.response_complete = True
         self.wake()
-        if self.conn.state.access_log:
+        state = self.conn.state
+        if state.access_log:
             self._log_access()
+        observe = state.on_response
+        if observe is not None:
+            observe(self.status, self.conn.loop.time() - self.started_at)
         self.conn.cycle_done(self)
 
     def _log_access(self) -> None:
