@@ -435,3 +435,56 @@ def test_app_returning_without_response_is_500(http: str) -> None:
     h.settle()
     assert h.transport.data.startswith(b"HTTP/1.1 500 ")
     h.close()
+
+
+def test_chunks_sent_back_to_back_leave_in_one_write(http: str) -> None:
+    async def burst(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(64):
+            await send({"type": "http.response.body", "body": b"%02d" % i, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    h = make(burst, http)
+    h.feed(GET)
+    h.settle()
+    assert len(h.transport.writes) == 1  # head, 64 chunks and the last chunk: one syscall
+    body = h.transport.data.partition(b"\r\n\r\n")[2]
+    assert body == b"".join(b"2\r\n%02d\r\n" % i for i in range(64)) + b"0\r\n\r\n"
+    h.close()
+
+
+def test_streamed_chunk_is_written_when_the_app_waits(http: str) -> None:
+    gate = asyncio.Event()
+
+    async def sse(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"event 1", "more_body": True})
+        await gate.wait()  # e.g. waiting for the next event: what was sent must be out
+        await send({"type": "http.response.body", "body": b""})
+
+    h = make(sse, http)
+    h.feed(GET)
+    h.settle(0.2)
+    assert h.transport.data.endswith(b"7\r\nevent 1\r\n")
+    h.loop.call_soon(gate.set)
+    h.settle()
+    assert h.transport.data.endswith(b"0\r\n\r\n")
+    h.close()
+
+
+def test_large_stream_is_not_held_beyond_64k(http: str) -> None:
+    sizes: list[int] = []
+
+    async def big(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(40):
+            await send({"type": "http.response.body", "body": b"x" * 8192, "more_body": True})
+            sizes.append(sum(len(w) for w in h.transport.writes))
+        await send({"type": "http.response.body", "body": b""})
+
+    h = make(big, http)
+    h.feed(GET)
+    h.settle()
+    # Never more than 64 KiB (plus one chunk) waits unwritten inside the cycle.
+    assert all((i + 1) * 8192 - written < 64 * 1024 + 8192 for i, written in enumerate(sizes))
+    h.close()

@@ -405,8 +405,10 @@ class HTTPConnection(FlowControlled):
             self.cycle = None if self.cycle is cycle else self.cycle
             self.transport.close()
         elif not cycle.response_complete:
-            # The head is gone: the only honest signal left is to cut the connection.
+            # The head is gone: the only honest signal left is to cut the connection,
+            # after what the app did send.
             cycle.response_complete = True
+            cycle.flush()
             self.transport.close()
 
     # ----------------------------------------------------------------- housekeeping

@@ -43,6 +43,8 @@ _KEEP_ALIVE_LINE = b"connection: keep-alive\r\n"
 _CLOSE_LINE = b"connection: close\r\n"
 _CHUNKED_LINE = b"transfer-encoding: chunked\r\n"
 _PATHSEND_CHUNK = 256 * 1024
+#: Streamed body bytes held back at most before a write (see HTTPCycle._buffer).
+_FLUSH_AT = 64 * 1024
 
 
 class ClientDisconnected(OSError):
@@ -74,6 +76,9 @@ class HTTPCycle:
         "no_body",
         "trailers",
         "started_at",
+        "pending",
+        "pending_size",
+        "flush_handle",
     )
 
     def __init__(
@@ -104,6 +109,10 @@ class HTTPCycle:
         self.no_body = False
         self.trailers = False
         self.started_at = 0.0
+        #: streamed body pieces not written yet (see _buffer)
+        self.pending: list[bytes] | None = None
+        self.pending_size = 0
+        self.flush_handle: asyncio.Handle | None = None
 
     # ------------------------------------------------------------------ from the parser
 
@@ -275,7 +284,6 @@ class HTTPCycle:
             self.length_left -= len(data)
             if self.length_left < 0:
                 raise RuntimeError("Response content longer than Content-Length")
-        transport = self.conn.transport
         if self.chunked and not self.no_body:
             framed = chunk(data) if data else b""
             if not more and self.trailers == 0:
@@ -294,8 +302,42 @@ class HTTPCycle:
             if payload.count(b"\n", 0, end) != lines or payload.count(b"\r", 0, end) != lines:
                 self.response_started = False  # nothing was written: the app gets its 500
                 raise RuntimeError("Invalid HTTP header: CR or LF in a response header")
-            transport.write(payload)
-        elif data:
+            data = payload
+        if more:
+            if data:
+                self._buffer(data)
+        else:
+            self.flush(data)
+
+    def _buffer(self, data: bytes) -> None:
+        """Hold a streamed piece until the app yields to the loop (or 64 KiB pile up):
+        an app that sends many small chunks back to back then costs one write, not
+        one system call per chunk, and nothing waits longer than one loop iteration."""
+        pending = self.pending
+        if pending is None:
+            self.pending = [data]
+            self.pending_size = len(data)
+            self.flush_handle = self.conn.loop.call_soon(self.flush, b"")
+        else:
+            pending.append(data)
+            self.pending_size += len(data)
+        if self.pending_size >= _FLUSH_AT:
+            self.flush(b"")
+
+    def flush(self, data: bytes = b"") -> None:
+        """Write what is pending plus ``data``, in one write."""
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            self.pending_size = 0
+            if self.flush_handle is not None:
+                self.flush_handle.cancel()
+                self.flush_handle = None
+            if data:
+                pending.append(data)
+            data = b"".join(pending)
+        transport = self.conn.transport
+        if data and not transport.is_closing():
             transport.write(data)
 
     def _write_trailers(self, message: dict[str, Any]) -> None:
@@ -310,7 +352,7 @@ class HTTPCycle:
             expected = len(lines) // 4 + first
             if block.count(b"\n") != expected or block.count(b"\r") != expected:
                 raise RuntimeError("Invalid HTTP trailer: CR or LF in a trailer field")
-            self.conn.transport.write(block + CRLF if not more else block)
+            self.flush(block + CRLF if not more else block)
         # Without chunked framing (HTTP/1.0, or a Content-Length of the app's) there is
         # no place for trailers on the wire: they are dropped, as RFC 9110 6.5 allows.
         if not more:
