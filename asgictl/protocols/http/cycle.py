@@ -306,6 +306,9 @@ class HTTPCycle:
         if more:
             if data:
                 self._buffer(data)
+        elif self.pending is None:
+            if data:
+                self.conn.transport.write(data)  # the common case: nothing held back
         else:
             self.flush(data)
 
