@@ -77,15 +77,13 @@ def _command(command: str, handler: Callable[[dict[str, Any]], None]) -> Callabl
     return run_command
 
 
-def _serve(values: dict[str, Any]) -> None:
-    from asgictl.logs import configure_logging
+def _exit_with(run: Callable[[], int]) -> NoReturn:
+    """Run a server command; bad configuration or an app that does not import is one
+    line on stderr and a non-zero exit, never a traceback."""
     from asgictl.worker.loader import AppLoadError
-    from asgictl.worker.server import Server
 
     try:
-        config = resolve(SERVE, values)
-        configure_logging(config)
-        code = Server(config).run()
+        code = run()
     except ConfigError as exc:
         fail(str(exc), 2)
     except AppLoadError as exc:
@@ -95,6 +93,18 @@ def _serve(values: dict[str, Any]) -> None:
             fail(str(exc), 2)
         raise
     raise SystemExit(code)
+
+
+def _serve(values: dict[str, Any]) -> None:
+    from asgictl.logs import configure_logging
+    from asgictl.worker.server import Server
+
+    def run() -> int:
+        config = resolve(SERVE, values)
+        configure_logging(config)
+        return Server(config).run()
+
+    _exit_with(run)
 
 
 app.command(
@@ -107,25 +117,17 @@ app.command(
 def _start(values: dict[str, Any]) -> None:
     from asgictl.logs import configure_logging
     from asgictl.supervisor import run_master
-    from asgictl.worker.loader import AppLoadError
 
-    try:
+    def run() -> int:
         config = resolve(START, values)
         if config.reload:  # dev mode: its own defaults, below what the user set anywhere
             from asgictl.supervisor.reload import DEV_DEFAULTS
 
             config = resolve(START, values, defaults=DEV_DEFAULTS)
         configure_logging(config)
-        code = run_master(config)
-    except ConfigError as exc:
-        fail(str(exc), 2)
-    except AppLoadError as exc:
-        fail(str(exc), 1)
-    except ValueError as exc:  # e.g. a --log-config file that does not load
-        if str(exc).startswith("--"):
-            fail(str(exc), 2)
-        raise
-    raise SystemExit(code)
+        return run_master(config)
+
+    _exit_with(run)
 
 
 app.command(

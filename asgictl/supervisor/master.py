@@ -866,17 +866,9 @@ def remove_pid_file(path: str) -> None:
 
 def preload_app(config: Config) -> Any:
     """Import the app (and call its factory) in the master, for copy-on-write sharing."""
-    from asgictl.worker.loader import AppLoadError, import_from_string
+    from asgictl.worker.loader import import_app
 
-    app_dir = config.app_dir or os.getcwd()
-    if app_dir not in sys.path:
-        sys.path.insert(0, app_dir)
-    app = import_from_string(config.app)
-    if config.factory:
-        if not callable(app):
-            raise AppLoadError("--factory: the APP is not callable.")
-        app = app()
-    return app
+    return import_app(config)
 
 
 def run_master(config: Config) -> int:

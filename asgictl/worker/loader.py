@@ -77,13 +77,9 @@ def detect_interface(app: Any) -> str:
     return "asgi2"
 
 
-def load_app(config: Config) -> Any:
-    """Import (or take) the app, call its factory if asked, and wrap it as ASGI3."""
-    if config.env_file:
-        # As uvicorn's Config does, also from the Python API: the app sees the file's
-        # variables (the real environment wins, as when resolve() applied them already).
-        for key, value in read_env_file(config.env_file).items():
-            os.environ.setdefault(key, value)
+def import_app(config: Config) -> Any:
+    """Import the app from --app-dir (or take it) and call its factory if asked; no
+    interface wrapping (the supervisor's --preload shares exactly this)."""
     app_dir = config.app_dir or os.getcwd()
     if app_dir not in sys.path:
         sys.path.insert(0, app_dir)
@@ -92,7 +88,19 @@ def load_app(config: Config) -> Any:
         if not callable(app):
             raise AppLoadError("--factory: the APP is not callable.")
         app = app()
-    elif isinstance(config.app, str) and inspect.isfunction(app) and _looks_like_factory(app):
+    return app
+
+
+def load_app(config: Config) -> Any:
+    """Import (or take) the app, call its factory if asked, and wrap it as ASGI3."""
+    if config.env_file:
+        # As uvicorn's Config does, also from the Python API: the app sees the file's
+        # variables (the real environment wins, as when resolve() applied them already).
+        for key, value in read_env_file(config.env_file).items():
+            os.environ.setdefault(key, value)
+    app = import_app(config)
+    looks_like_factory = inspect.isfunction(app) and _looks_like_factory(app)
+    if not config.factory and isinstance(config.app, str) and looks_like_factory:
         raise AppLoadError(
             f'"{config.app}" is a function of no arguments: if it builds the app, add --factory.'
         )
