@@ -382,3 +382,17 @@ def test_socket_activation_unix() -> None:
         assert os.path.exists(path)
     finally:
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+@needs_activate
+def test_socket_activation_for_serve() -> None:
+    """``asgictl serve`` (one process, no master) adopts LISTEN_FDS too."""
+    port = free_port()
+    with activated(f"127.0.0.1:{port}", ["serve", "basic:app"]) as proc:
+        proc.wait_for(r"Listening on 127\.0\.0\.1:\d+ as 3")
+        status, body = http_get(lambda: socket.create_connection(("127.0.0.1", port), timeout=DEADLINE))
+        assert (status, body) == (200, b"Hello, world!")
+        proc.wait_for(rf"running on http://127\.0\.0\.1:{port}\b")
+        assert len(re.findall(r"running on ", proc.output)) == 1, proc.output
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(DEADLINE) == 0

@@ -12,6 +12,7 @@ import os
 import socket
 import stat
 
+from asgictl import systemd
 from asgictl.config import Config, ConfigError
 
 
@@ -88,10 +89,15 @@ def from_fd(fd: int) -> socket.socket:
 
 
 def bind_from_config(config: Config) -> list[socket.socket]:
+    """The listeners of ``asgictl serve``: --fd, --uds, else sockets passed by systemd
+    socket activation (LISTEN_FDS), else --host/--port."""
     if config.fd is not None:
         return [from_fd(config.fd)]
     if config.uds:
         return [bind_unix(config.uds, config.backlog, config.uds_mode)]
+    passed = systemd.listen_fds()
+    if passed:
+        return [from_fd(item.fd) for item in passed]
     return [bind_tcp(config.host, config.port, config.backlog)]
 
 
