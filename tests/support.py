@@ -17,8 +17,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -123,6 +124,31 @@ class ServerProcess:
         self._reader.join(5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = START_TIMEOUT, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something true (returned), or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+def count(server: ServerProcess, pattern: str) -> int:
+    """How many lines of the server's output match ``pattern``."""
+    return len(re.findall(pattern, server.output, re.MULTILINE))
+
+
+def wait_count(server: ServerProcess, pattern: str, n: int, timeout: float = START_TIMEOUT) -> None:
+    """Poll until at least ``n`` lines of output match ``pattern``."""
+    try:
+        wait_until(lambda: count(server, pattern) >= n, timeout, f"{n} x {pattern!r}")
+    except AssertionError:
+        raise AssertionError(f"fewer than {n} lines matching {pattern!r}:\n{server.output}") from None
 
 
 def test_env(**extra: str) -> dict[str, str]:

@@ -17,27 +17,17 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import support
 from prometheus_client.parser import text_string_to_metric_families
-from support import ServerProcess, run_asgictl
+from support import ServerProcess, run_asgictl, wait_until
 
 DEADLINE = 30.0
 
-
-def wait_until(predicate: Callable[[], Any], timeout: float = DEADLINE, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.1)
 
 
 def ctl(

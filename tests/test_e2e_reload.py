@@ -10,16 +10,15 @@ below are generous for a noisy shared 2-core machine. Every process is ended by 
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support import ServerProcess, run_asgictl, short_uds_path
+from support import ServerProcess, count, run_asgictl, short_uds_path, wait_count, wait_until
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
@@ -63,26 +62,7 @@ def app_source(version: str, startup: str = "pass") -> str:
 # ----------------------------------------------------------------------------- helpers
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = DEADLINE, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.05)
 
-
-def count(server: ServerProcess, pattern: str) -> int:
-    return len(re.findall(pattern, server.output, re.MULTILINE))
-
-
-def wait_count(server: ServerProcess, pattern: str, n: int, timeout: float = DEADLINE) -> None:
-    try:
-        wait_until(lambda: count(server, pattern) >= n, timeout, f"{n} x {pattern!r}")
-    except AssertionError:
-        raise AssertionError(f"fewer than {n} lines matching {pattern!r}:\n{server.output}") from None
 
 
 def get(port: int, path: str = "/", timeout: float = 10.0) -> bytes:

@@ -13,13 +13,13 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 import support
-from support import ServerProcess, run_asgictl, short_uds_path
+from support import ServerProcess, count, run_asgictl, short_uds_path, wait_count, wait_until
 
 #: Generous: a noisy shared 2-core machine.
 DEADLINE = 30.0
@@ -28,26 +28,7 @@ DEADLINE = 30.0
 # ----------------------------------------------------------------------------- helpers
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = DEADLINE, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.05)
 
-
-def count(server: ServerProcess, pattern: str) -> int:
-    return len(re.findall(pattern, server.output, re.MULTILINE))
-
-
-def wait_count(server: ServerProcess, pattern: str, n: int, timeout: float = DEADLINE) -> None:
-    try:
-        wait_until(lambda: count(server, pattern) >= n, timeout, f"{n} x {pattern!r}")
-    except AssertionError:
-        raise AssertionError(f"fewer than {n} lines matching {pattern!r}:\n{server.output}") from None
 
 
 def worker_pids(master: int) -> set[int]:

@@ -29,22 +29,12 @@ from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
-from support import APPS, START_TIMEOUT, run_asgictl, short_uds_path
+from support import APPS, START_TIMEOUT, run_asgictl, short_uds_path, wait_until
 from support import test_env as make_env
 
 #: Generous: a noisy shared 2-core machine.
 DEADLINE = 30.0
 
-
-def wait_until(predicate: Callable[[], object], timeout: float = DEADLINE, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------- notify socket
