@@ -22,22 +22,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import re
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from harness.net import OutputProcess, free_port
 
 # ----------------------------------------------------------------------------- the app
 
@@ -122,64 +118,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-class Proc:
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=HERE,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.append(raw.decode("utf-8", "replace"))
-
-    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                match = regex.search(line)
-                if match:
-                    return match
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"no {pattern!r} within {timeout}s:\n{''.join(self.lines[-30:])}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_redis(workdir: str) -> tuple[Proc, int]:
+def start_redis(workdir: str) -> tuple[OutputProcess, int]:
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = free_port()
-    proc = Proc(
+    proc = OutputProcess(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--daemonize", "no", "--logfile", ""]
+         "--dir", workdir, "--daemonize", "no", "--logfile", ""],
+        HERE,
     )  # fmt: skip
     proc.wait_for(r"Ready to accept connections", 15)
     return proc, port
@@ -199,7 +144,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[float]:
         "--workers", str(args.workers), "--pubsub", backend,
         "--pubsub-max-queue", str(args.messages + 10), "--no-access-log",
     ]  # fmt: skip
-    server = Proc(argv, env)
+    server = OutputProcess(argv, HERE, env)
     figures: list[float] = []
     try:
         url = server.wait_for(r"running on (\S+)", 60).group(1)
@@ -243,7 +188,7 @@ def main() -> None:
 
     results: dict[str, float] = {}
     workdir = tempfile.mkdtemp(prefix="asgictl-bench-redis-")
-    redis: Proc | None = None
+    redis: OutputProcess | None = None
     try:
         for name in args.backends.split(","):
             if name == "redis":

@@ -18,19 +18,17 @@ ended by PID (and its process group).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from harness.net import OutputProcess, free_port
 
 APP = """
 async def app(scope, receive, send):
@@ -48,12 +46,6 @@ async def app(scope, receive, send):
 
 START_TIMEOUT = 30.0
 POLL_SECONDS = 0.005
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def commands(port: int, directory: Path) -> dict[str, list[str]]:
@@ -81,40 +73,6 @@ def get(port: int, timeout: float = 2.0) -> bytes | None:
     return body if head.startswith(b"HTTP/1.1 200") else None
 
 
-class Process:
-    def __init__(self, argv: list[str], cwd: Path) -> None:
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.append(raw.decode("utf-8", "replace"))
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(5)
-        self.reader.join(5)
-
-
 @dataclass
 class Result:
     name: str
@@ -135,7 +93,8 @@ def measure(
     result = Result(name)
     app = directory / "app.py"
     write_app(app, "v0")
-    proc = Process(argv_for[name], directory)
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+    proc = OutputProcess(argv_for[name], directory, env)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while get(port) != b"v0":

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import psutil
+from harness.net import free_port
 
 HERE = Path(__file__).resolve().parent
 PAYLOAD = b"hello"
@@ -57,12 +58,6 @@ SERVERS = {
     "asgictl-wsproto": ["-m", "asgictl", "serve", "ws_echo:app", "--ws", "wsproto"],
     "uvicorn": ["-m", "uvicorn", "ws_echo:app", "--ws", "websockets-sansio", "--loop", "uvloop"],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(name: str, port: int) -> subprocess.Popen[bytes]:

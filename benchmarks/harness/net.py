@@ -1,12 +1,18 @@
 """Loopback helpers shared by the benchmark scripts: a free port, waiting for a
-listener (polled with a deadline), stopping a server by its PID."""
+listener (polled with a deadline), a server process whose output is collected, stopping
+a server by its PID."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import signal
 import socket
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -35,3 +41,53 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+class OutputProcess:
+    """A process in its own session whose combined output a thread collects."""
+
+    def __init__(self, argv: list[str], cwd: Path | str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.lines.append(raw.decode("utf-8", "replace"))
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        """Poll the output for ``pattern`` until the deadline or the process's exit."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                match = regex.search(line)
+                if match:
+                    return match
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"no {pattern!r} within {timeout}s:\n{''.join(self.lines[-30:])}")
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM, a bounded wait, then SIGKILL to the whole session: by PID, never by name."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(grace)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        self.reader.join(5)
