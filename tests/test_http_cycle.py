@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from memory import PARSERS, Harness, responses
 
+from asgictl.protocols.state import task_starter
+
 GET = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"
 
 
@@ -62,26 +64,43 @@ def test_keep_alive_many_requests_one_write_each(http: str) -> None:
 def test_at_most_one_task_per_request_and_none_per_connection(http: str, monkeypatch: Any) -> None:
     h = make(hello, http)
     created: list[Any] = []
-    factory = h.loop.get_task_factory()
+    start_task = h.state.start_task
 
-    def counting(loop: Any, coro: Any, **kw: Any) -> Any:
-        task = asyncio.Task(coro, loop=loop, **kw) if factory is None else factory(loop, coro, **kw)
-        if "Harness" not in coro.__qualname__:  # the test driver's own task
-            created.append(task)
+    def counting(coro: Any) -> Any:
+        task = start_task(coro)
+        created.append(task)
         return task
 
-    h.loop.set_task_factory(counting)
+    h.state.start_task = counting
+    before = len(asyncio.all_tasks(h.loop))
     for _ in range(3):
         h.feed(GET)
         h.settle()
-    if sys.version_info >= (3, 12):
-        # Eager tasks: asyncio.Task(..., eager_start=True) bypasses the factory, and a
-        # response that never suspends is already written when data_received returns.
-        assert created == []
-    else:
-        assert len(created) == 3
+    assert len(created) == 3
+    # Nothing else was started per request or per connection (the driver's own task
+    # aside, which settle() awaits and which is gone when it returns).
+    assert len(asyncio.all_tasks(h.loop)) == before
     assert len(h.transport.writes) == 3
     h.close()
+
+
+def test_a_task_factory_set_by_the_app_is_honoured() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        made: list[Any] = []
+
+        def factory(loop: Any, coro: Any, **kw: Any) -> Any:
+            made.append(coro)
+            return asyncio.Task(coro, loop=loop, **kw)
+
+        assert task_starter(loop) != loop.create_task  # no factory: tasks are made directly
+        loop.set_task_factory(factory)
+        start = task_starter(loop)
+        task = start(asyncio.sleep(0))
+        loop.run_until_complete(task)
+        assert len(made) == 1
+    finally:
+        loop.close()
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks exist on 3.12+")

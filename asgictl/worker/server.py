@@ -26,7 +26,7 @@ from typing import Any
 from asgictl.config import Config
 from asgictl.protocols.http import protocol_class
 from asgictl.protocols.http.connection import request_tasks
-from asgictl.protocols.state import ServerState
+from asgictl.protocols.state import ServerState, task_starter
 from asgictl.pubsub import backends as pubsub_backends
 from asgictl.worker.lifespan import Lifespan
 from asgictl.worker.loader import load_app
@@ -119,6 +119,8 @@ class Server:
         if not await lifespan.startup():
             self.exit_code = STARTUP_FAILURE
             return
+        # The app may have set a task factory on the loop during its startup.
+        state.start_task = task_starter(loop)
         if self.should_exit:
             await lifespan.shutdown()
             return

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from typing import Any
 from urllib.parse import unquote
 
@@ -39,19 +38,6 @@ EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.trailers": {},
     "http.response.pathsend": {},
 }
-
-if sys.version_info >= (3, 12):  # pragma: no cover - exercised on 3.12+ only
-
-    def start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
-        # An eager task runs the app synchronously up to its first real suspension:
-        # most small requests finish without a trip through the loop's ready queue.
-        return asyncio.Task(coro, loop=loop, eager_start=True)
-
-else:
-
-    def start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
-        return loop.create_task(coro)
-
 
 #: The coroutines that run an app for one request or one WebSocket session.
 _APP_RUNNERS = frozenset({"HTTPCycle.run", "WSConnection.run"})
@@ -251,7 +237,9 @@ class HTTPConnection(FlowControlled):
         cycle = self.parsing
         if cycle is not None:
             self.parsing = None
-            cycle.end_of_request()
+            cycle.more_body = False
+            if cycle.waiter is not None:
+                cycle.wake()
 
     def body_too_large(self, cycle: HTTPCycle) -> None:
         """A body past --limit-request-body: answer 413 if still possible, read no more."""
@@ -330,14 +318,13 @@ class HTTPConnection(FlowControlled):
         protocol.handshake(trailing)
         return True
 
-    def after_feed(self) -> None:
-        """Called by the adapters after each batch of parsed bytes."""
-        if self.cycle is None and self.pipeline:
-            self.start_next()
-
     # --------------------------------------------------------------------- the cycles
 
     def start_next(self) -> None:
+        """Start the next queued request if none is in progress. The adapters call it
+        after each batch of parsed bytes (when ``cycle`` is None and ``pipeline`` is not
+        empty), and ``cycle_done`` after each response.
+        """
         # Re-entrancy guard: an eager task may finish its response (and call back into
         # cycle_done) before returning here; the loop below then picks up the next one
         # instead of recursing once per pipelined request.
@@ -358,8 +345,8 @@ class HTTPConnection(FlowControlled):
                     cycle.started_at = self.loop.time()
                 # No reference is kept: the loop holds running tasks, active_requests
                 # counts them, and shutdown finds them by their coroutine (request_tasks).
-                start_task(self.loop, cycle.run(app))
-            if not self.pipeline:
+                state.start_task(cycle.run(app))
+            if self.read_paused and not self.pipeline:
                 self.resume_reading()
         finally:
             self._starting = False
@@ -378,10 +365,11 @@ class HTTPConnection(FlowControlled):
             self.start_next()
         elif self.parsing is None:
             self.idle_since = self.loop.time()
-            self.resume_reading()
+            if self.read_paused:
+                self.resume_reading()
             if self.closing or self.read_eof:
                 self.transport.close()
-        else:
+        elif self.read_paused:
             # The body of the answered request is still arriving; keep reading to
             # discard it so the connection can be reused.
             self.resume_reading()

@@ -25,6 +25,7 @@ from asgictl.protocols.http.response import (
     LAST_CHUNK,
     NO_BODY_STATUSES,
     SPECIAL_HEADERS,
+    STATUS_LINES,
     TRANSFER_ENCODING,
     chunk,
     status_line,
@@ -68,7 +69,6 @@ class HTTPCycle:
         "status",
         "head",
         "head_lines",
-        "head_pieces",
         "response_started",
         "response_complete",
         "chunked",
@@ -98,30 +98,20 @@ class HTTPCycle:
         self.expect_continue = expect_continue
         self.waiter: asyncio.Future[None] | None = None
         self.disconnected = False
-        self.status = 0
-        self.head: list[bytes] | None = None
-        self.head_lines = 0
-        self.head_pieces = 0
         self.response_started = False
         self.response_complete = False
-        self.chunked = False
-        self.length_left: int | None = None
-        self.no_body = False
-        self.trailers = False
+        #: the head block, held back until the first body message (None once written)
+        self.head: list[bytes] | None = None
         self.started_at = 0.0
         #: streamed body pieces not written yet (see _buffer)
         self.pending: list[bytes] | None = None
-        self.pending_size = 0
-        self.flush_handle: asyncio.Handle | None = None
+        # The rest of the response side (status, framing, head_lines, ...) is set by
+        # _start: one request costs fewer stores, and nothing reads them before it.
 
     # ------------------------------------------------------------------ from the parser
 
     def feed_body(self, data: bytes) -> None:
         self.body = self.body + data if self.body else data
-        self.wake()
-
-    def end_of_request(self) -> None:
-        self.more_body = False
         self.wake()
 
     def on_disconnect(self) -> None:
@@ -187,7 +177,7 @@ class HTTPCycle:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
             self._start(message)
         elif kind == "http.response.trailers":
-            if not self.trailers or self.head is not None or not self.response_started:
+            if not self.response_started or not self.trailers or self.head is not None:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
             self._write_trailers(message)
         elif kind == "http.response.pathsend":
@@ -201,7 +191,7 @@ class HTTPCycle:
         status = message["status"]
         state = self.conn.state
         default_headers = state.default_headers
-        head = [status_line(status), default_headers]
+        head = [STATUS_LINES.get(status) or status_line(status), default_headers]
         no_body = status in NO_BODY_STATUSES
         length: int | None = None
         chunked = False
@@ -239,45 +229,45 @@ class HTTPCycle:
         self.head = head
         self.response_started = True
 
-    def _complete_head(self, final_body: bytes | None) -> list[bytes]:
-        """Decide the framing and finish the head block. ``final_body`` is the whole body
-        when the first body message is also the last, else None."""
-        head = self.head
-        assert head is not None
-        self.head = None
-        self.head_pieces = len(head)
-        http10 = self.scope["http_version"] == "1.0"
-        if self.length_left is None and not self.chunked and self.status not in NO_BODY_STATUSES:
-            if final_body is not None and not self.trailers:
-                head.append(b"content-length: %d\r\n" % len(final_body))
-                self.length_left = len(final_body)
-            elif http10:
-                self.keep_alive = False  # the body ends when the connection closes
-            else:
-                self.chunked = True
-        if self.chunked:
-            if http10:
-                self.chunked = False
-                self.keep_alive = False
-            else:
-                head.append(_CHUNKED_LINE)
-        if self.expect_continue and self.more_body:
-            # Answered without asking for the body the client is holding back: it may
-            # send it or not, so the connection's next bytes cannot be trusted.
-            self.keep_alive = False
-        if not self.keep_alive:
-            head.append(_CLOSE_LINE)
-        elif http10:
-            head.append(_KEEP_ALIVE_LINE)
-        head.append(CRLF)
-        return head
-
     def _write_body(self, data: bytes, more: bool) -> None:
         if self.response_complete:
             raise RuntimeError(_unexpected("http.response.body", True))
         if self.disconnected:
             return
-        out = self._complete_head(None if more else data) if self.head is not None else None
+        head = self.head
+        if head is not None:
+            # The first body message: decide the framing and finish the head block.
+            self.head = None
+            pieces = len(head)
+            http10 = self.scope["http_version"] == "1.0"
+            if self.length_left is None and not self.chunked and self.status not in NO_BODY_STATUSES:
+                if not more and not self.trailers:
+                    head.append(b"content-length: %d\r\n" % len(data))
+                    self.length_left = len(data)
+                elif http10:
+                    self.keep_alive = False  # the body ends when the connection closes
+                else:
+                    self.chunked = True
+            if self.chunked:
+                if http10:
+                    self.chunked = False
+                    self.keep_alive = False
+                else:
+                    head.append(_CHUNKED_LINE)
+            if self.expect_continue and self.more_body:
+                # Answered without asking for the body the client is holding back: it
+                # may send it or not, so the connection's next bytes cannot be trusted.
+                self.keep_alive = False
+            if not self.keep_alive:
+                head.append(_CLOSE_LINE)
+            elif http10:
+                head.append(_KEEP_ALIVE_LINE)
+            head.append(CRLF)
+            # One scan of the head for the whole header block instead of a check per
+            # header: a CR or LF inside a name or value (response splitting) shows up
+            # as a line break too many. The head's lines: the app's headers and the
+            # default ones counted in _start, plus one per piece added just above.
+            lines = self.head_lines + len(head) - pieces
         if self.no_body:
             data = b""
         elif self.length_left is not None:
@@ -289,16 +279,10 @@ class HTTPCycle:
             if not more and self.trailers == 0:
                 framed += LAST_CHUNK
             data = framed
-        if out is not None:
-            head_length = len(out)
-            out.append(data)
-            payload = b"".join(out)
-            # One scan of the head for the whole header block instead of a check per
-            # header: a CR or LF inside a name or value (response splitting) shows up
-            # as a line break too many. The head's lines: the app's headers and the
-            # default ones counted in _start, plus one per piece _complete_head added.
+        if head is not None:
+            head.append(data)
+            payload = b"".join(head)
             end = len(payload) - len(data)
-            lines = self.head_lines + head_length - self.head_pieces
             if payload.count(b"\n", 0, end) != lines or payload.count(b"\r", 0, end) != lines:
                 self.response_started = False  # nothing was written: the app gets its 500
                 raise RuntimeError("Invalid HTTP header: CR or LF in a response header")

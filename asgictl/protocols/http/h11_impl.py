@@ -46,7 +46,8 @@ class H11Connection(HTTPConnection):
             return
         self.parser.receive_data(data)
         self._handle_events()
-        self.after_feed()
+        if self.cycle is None and self.pipeline:
+            self.start_next()
 
     def eof_received(self) -> bool | None:
         if not self.stopped:

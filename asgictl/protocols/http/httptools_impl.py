@@ -34,7 +34,8 @@ class HttpToolsConnection(HTTPConnection):
         if self.stopped:
             return
         if self.parsing is None:
-            if not self.head_bytes:
+            head_bytes = self.head_bytes
+            if not head_bytes and b"  " in data:
                 # A head starts here: llhttp accepts runs of spaces in the request line
                 # where h11 and RFC 9112's grammar do not; refuse them alike.
                 try:
@@ -43,13 +44,18 @@ class HttpToolsConnection(HTTPConnection):
                     self.stopped = True
                     self.parse_error(exc.status, exc.reason)
                     return
-            # Only the head counts: the same read may carry (much) body after it.
-            end = data.find(b"\r\n\r\n")
-            self.head_bytes += len(data) if end < 0 else end + 4
-            if self.head_bytes > self.state.limit_head:
-                self.stopped = True
-                self.parse_error(431, "request head too large")
-                return
+            head_bytes += len(data)
+            if head_bytes > self.state.limit_head:
+                # Only the head counts: the same read may carry (much) body after it.
+                end = data.find(b"\r\n\r\n")
+                if end >= 0:
+                    head_bytes -= len(data) - end - 4
+                if head_bytes > self.state.limit_head:
+                    self.stopped = True
+                    self.parse_error(431, "request head too large")
+                    return
+            # Counted before parsing: begin_request resets it when the head is complete.
+            self.head_bytes = head_bytes
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -71,13 +77,13 @@ class HttpToolsConnection(HTTPConnection):
             reason = _reason(exc)
             # A well-formed but unsupported version is 505, as the shared check says.
             self.parse_error(505 if "Invalid HTTP version" in reason else 400, reason)
-        self.after_feed()
+        if self.cycle is None and self.pipeline:
+            self.start_next()
 
     # ------------------------------------------------------------- parser callbacks
 
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.in_trailers = False
+    # No on_message_begin: each Python callback costs a C-to-Python call per request,
+    # so the per-message resets happen where a message ends instead.
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -94,11 +100,13 @@ class HttpToolsConnection(HTTPConnection):
         parser = self.parser
         method = parser.get_method()
         headers = self.headers
+        url = self.url
         self.headers = []  # the scope owns that list now
+        self.url = b""
         self.in_trailers = True
         self.begin_request(
             _METHODS.get(method) or method.decode("ascii"),
-            self.url,
+            url,
             parser.get_http_version(),
             headers,
             parser.should_keep_alive(),
@@ -108,6 +116,7 @@ class HttpToolsConnection(HTTPConnection):
         self.request_body(body)
 
     def on_message_complete(self) -> None:
+        self.in_trailers = False
         self.end_of_request()
 
 

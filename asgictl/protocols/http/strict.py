@@ -105,6 +105,8 @@ def check_head(
     if len(headers) > limits.limit_fields:
         raise InvalidRequest(431, "too many header fields")
     if version != "1.1" and version != "1.0":
+        if version == "0.9":  # llhttp's reading of a request line without a version
+            raise InvalidRequest(400, "malformed request line")
         raise InvalidRequest(505, f"HTTP/{version} is not supported")
     if method not in KNOWN_METHODS:
         raise InvalidRequest(400, "unknown method")
@@ -219,10 +221,11 @@ _FRAMING_FIELD = re.compile(rb"\n(content-length|transfer-encoding):[ \t]*([^\r\
 
 def check_request_line(data: bytes) -> None:
     """The request line at the start of ``data`` has single spaces (for llhttp, which
-    parses on whitespace boundaries where h11 and the grammar do not)."""
+    parses on whitespace boundaries where h11 and the grammar do not). The httptools
+    adapter calls it only when ``data`` has a run of spaces somewhere."""
     end = data.find(b"\r\n", 0, 16384)
-    line = data[:end] if end >= 0 else data[:16384]
-    if line.count(b" ") != 2 and (end >= 0 or line.count(b" ") > 2):
+    spaces = data.count(b" ", 0, end if end >= 0 else 16384)
+    if spaces != 2 and (end >= 0 or spaces > 2):
         raise InvalidRequest(400, "malformed request line")
 
 

@@ -37,7 +37,6 @@ from collections import deque
 from typing import Any
 
 from asgictl.protocols.flow import FlowControlled
-from asgictl.protocols.http.connection import start_task
 from asgictl.protocols.http.response import STATUS_LINES, simple_response
 from asgictl.protocols.state import ServerState
 
@@ -198,7 +197,7 @@ class WSConnection(FlowControlled):
             return
         self.cycle = self
         # No reference kept, as for HTTP: shutdown finds the task by its coroutine.
-        start_task(self.loop, self.run(state.app))
+        state.start_task(self.run(state.app))
 
     def data_received(self, data: bytes) -> None:
         phase = self.phase
