@@ -12,12 +12,15 @@ Apps (import as ``apps:NAME``):
 - ``echo``   -- reads the whole request body and sends it back (the POST scenario sends 10 KiB).
 - ``stream`` -- a streaming response of ``STREAM_CHUNKS`` chunks of ``STREAM_CHUNK_SIZE``
   bytes, no content-length (chunked transfer encoding on HTTP/1.1).
+- ``pid``    -- the answering process's PID as the text body (tells the workers apart).
+- ``ws_echo`` -- a WebSocket endpoint that sends every message back as it came.
 
 The FastAPI scenario lives in ``fastapi_app.py`` so that this module never imports FastAPI.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -97,3 +100,34 @@ async def stream(scope: Scope, receive: Receive, send: Send) -> None:
     for _ in range(STREAM_CHUNKS):
         await send({"type": "http.response.body", "body": STREAM_CHUNK, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
+
+
+async def pid(scope: Scope, receive: Receive, send: Send) -> None:
+    """The worker's PID as a text/plain body: which worker answered."""
+    if scope["type"] != "http":
+        return await lifespan(receive, send)
+    body = str(os.getpid()).encode()
+    headers = [_TEXT_PLAIN, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def ws_echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """Accept a WebSocket and echo every message (text or bytes) until the client leaves."""
+    if scope["type"] == "lifespan":
+        return await lifespan(receive, send)
+    if scope["type"] != "websocket":
+        headers = [_TEXT_PLAIN, (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 426, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})

@@ -4,13 +4,17 @@
 One command (see benchmarks/README.md)::
 
     python3 benchmarks/run.py            # full run: every scenario, 3 rounds of 5 s
-    python3 benchmarks/run.py --quick    # smoke run: 1 round of 2 s
+    python3 benchmarks/run.py --quick    # smoke run: 1 round of 2 s, fewer repeats
     python3 benchmarks/run.py --list     # the servers and scenarios
+
+Besides the wrk scenarios it runs WebSocket echo (``ws-echo``), memory per idle
+connection (``idle-rss``), start to first answer (``startup``) and worker SIGKILL to
+replacement answering (``respawn``), each figure next to uvicorn's.
 
 The first run creates ``benchmarks/.venv`` and installs the peers (and asgictl with
 ``pip install -e .`` of the repo) into it, then re-executes itself with that venv's
-Python. Servers are pinned to CPU 1 and wrk to CPU 0. Results go to
-``benchmarks/results/<timestamp>.json`` and ``.png``.
+Python. Servers are pinned to CPU 1, wrk and this harness (the client of the other
+scenarios) to CPU 0. Results go to ``benchmarks/results/<timestamp>.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -23,13 +27,20 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import bootstrap
 
+if TYPE_CHECKING:
+    from harness.servers import ServerSpec
+
 NOFILE_TARGET = 65536
+REPEATS, QUICK_REPEATS = 5, 3
+IDLE_CONNECTIONS, QUICK_IDLE_CONNECTIONS = 5000, 1000
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -44,7 +55,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=1,
         help="seconds of unmeasured wrk per server and scenario (1; 0 = none)",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2 s")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help=f"startup and respawn repeats per server ({REPEATS}; --quick {QUICK_REPEATS})",
+    )
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        help=f"idle-rss flood size ({IDLE_CONNECTIONS}; --quick {QUICK_IDLE_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: 1 round of 2 s, {QUICK_REPEATS} repeats, {QUICK_IDLE_CONNECTIONS} idle connections",
+    )
     parser.add_argument("--servers", help="comma-separated subset of servers (see --list)")
     parser.add_argument("--scenarios", help="comma-separated subset of scenarios (see --list)")
     parser.add_argument("--list", action="store_true", help="list servers and scenarios, then exit")
@@ -57,15 +82,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 1, 2
-    if args.rounds < 1 or args.duration < 1 or args.warmup < 0:
-        parser.error("--rounds and --duration must be >= 1, --warmup >= 0")
+    if args.repeats is None:
+        args.repeats = QUICK_REPEATS if args.quick else REPEATS
+    if args.idle_connections is None:
+        args.idle_connections = QUICK_IDLE_CONNECTIONS if args.quick else IDLE_CONNECTIONS
+    if min(args.rounds, args.duration, args.repeats, args.idle_connections) < 1 or args.warmup < 0:
+        parser.error("--rounds, --duration, --repeats and --idle-connections must be >= 1, --warmup >= 0")
     return args
 
 
-def split_names(value: str | None, known: dict[str, object], what: str) -> list[str] | None:
+def split_names(value: str | None, known: Iterable[str], what: str) -> list[str] | None:
     """Parse a comma-separated selection, rejecting unknown names."""
     if value is None:
         return None
+    known = list(dict.fromkeys(known))
     names = [name.strip() for name in value.split(",") if name.strip()]
     unknown = [name for name in names if name not in known]
     if unknown:
@@ -95,39 +125,68 @@ def check_cpus() -> None:
     os.sched_setaffinity(0, {0})
 
 
-def select(args: argparse.Namespace) -> tuple[list, list]:
-    """The scenarios and server specs to run."""
-    from harness.scenarios import SCENARIOS, SCENARIOS_BY_NAME
-    from harness.servers import SERVERS, SERVERS_BY_NAME
-
-    server_names = split_names(args.servers, SERVERS_BY_NAME, "server")
-    scenario_names = split_names(args.scenarios, SCENARIOS_BY_NAME, "scenario")
-    specs = [s for s in SERVERS if server_names is None or s.name in server_names]
-    missing = [s for s in specs if not s.available()]
-    for spec in missing:
-        print(
-            f"note: skipping {spec.name}: {spec.executable} is not installed in the venv"
-            + (" (no pyproject.toml at the repo root yet?)" if spec.executable == "asgictl" else "")
-        )
-    specs = [s for s in specs if s not in missing]
-    scenarios = [s for s in SCENARIOS if scenario_names is None or s.name in scenario_names]
-    scenarios = [s for s in scenarios if any(spec.group == s.group for spec in specs)]
-    return scenarios, specs
+def available(specs: Iterable[ServerSpec], noted: set[str]) -> list[ServerSpec]:
+    """The specs whose executable is in the venv; a note (once per server) for the others."""
+    kept = []
+    for spec in specs:
+        if spec.available():
+            kept.append(spec)
+        elif spec.name not in noted:
+            noted.add(spec.name)
+            print(
+                f"note: skipping {spec.name}: {spec.executable} is not installed in the venv"
+                + (" (no pyproject.toml at the repo root yet?)" if spec.executable == "asgictl" else "")
+            )
+    return kept
 
 
-def print_list() -> None:
+def select(args: argparse.Namespace) -> tuple[list, list, list]:
+    """The wrk scenarios and their server specs, and the other scenarios with their specs."""
+    from harness.catalog import METRIC_SCENARIOS
     from harness.scenarios import SCENARIOS
     from harness.servers import SERVERS
 
-    print("servers:")
+    server_names = split_names(
+        args.servers,
+        [s.name for s in SERVERS] + [spec.name for m in METRIC_SCENARIOS for spec in m.specs],
+        "server",
+    )
+    scenario_names = split_names(
+        args.scenarios, [s.name for s in SCENARIOS] + [m.name for m in METRIC_SCENARIOS], "scenario"
+    )
+    noted: set[str] = set()
+
+    def chosen(specs: Iterable[ServerSpec]) -> list[ServerSpec]:
+        return available((s for s in specs if server_names is None or s.name in server_names), noted)
+
+    specs = chosen(SERVERS)
+    scenarios = [s for s in SCENARIOS if scenario_names is None or s.name in scenario_names]
+    scenarios = [s for s in scenarios if any(spec.group == s.group for spec in specs)]
+    others = [
+        (m, chosen(m.specs)) for m in METRIC_SCENARIOS if scenario_names is None or m.name in scenario_names
+    ]
+    return scenarios, specs, [(m, m_specs) for m, m_specs in others if m_specs]
+
+
+def print_list() -> None:
+    from harness.catalog import METRIC_SCENARIOS
+    from harness.scenarios import SCENARIOS
+    from harness.servers import SERVERS
+
+    print("servers (wrk scenarios):")
     for spec in SERVERS:
         print(f"  {spec.name:<13} group {spec.group:<5} {shlex.join(spec.command('APP', 'PORT'))}")
-    print("scenarios:")
+    print("wrk scenarios:")
     for scenario in SCENARIOS:
         print(
             f"  {scenario.name:<13} group {scenario.group:<5} -c{scenario.connections:<5} "
             f"{scenario.description}"
         )
+    print("other scenarios (the client is this harness, on CPU 0), with their servers:")
+    for metric_scenario in METRIC_SCENARIOS:
+        print(f"  {metric_scenario.name:<13} {metric_scenario.description}")
+        for spec in metric_scenario.specs:
+            print(f"    {spec.name:<16} {shlex.join(spec.command(metric_scenario.app, 'PORT'))}")
 
 
 def main(argv: list[str]) -> int:
@@ -138,20 +197,27 @@ def main(argv: list[str]) -> int:
         return 0
 
     from harness import machine, report, runner
+    from harness.metrics import MetricConfig
 
     # SIGTERM unwinds like Ctrl-C, so that the servers are stopped by the finally blocks.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     info = machine.machine_info()  # before check_cpus() pins this process to one CPU
     check_cpus()
     nofile = raise_nofile_limit()
-    scenarios, specs = select(args)
-    if not scenarios:
+    scenarios, specs, others = select(args)
+    if not scenarios and not others:
         sys.exit("error: nothing to run (no selected server takes part in a selected scenario)")
     runs = sum(args.rounds * len([s for s in specs if s.group == sc.group]) for sc in scenarios)
     print(
-        f"{len(scenarios)} scenario(s), {runs} measured runs of {args.duration}s "
+        f"{len(scenarios)} wrk scenario(s), {runs} measured runs of {args.duration}s "
         f"(about {runs * args.duration / 60:.1f} min plus warm-up); servers on CPU 1, wrk on CPU 0"
     )
+    if others:
+        print(
+            f"then {', '.join(m.name for m, _ in others)}: servers on CPU 1 (taskset -c 1), the client is "
+            f"this harness on CPU 0; {args.rounds} round(s) of {args.duration}s (ws-echo), {args.rounds} "
+            f"flood(s) of {args.idle_connections} (idle-rss), {args.repeats} repeats (startup, respawn)"
+        )
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results: dict = {
@@ -164,11 +230,15 @@ def main(argv: list[str]) -> int:
             "server_cpu": 1,
             "wrk_cpu": 0,
             "rlimit_nofile": nofile,
+            "repeats": args.repeats,
+            "idle_connections": args.idle_connections,
+            "harness_cpu": 0,  # the client of the non-wrk scenarios
         },
         "machine": info,
         "scenarios": [],
     }
     outcomes = []
+    metric_outcomes = []
     with tempfile.TemporaryDirectory(prefix="asgictl-bench-") as work_dir:
         config = runner.RunConfig(args.rounds, args.duration, args.warmup, Path(work_dir))
         for scenario in scenarios:
@@ -177,21 +247,39 @@ def main(argv: list[str]) -> int:
             outcome = runner.run_scenario(scenario, group, config)
             outcomes.append(outcome)
             print(report.format_table(outcome, args.rounds), flush=True)
+        metric_config = MetricConfig(
+            rounds=args.rounds,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            repeats=args.repeats,
+            idle_connections=args.idle_connections,
+            work_dir=Path(work_dir),
+        )
+        for metric_scenario, metric_specs in others:
+            print(f"\n--- {metric_scenario.name}: {metric_scenario.description}", flush=True)
+            metric_outcome = metric_scenario.run(metric_scenario, metric_specs, metric_config)
+            metric_outcomes.append(metric_outcome)
+            print(report.format_metric_table(metric_outcome), flush=True)
 
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results["machine"]["load_average_end"] = os.getloadavg()
-    results["scenarios"] = [report.outcome_to_dict(outcome) for outcome in outcomes]
+    results["scenarios"] = [report.outcome_to_dict(outcome) for outcome in outcomes] + [
+        report.metric_outcome_to_dict(outcome) for outcome in metric_outcomes
+    ]
     json_path = args.results_dir / f"{stamp}.json"
     report.write_json(json_path, results)
     png_path = json_path.with_suffix(".png")
-    charted = report.write_chart(png_path, outcomes)
+    charted = report.write_chart(png_path, outcomes, metric_outcomes)
 
     print("\n=========== summary (medians; x = ratio to the baseline, µs/req = server CPU per request)")
     for outcome in outcomes:
         print(report.format_table(outcome, args.rounds) + "\n")
+    for metric_outcome in metric_outcomes:
+        print(report.format_metric_table(metric_outcome) + "\n")
     print(f"load average: start {info['load_average_start']}, end {results['machine']['load_average_end']}")
     print(f"results: {json_path}" + (f"\nchart:   {png_path}" if charted else ""))
     failed = [name for o in outcomes for name, s in o.servers.items() if s.errors]
+    failed += [name for o in metric_outcomes for name, r in o.servers.items() if r.errors]
     return 1 if failed else 0
 
 

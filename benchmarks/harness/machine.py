@@ -20,6 +20,8 @@ PACKAGES = (
     "uvloop",
     "httptools",
     "h11",
+    "websockets",
+    "wsproto",
     "granian",
     "gunicorn",
     "uvicorn-worker",

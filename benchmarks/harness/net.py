@@ -1,6 +1,6 @@
 """Loopback helpers shared by the benchmark scripts: a free port, waiting for a
-listener (polled with a deadline), a server process whose output is collected, stopping
-a server by its PID."""
+listener (polled with a deadline), one-shot HTTP GETs on fresh connections, a server
+process whose output is collected, stopping a server by its PID."""
 
 from __future__ import annotations
 
@@ -30,6 +30,47 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"server did not listen on {port} within {timeout:.0f} s")
+
+
+MAX_RESPONSE = 1 << 20
+
+
+def send_get(sock: socket.socket, path: str = "/") -> None:
+    """Write one ``GET path`` that asks the server to close the connection after answering."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+
+
+def read_response(sock: socket.socket, timeout: float = 5.0) -> tuple[int, bytes]:
+    """Read an answer to EOF (bounded by ``timeout`` and 1 MiB): its status and its raw body.
+
+    The body is what follows the head, not de-chunked: the apps this is used with send a
+    Content-Length. Raises OSError on a socket error or timeout, ValueError on no HTTP answer.
+    """
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_RESPONSE:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no complete answer within {timeout:.1f}s")
+        sock.settimeout(remaining)
+        data = sock.recv(65536)
+        if not data:
+            break
+        chunks.append(data)
+        size += len(data)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    parts = head.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP answer: {head[:80]!r}")
+    return int(parts[1]), body
+
+
+def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
+    """One GET to 127.0.0.1:port on a fresh connection: the status and the body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        send_get(sock, path)
+        return read_response(sock, timeout)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -8,16 +8,20 @@ waited for). The difference of two snapshots is the CPU time spent in between, e
 worker exits and is reaped by its parent in the meantime.
 
 Also here: per-CPU busy time from ``/proc/stat``, used to report how much *other* work
-ran on the server's CPU during a run (the machine is shared, so that is noise).
+ran on the server's CPU during a run (the machine is shared, so that is noise); the
+``CpuWindow`` that puts both together around one measured run; and, for the idle-flood
+scenario, the resident memory and the open sockets of a process tree.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)
@@ -116,3 +120,84 @@ def cpu_busy_seconds(cpu: int) -> float:
 def load_average() -> tuple[float, float, float]:
     """The 1, 5 and 15-minute load averages."""
     return os.getloadavg()
+
+
+@dataclass(frozen=True)
+class CpuUsage:
+    """What a ``CpuWindow`` saw: wall time, the server tree's CPU, others' load per CPU."""
+
+    elapsed_s: float
+    server_cpu_s: float
+    server_cpu_other_s: float  # other processes on the server's CPU
+    client_cpu_other_s: float  # other processes on the client's CPU
+
+    def to_dict(self) -> dict[str, float]:
+        """Percentages of the wall time, as the result files record them."""
+        elapsed = max(self.elapsed_s, 1e-9)
+        return {
+            "elapsed_s": self.elapsed_s,
+            "server_cpu_s": self.server_cpu_s,
+            "server_cpu_pct": 100 * self.server_cpu_s / elapsed,
+            "other_load_server_cpu_pct": 100 * self.server_cpu_other_s / elapsed,
+            "other_load_client_cpu_pct": 100 * self.client_cpu_other_s / elapsed,
+        }
+
+
+class CpuWindow:
+    """Snapshots around one measured run: the server tree's CPU time and both CPUs' busy time.
+
+    ``stop(client_cpu_s)`` takes the client's own CPU time over the window, so that what is
+    left on the client's CPU is the neighbours' share.
+    """
+
+    def __init__(self, root: int, server_cpu: int, client_cpu: int) -> None:
+        self.root, self.server_cpu, self.client_cpu = root, server_cpu, client_cpu
+        self.busy_server = cpu_busy_seconds(server_cpu)
+        self.busy_client = cpu_busy_seconds(client_cpu)
+        self.tree = tree_cpu_seconds(root)
+        self.started = time.monotonic()
+
+    def stop(self, client_cpu_s: float) -> CpuUsage:
+        elapsed = time.monotonic() - self.started
+        tree = tree_cpu_seconds(self.root) - self.tree
+        busy_server = cpu_busy_seconds(self.server_cpu) - self.busy_server
+        busy_client = cpu_busy_seconds(self.client_cpu) - self.busy_client
+        return CpuUsage(
+            elapsed_s=elapsed,
+            server_cpu_s=tree,
+            server_cpu_other_s=max(0.0, busy_server - tree),
+            client_cpu_other_s=max(0.0, busy_client - client_cpu_s),
+        )
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of the root process and its descendants (sum of ``/proc/PID/statm``).
+
+    Pages shared between a master and its forked workers count once per process, like
+    ``ps`` would show them; the benchmarks compare growth, where that does not matter.
+    """
+    total = 0
+    for pid in process_tree(root):
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue  # exited meanwhile
+    return total
+
+
+def tree_socket_count(root: int) -> int:
+    """Distinct sockets held open by the root process and its descendants (from ``/proc/PID/fd``)."""
+    inodes: set[str] = set()
+    for pid in process_tree(root):
+        try:
+            entries = os.listdir(f"/proc/{pid}/fd")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        for entry in entries:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{entry}")
+            except OSError:
+                continue  # closed meanwhile
+            if target.startswith("socket:"):
+                inodes.add(target)
+    return len(inodes)

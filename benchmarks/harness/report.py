@@ -2,6 +2,8 @@
 
 Ratios are ``server / baseline`` for the scenario's group (uvicorn, or uvicorn-h11 for
 the h11 scenarios). For req/s higher is better; for µs/request and latency lower is better.
+The non-wrk scenarios (``metrics.MetricScenario``) get tables with their own columns, each
+figure followed by its ratio to uvicorn, and a header line saying which way is better.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from harness.bootstrap import VENV_DIR
+from harness.metrics import MetricOutcome
 from harness.runner import ScenarioOutcome, ServerOutcome
 
 COLUMNS = (
@@ -118,6 +122,7 @@ def outcome_to_dict(outcome: ScenarioOutcome) -> dict[str, Any]:
             "errors": server.errors,
         }
     return {
+        "kind": "wrk",
         "name": scenario.name,
         "description": scenario.description,
         "app": scenario.app,
@@ -146,15 +151,165 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(without_nan(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
-def plot_metric(ax: Any, outcomes: list[ScenarioOutcome], metric: str, colors: dict[str, str]) -> None:
-    """Bars of one metric's ratio to the baseline, grouped by scenario (its servers only)."""
-    for x, outcome in enumerate(outcomes):
+# ----------------------------------------------------------------------------- non-wrk scenarios
+
+CLIENT_NOTE = (
+    "servers under taskset -c 1 (CPU 1); client: this harness process, pinned to CPU 0 (as taskset -c 0)"
+)
+
+
+def short_command(command: list[str]) -> str:
+    """A command line with the venv's bin/ prefix dropped from the executable."""
+    prefix = str(VENV_DIR / "bin") + "/"
+    return shlex.join(part[len(prefix) :] if part.startswith(prefix) else part for part in command)
+
+
+def metric_ratios(outcome: MetricOutcome) -> dict[str, dict[str, float | None]]:
+    """Per server, the ratio of each figure that has a "better" direction to the baseline's."""
+    summaries = outcome.summaries()
+    base = summaries.get(outcome.scenario.baseline, {})
+    return {
+        name: {
+            m.key: ratio(summary.get(m.key), base.get(m.key)) for m in outcome.scenario.metrics if m.better
+        }
+        for name, summary in summaries.items()
+    }
+
+
+def better_note(outcome: MetricOutcome) -> str:
+    """Which way is better, per column: "higher is better: msg/s; lower is better: ms"."""
+    parts = []
+    for way in ("higher", "lower"):
+        labels = [m.label for m in outcome.scenario.metrics if m.better == way]
+        if labels:
+            parts.append(f"{way} is better for {', '.join(labels)} (and their ratio)")
+    return "; ".join(parts)
+
+
+def format_metric_table(outcome: MetricOutcome) -> str:
+    """The printed table of a non-wrk scenario: its own columns, each with its x-uvicorn ratio."""
+    scenario = outcome.scenario
+    baseline = scenario.baseline
+    summaries = outcome.summaries()
+    ratios = metric_ratios(outcome)
+    header = ["server"]
+    for metric in scenario.metrics:
+        header.append(metric.label)
+        if metric.better:
+            header.append(f"x {baseline}")
+    header.append("errors")
+    rows: list[list[str]] = []
+    failed: list[str] = []
+    for name, result in outcome.servers.items():
+        summary = summaries[name]
+        if not summary:
+            first_error = result.errors[0].splitlines()[0] if result.errors else "no samples"
+            failed.append(f"   {name:<16}  FAILED: {first_error}")
+            continue
+        row = [name]
+        for metric in scenario.metrics:
+            row.append(fmt(summary.get(metric.key), metric.fmt))
+            if metric.better:
+                row.append(fmt(ratios[name].get(metric.key), ".2f"))
+        row.append(f"{len(result.errors)} failed" if result.errors else "0")
+        rows.append(row)
+    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
+    widths[0] = max(widths[0], 16)
+
+    def line(cells: list[str]) -> str:
+        return "   " + "  ".join(
+            f"{cell:<{width}}" if i == 0 else f"{cell:>{width}}"
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    parameters = ", ".join(f"{key} {value}" for key, value in outcome.parameters.items())
+    lines = [
+        f"== {scenario.name}: {scenario.description}",
+        *(f"   {text}" for text in scenario.method),
+        f"   {CLIENT_NOTE}",
+        f"   {parameters}; ratios (x) against {baseline}: {better_note(outcome)}",
+        line(header),
+        *(line(row) for row in rows),
+        *failed,
+    ]
+    lines += [f"   {name}: {short_command(r.command)}" for name, r in outcome.servers.items() if r.command]
+    return "\n".join(lines)
+
+
+def metric_outcome_to_dict(outcome: MetricOutcome) -> dict[str, Any]:
+    """JSON form of a non-wrk scenario: columns, summaries, ratios and every sample."""
+    scenario = outcome.scenario
+    summaries = outcome.summaries()
+    ratios = metric_ratios(outcome)
+    return {
+        "kind": "metric",
+        "name": scenario.name,
+        "description": scenario.description,
+        "method": list(scenario.method),
+        "client": CLIENT_NOTE,
+        "app": scenario.app,
+        "baseline": scenario.baseline,
+        "parameters": outcome.parameters,
+        "metrics": [
+            {
+                "key": m.key,
+                "label": m.label,
+                "better": m.better,
+                "aggregate": m.aggregate,
+                "sample_key": m.sample_key,
+            }
+            for m in scenario.metrics
+        ],
+        "servers": {
+            name: {
+                "command": shlex.join(result.command),
+                "summary": summaries[name],
+                "ratios": ratios[name],
+                "samples": result.samples,
+                "errors": result.errors,
+            }
+            for name, result in outcome.servers.items()
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- chart
+
+Bars = list[tuple[str, dict[str, float | None]]]  # (group label, server -> ratio)
+
+
+def wrk_bars(outcomes: list[ScenarioOutcome], metric: str) -> Bars:
+    """One group per wrk scenario: each server's ratio of ``metric`` to the baseline."""
+    groups: Bars = []
+    for outcome in outcomes:
         base = baseline_medians(outcome)
-        names = list(outcome.servers)
+        values = {
+            name: ratio(s.median().get(metric), base.get(metric)) for name, s in outcome.servers.items()
+        }
+        groups.append((f"{outcome.scenario.name}\n(vs {outcome.scenario.baseline})", values))
+    return groups
+
+
+def metric_bars(outcomes: list[MetricOutcome]) -> Bars:
+    """One group per figure (with a direction) of the non-wrk scenarios."""
+    groups: Bars = []
+    for outcome in outcomes:
+        ratios = metric_ratios(outcome)
+        for metric in outcome.scenario.metrics:
+            if metric.better:
+                label = f"{outcome.scenario.name}\n{metric.label}\n({metric.better} better)"
+                groups.append((label, {name: ratios[name].get(metric.key) for name in outcome.servers}))
+    return groups
+
+
+def plot_bars(ax: Any, groups: Bars, colors: dict[str, str]) -> None:
+    """Bars of ratios to the baseline, one group per label (its servers only)."""
+    for x, (_, values) in enumerate(groups):
+        names = list(values)
         width = 0.8 / len(names)
         for index, name in enumerate(names):
             position = x + (index - (len(names) - 1) / 2) * width
-            value = ratio(outcome.servers[name].median().get(metric), base.get(metric))
+            value = values[name]
             if value is None:
                 ax.text(
                     position,
@@ -171,11 +326,27 @@ def plot_metric(ax: Any, outcomes: list[ScenarioOutcome], metric: str, colors: d
             ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax.set_ylabel("ratio to baseline")
+    ax.set_xticks(range(len(groups)), [label for label, _ in groups], fontsize=7)
 
 
-def write_chart(path: Path, outcomes: list[ScenarioOutcome]) -> bool:
-    """Bars of req/s and µs/request ratios to the baseline per scenario; False if nothing to plot."""
-    if not outcomes:
+def write_chart(path: Path, outcomes: list[ScenarioOutcome], metric_outcomes: list[MetricOutcome]) -> bool:
+    """Ratios to the baseline: req/s and µs/request per wrk scenario, then every figure of
+    the other scenarios; False if nothing to plot."""
+    panels: list[tuple[str, Bars]] = []
+    if outcomes:
+        panels.append(("wrk: requests/s (higher is better)", wrk_bars(outcomes, "requests_per_s")))
+        panels.append(
+            ("wrk: server CPU µs per request (lower is better)", wrk_bars(outcomes, "us_per_request"))
+        )
+    if metric_outcomes:
+        panels.append(
+            (
+                "other scenarios: each figure / uvicorn's (the label says which way is better)",
+                metric_bars(metric_outcomes),
+            )
+        )
+    panels = [(title, groups) for title, groups in panels if groups]
+    if not panels:
         return False
     import matplotlib
 
@@ -183,27 +354,33 @@ def write_chart(path: Path, outcomes: list[ScenarioOutcome]) -> bool:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    names = list(dict.fromkeys(name for outcome in outcomes for name in outcome.servers))
-    colors = {name: f"C{index}" for index, name in enumerate(names)}
-    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 1.5 * len(outcomes) + 2), 9), sharex=True)
-    titles = {
-        "requests_per_s": "requests/s (higher is better)",
-        "us_per_request": "server CPU µs per request (lower is better)",
-    }
-    for ax, (metric, title) in zip(axes, titles.items(), strict=True):
-        plot_metric(ax, outcomes, metric, colors)
+    names = list(
+        dict.fromkeys(
+            [name for outcome in outcomes for name in outcome.servers]
+            + [name for outcome in metric_outcomes for name in outcome.servers]
+        )
+    )
+    colors = {name: f"C{index % 10}" for index, name in enumerate(names)}
+    widest = max(len(groups) for _, groups in panels)
+    height = 4.5 * len(panels) + 0.75  # inches; the top 0.75 hold the title and the legend
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8.0, 1.3 * widest + 2), height), squeeze=False)
+    for ax, (title, groups) in zip(axes[:, 0], panels, strict=True):
+        plot_bars(ax, groups, colors)
         ax.set_title(title, fontsize=10)
-    labels = [f"{o.scenario.name}\n(vs {o.scenario.baseline})" for o in outcomes]
-    axes[-1].set_xticks(range(len(outcomes)), labels, fontsize=8)
+    fig.suptitle(
+        "asgictl benchmarks: medians as ratios to uvicorn (uvicorn-h11 for h11 scenarios); "
+        "servers on CPU 1, clients on CPU 0",
+        fontsize=10,
+        y=1 - 0.15 / height,
+    )
     fig.legend(
         handles=[Patch(color=colors[name], label=name) for name in names],
         loc="upper center",
         ncols=min(len(names), 6),
         fontsize=8,
-        bbox_to_anchor=(0.5, 0.95),
+        bbox_to_anchor=(0.5, 1 - 0.4 / height),
     )
-    fig.suptitle("asgictl benchmarks: medians as ratios to uvicorn (uvicorn-h11 for h11 scenarios)")
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / height))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

@@ -14,7 +14,6 @@ each of the two CPUs during the run (noise from neighbours).
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,22 +111,16 @@ class ScenarioOutcome:
 def measure(server: RunningServer, cmd: list[str], duration_s: int) -> Measurement:
     """One wrk run with CPU snapshots of the server tree and both CPUs around it."""
     server.check_alive()
-    busy_server_cpu = procstat.cpu_busy_seconds(SERVER_CPU)
-    busy_wrk_cpu = procstat.cpu_busy_seconds(WRK_CPU)
-    cpu_before = server.cpu_seconds()
-    started = time.monotonic()
+    window = procstat.CpuWindow(server.pid, SERVER_CPU, WRK_CPU)
     result = run_wrk(cmd, duration_s)
-    elapsed = time.monotonic() - started
-    server_cpu = server.cpu_seconds() - cpu_before
-    busy_server_cpu = procstat.cpu_busy_seconds(SERVER_CPU) - busy_server_cpu
-    busy_wrk_cpu = procstat.cpu_busy_seconds(WRK_CPU) - busy_wrk_cpu
+    usage = window.stop(result.client_cpu_s)
     server.check_alive()
     return Measurement(
         wrk=result,
-        elapsed_s=elapsed,
-        server_cpu_s=server_cpu,
-        server_cpu_other_s=max(0.0, busy_server_cpu - server_cpu),
-        wrk_cpu_other_s=max(0.0, busy_wrk_cpu - result.client_cpu_s),
+        elapsed_s=usage.elapsed_s,
+        server_cpu_s=usage.server_cpu_s,
+        server_cpu_other_s=usage.server_cpu_other_s,
+        wrk_cpu_other_s=usage.client_cpu_other_s,
     )
 
 

@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from harness import procstat
 from harness.bootstrap import BENCH_DIR, VENV_DIR
-from harness.scenarios import Scenario
+from harness.net import free_port
 
 HOST = "127.0.0.1"
 SERVER_CPU = 1
@@ -40,14 +41,34 @@ class ServerError(RuntimeError):
     """A server failed to start, answered wrongly, or died."""
 
 
+class Target(Protocol):
+    """What a server is started for: a wrk ``Scenario`` or a ``metrics.MetricScenario``."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def app(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    def verify(self, host: str, port: int, timeout_s: float) -> str | None:
+        """Check one real answer; an error message, or None if it is right."""
+        ...
+
+
+ArgsFn = Callable[[str, int | str], list[str]]  # (app, port) -> arguments after the executable
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     """How to launch one server configuration."""
 
     name: str
-    group: str  # scenario group it takes part in: "main" or "h11"
+    group: str  # scenario group it takes part in: "main", "h11", or a non-wrk scenario's name
     executable: str  # name of the console script in the venv's bin/
-    args: Callable[[str, int | str], list[str]]  # (app, port) -> arguments after the executable
+    args: ArgsFn
 
     def command(self, app: str, port: int | str) -> list[str]:
         """The full command line, pinned to the server CPU."""
@@ -58,15 +79,18 @@ class ServerSpec:
         return (VENV_BIN / self.executable).exists()
 
 
-def _asgictl(http: str | None) -> Callable[[str, int | str], list[str]]:
+def asgictl_args(*extra: str, command: str = "serve") -> ArgsFn:
+    """``asgictl serve|start APP --host --port --no-access-log EXTRA``."""
+
     def args(app: str, port: int | str) -> list[str]:
-        extra = ["--http", http] if http else []
-        return ["serve", app, "--host", HOST, "--port", str(port), "--no-access-log", *extra]
+        return [command, app, "--host", HOST, "--port", str(port), "--no-access-log", *extra]
 
     return args
 
 
-def _uvicorn(http: str) -> Callable[[str, int | str], list[str]]:
+def uvicorn_args(*extra: str, http: str = "httptools") -> ArgsFn:
+    """``uvicorn APP --host --port --loop uvloop --http HTTP --no-access-log EXTRA``."""
+
     def args(app: str, port: int | str) -> list[str]:
         return [
             app,
@@ -79,45 +103,64 @@ def _uvicorn(http: str) -> Callable[[str, int | str], list[str]]:
             "--http",
             http,
             "--no-access-log",
+            *extra,
         ]
 
     return args
 
 
-def _granian(app: str, port: int | str) -> list[str]:
-    return ["--interface", "asgi", "--host", HOST, "--port", str(port), "--workers", "1", "--no-log", app]
+def granian_args(*extra: str, workers: int = 1) -> ArgsFn:
+    """``granian --interface asgi --host --port --workers N --no-log EXTRA APP``."""
+
+    def args(app: str, port: int | str) -> list[str]:
+        return [
+            "--interface",
+            "asgi",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--no-log",
+            *extra,
+            app,
+        ]
+
+    return args
 
 
-def _gunicorn(app: str, port: int | str) -> list[str]:
-    # UvicornWorker picks uvloop + httptools when installed; gunicorn has no access log
-    # unless --access-logfile is given.
-    return [
-        app,
-        "--bind",
-        f"{HOST}:{port}",
-        "--workers",
-        "1",
-        "--worker-class",
-        "uvicorn_worker.UvicornWorker",
-    ]
+def gunicorn_args(*extra: str, workers: int = 1) -> ArgsFn:
+    """``gunicorn APP --bind --workers N --worker-class uvicorn_worker.UvicornWorker EXTRA``.
+
+    UvicornWorker picks uvloop + httptools when installed; gunicorn has no access log
+    unless --access-logfile is given.
+    """
+
+    def args(app: str, port: int | str) -> list[str]:
+        return [
+            app,
+            "--bind",
+            f"{HOST}:{port}",
+            "--workers",
+            str(workers),
+            "--worker-class",
+            "uvicorn_worker.UvicornWorker",
+            *extra,
+        ]
+
+    return args
 
 
 SERVERS = [
-    ServerSpec("asgictl", "main", "asgictl", _asgictl(None)),
-    ServerSpec("uvicorn", "main", "uvicorn", _uvicorn("httptools")),
-    ServerSpec("granian", "main", "granian", _granian),
-    ServerSpec("gunicorn", "main", "gunicorn", _gunicorn),
-    ServerSpec("asgictl-h11", "h11", "asgictl", _asgictl("h11")),
-    ServerSpec("uvicorn-h11", "h11", "uvicorn", _uvicorn("h11")),
+    ServerSpec("asgictl", "main", "asgictl", asgictl_args()),
+    ServerSpec("uvicorn", "main", "uvicorn", uvicorn_args()),
+    ServerSpec("granian", "main", "granian", granian_args()),
+    ServerSpec("gunicorn", "main", "gunicorn", gunicorn_args()),
+    ServerSpec("asgictl-h11", "h11", "asgictl", asgictl_args("--http", "h11")),
+    ServerSpec("uvicorn-h11", "h11", "uvicorn", uvicorn_args(http="h11")),
 ]
 SERVERS_BY_NAME = {spec.name: spec for spec in SERVERS}
-
-
-def free_port() -> int:
-    """A currently free TCP port on the loopback interface."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def port_open(port: int) -> bool:
@@ -151,7 +194,7 @@ class RunningServer:
     """A launched server process for one scenario."""
 
     spec: ServerSpec
-    scenario: Scenario
+    scenario: Target
     port: int
     command: list[str]
     log_path: Path
@@ -196,10 +239,6 @@ class RunningServer:
         if self.affinity != [SERVER_CPU]:
             raise self.fail(f"not pinned to CPU {SERVER_CPU}: affinity {self.affinity}")
 
-    def cpu_seconds(self) -> float:
-        """CPU seconds used so far by the server and its children."""
-        return procstat.tree_cpu_seconds(self.pid)
-
     def stop(self) -> None:
         """SIGTERM, wait, SIGKILL; then kill any descendant that outlived the server."""
         leftovers = procstat.descendants(self.pid)
@@ -217,11 +256,11 @@ class RunningServer:
                 os.kill(stat.pid, signal.SIGKILL)
 
 
-def start_server(spec: ServerSpec, scenario: Scenario, log_dir: Path) -> RunningServer:
-    """Launch a server for a scenario (not waiting for readiness)."""
+def start_server(spec: ServerSpec, scenario: Target, log_dir: Path, tag: str = "") -> RunningServer:
+    """Launch a server for a scenario (not waiting for readiness); ``tag`` names its log."""
     port = free_port()
     command = spec.command(scenario.app, port)
-    log_path = log_dir / f"{scenario.name}-{spec.name}.log"
+    log_path = log_dir / f"{scenario.name}-{spec.name}{tag}.log"
     with log_path.open("wb") as log:
         log.write(f"$ {shlex.join(command)}\n".encode())
         log.flush()
