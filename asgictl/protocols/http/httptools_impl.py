@@ -20,12 +20,14 @@ _OWS = b" \t"
 
 
 class HttpToolsConnection(HTTPConnection):
-    __slots__ = ("headers", "in_trailers", "parser", "stopped", "url")
+    __slots__ = ("first_read", "headers", "in_trailers", "parser", "stopped", "url")
 
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
+        #: the read a request head started in, until the head is parsed
+        self.first_read = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.in_trailers = False
         self.stopped = False
@@ -35,15 +37,8 @@ class HttpToolsConnection(HTTPConnection):
             return
         if self.parsing is None:
             head_bytes = self.head_bytes
-            if not head_bytes and b"  " in data:
-                # A head starts here: llhttp accepts runs of spaces in the request line
-                # where h11 and RFC 9112's grammar do not; refuse them alike.
-                try:
-                    check_request_line(data)
-                except InvalidRequest as exc:
-                    self.stopped = True
-                    self.parse_error(exc.status, exc.reason)
-                    return
+            if not head_bytes:
+                self.first_read = data  # a head starts here (see on_headers_complete)
             head_bytes += len(data)
             if head_bytes > self.state.limit_head:
                 # Only the head counts: the same read may carry (much) body after it.
@@ -104,6 +99,14 @@ class HttpToolsConnection(HTTPConnection):
         self.headers = []  # the scope owns that list now
         self.url = b""
         self.in_trailers = True
+        # llhttp accepts runs of spaces in the request line where h11 and RFC 9112's
+        # grammar do not: refuse them alike. With single spaces the line's CR sits
+        # right after "METHOD SP target SP HTTP/x.y"; only when it does not is the
+        # line looked at closely (also when it was split over reads).
+        first, self.first_read = self.first_read, b""
+        end = len(method) + len(url) + 10
+        if len(first) <= end or first[end] != 13:
+            check_request_line(first)
         self.begin_request(
             _METHODS.get(method) or method.decode("ascii"),
             url,
