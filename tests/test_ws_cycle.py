@@ -426,3 +426,25 @@ def test_server_frames_parse(ws: str) -> None:
     h.run_until(lambda: h.frames())
     assert parse_frames(split_response(h.transport.data)[1]) == [(TEXT, b"z" * 300)]
     h.close()
+
+
+def test_ws_implementation_is_chosen_at_startup_and_imported_at_first_use(monkeypatch: Any) -> None:
+    import importlib.util
+
+    from asgictl.protocols import websockets as ws
+
+    assert ws.ws_protocol_factory("none") is None
+    assert ws.ws_protocol_factory("auto").module.endswith("websockets_impl")  # type: ignore[union-attr]
+    assert ws.ws_protocol_factory("wsproto").module.endswith("wsproto_impl")  # type: ignore[union-attr]
+
+    real_find_spec = importlib.util.find_spec
+
+    def without_websockets(name: str, *args: Any) -> Any:
+        return None if name == "websockets" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_websockets)
+    assert ws.ws_protocol_factory("auto").module.endswith("wsproto_impl")  # type: ignore[union-attr]
+    with pytest.raises(ImportError, match="websockets"):
+        ws.ws_protocol_factory("websockets")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert ws.ws_protocol_factory("auto") is None

@@ -131,14 +131,14 @@ class ServerState:
         self.is_ssl = config.is_ssl
         #: --log-level trace: connection events are logged (checked once, not per call)
         self.trace = logger.isEnabledFor(5)
-        # WebSocket: the protocol class an Upgrade is handed to (None: --ws none, the
+        # WebSocket: the protocol factory an Upgrade is handed to (None: --ws none, the
         # upgrade is answered as plain HTTP), and its settings.
-        from asgictl.protocols.websockets import ws_protocol_class
+        from asgictl.protocols.websockets import ws_protocol_factory
 
         #: ``start_task(coro)``: runs a request's or a WebSocket's app (eager on 3.12+).
         self.start_task = task_starter(loop)
 
-        self.ws_protocol = ws_protocol_class(config.ws)
+        self.ws_protocol = ws_protocol_factory(config.ws)
         self.ws_max_size = config.ws_max_size
         self.ws_max_queue = config.ws_max_queue
         self.ws_ping_interval = config.ws_ping_interval
