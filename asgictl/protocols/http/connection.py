@@ -49,6 +49,26 @@ def request_tasks(loop: asyncio.AbstractEventLoop | None = None) -> list[asyncio
     return [t for t in asyncio.all_tasks(loop) if getattr(t.get_coro(), "__qualname__", "") in _APP_RUNNERS]
 
 
+#: What every HTTP scope starts from: begin_request copies it and sets every entry but
+#: type, asgi and extensions (placeholders keep the copy at its final size).
+SCOPE_TEMPLATE: dict[str, Any] = {
+    "type": "http",
+    "asgi": ASGI_VERSION,
+    "http_version": "1.1",
+    "server": None,
+    "client": None,
+    "scheme": "http",
+    "method": "GET",
+    "root_path": "",
+    "path": "/",
+    "raw_path": b"/",
+    "query_string": b"",
+    "headers": None,
+    "state": None,
+    "extensions": EXTENSIONS,
+}
+
+
 async def service_unavailable(scope: Any, receive: Any, send: Any) -> None:
     await send(
         {
@@ -188,26 +208,22 @@ class HTTPConnection(FlowControlled):
         if state.root_path:
             path = state.root_path + path
             raw_path = state.root_path_bytes + raw_path
-        client = self.client
-        scheme = self.scheme
+        # The entries every request shares come from a template: one dict copy is
+        # cheaper than building all of them per request.
+        scope = SCOPE_TEMPLATE.copy()
+        scope["root_path"] = state.root_path
+        scope["server"] = self.server
+        scope["client"] = self.client
+        scope["scheme"] = self.scheme
+        scope["http_version"] = http_version
+        scope["method"] = method
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = query
+        scope["headers"] = headers
+        scope["state"] = state.lifespan_state.copy()
         if flags & FORWARDED and self.trusted:
-            client, scheme = self._forwarded(headers, client, scheme)
-        scope = {
-            "type": "http",
-            "asgi": ASGI_VERSION,
-            "http_version": http_version,
-            "server": self.server,
-            "client": client,
-            "scheme": scheme,
-            "method": method,
-            "root_path": state.root_path,
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "headers": headers,
-            "state": state.lifespan_state.copy(),
-            "extensions": EXTENSIONS,
-        }
+            scope["client"], scope["scheme"] = self._forwarded(headers, self.client, self.scheme)
         if self.closing:
             keep_alive = False
         elif not keep_alive:

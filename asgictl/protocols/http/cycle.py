@@ -378,7 +378,8 @@ class HTTPCycle:
             logger.error("Response content shorter than Content-Length")
             self.keep_alive = False
         self.response_complete = True
-        self.wake()
+        if self.waiter is not None:  # a receive() waiting for body gets http.disconnect
+            self.wake()
         state = self.conn.state
         if state.access_log:
             self._log_access()
