@@ -133,7 +133,8 @@ def _reset_process_state(ctx: WorkerContext) -> None:
         faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
 
 
-def _set_title(title: str) -> None:
+def set_title(title: str) -> None:
+    """The process title ps and top show (master and workers alike)."""
     try:
         import setproctitle
     except ImportError:  # pragma: no cover - it is a dependency; titles are a nicety
@@ -164,7 +165,7 @@ def run_worker(ctx: WorkerContext) -> NoReturn:
 
 def _run(ctx: WorkerContext) -> int:
     _reset_process_state(ctx)
-    _set_title(f"asgictl: worker {ctx.worker_id} {ctx.app_label}")
+    set_title(f"asgictl: worker {ctx.worker_id} {ctx.app_label}")
     tag_log_lines(f"[worker {ctx.worker_id} pid {os.getpid()}] ")
     set_worker_id(ctx.worker_id)  # --log-format json: a "worker" field on every line
     logger.addFilter(_drop_running_on)

@@ -43,12 +43,13 @@ from asgictl.pubsub.backends import MASTER as PUBSUB_MASTER
 from asgictl.pubsub.backends import mode as pubsub_mode
 from asgictl.supervisor import policy
 from asgictl.supervisor.broker import Broker
-from asgictl.supervisor.child import DUMP_SIGNAL, WorkerContext, child_config, run_worker
+from asgictl.supervisor.child import DUMP_SIGNAL, WorkerContext, child_config, run_worker, set_title
 from asgictl.supervisor.control import control_plane
 from asgictl.supervisor.listeners import INHERIT_ENV, Listeners, open_listeners
 from asgictl.supervisor.metrics import MetricsTable
 from asgictl.supervisor.reload import reloading
 from asgictl.supervisor.slots import READY, StatsTable
+from asgictl.worker.server import import_runtime
 
 logger = logging.getLogger("asgictl.error")
 
@@ -833,14 +834,6 @@ def _rss(w: Worker) -> int | None:
         return None
 
 
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle
-    except ImportError:  # pragma: no cover
-        return
-    setproctitle.setproctitle(title)
-
-
 def write_pid_file(path: str) -> None:
     """Write our pid atomically: a temporary file in the same directory, then rename."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -879,8 +872,9 @@ def run_master(config: Config) -> int:
     listeners = open_listeners(config)
     os.environ.pop(INHERIT_ENV, None)  # neither workers nor the app need to see it
     try:
+        import_runtime(config)
         preloaded = preload_app(config) if config.preload else None
-        _set_title(f"asgictl: master {config.app if isinstance(config.app, str) else 'app'}")
+        set_title(f"asgictl: master {config.app if isinstance(config.app, str) else 'app'}")
         if config.pid_file:
             write_pid_file(config.pid_file)
         try:

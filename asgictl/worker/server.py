@@ -275,3 +275,14 @@ class Server:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+
+
+def import_runtime(config: Config) -> None:
+    """Import what a worker imports first thing: its event loop and HTTP parser.
+
+    The master calls it before forking, so that each worker inherits these modules
+    (once, shared) instead of importing them on its way to ready: uvloop alone takes
+    about 7 ms, paid again by every respawned or reloaded worker otherwise.
+    """
+    loop_factory(config.loop)
+    protocol_class(config.http)
