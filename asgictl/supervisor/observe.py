@@ -46,18 +46,24 @@ class Sampler:
     def __init__(self, master: Master) -> None:
         self.master = master
         self.samples: dict[int, ProcessSample] = {}
-        self._next = 0.0
-        try:
-            import psutil
-
-            self._psutil: Any = psutil
-        except ImportError:  # pragma: no cover - a dependency; the figures are then blank
-            self._psutil = None
+        self._next: float | None = None
+        self._psutil: Any = None
 
     def tick(self, now: float) -> None:
+        if self._next is None:
+            # The first sample waits a period: psutil is imported then (about 10 ms,
+            # which would otherwise delay the first workers' boot).
+            self._next = now + SAMPLE_SECONDS
+            return
         if now < self._next:
             return
         self._next = now + SAMPLE_SECONDS
+        if self._psutil is None:
+            try:
+                import psutil
+            except ImportError:  # pragma: no cover - a dependency; the figures stay blank
+                psutil = False
+            self._psutil = psutil
         master = self.master
         pids = {os.getpid()}
         for w in master.workers.values():
@@ -76,7 +82,7 @@ class Sampler:
 
     def _measure(self, pid: int, sample: ProcessSample, now: float) -> None:
         psutil = self._psutil
-        if psutil is None:
+        if not psutil:
             return
         with contextlib.suppress(Exception):  # gone between two readings: keep the last
             if sample.process is None:
