@@ -56,7 +56,9 @@ def test_fastapi_echo_with_the_websockets_client(ws: str, http: str) -> None:
 def test_websocat_binary(server: ServerProcess) -> None:
     websocat = shutil.which("websocat") or str(Path(sys.executable).parent / "websocat")
     result = subprocess.run(
-        [websocat, "-1", ws_url(server, "/ws/echo")],
+        # -1 alone sends a Close as soon as stdin ends, racing the echo (seen failing on a
+        # loaded machine); with -n it waits for the one reply, as websocat's help advises.
+        [websocat, "-1", "-n", ws_url(server, "/ws/echo")],
         input=b"hello from websocat\n",
         capture_output=True,
         timeout=TIMEOUT * 2,

@@ -431,6 +431,7 @@ def test_server_frames_parse(ws: str) -> None:
 def test_ws_implementation_is_chosen_at_startup_and_imported_at_first_use(monkeypatch: Any) -> None:
     import importlib.util
 
+    from asgictl.config import ConfigError
     from asgictl.protocols import websockets as ws
 
     assert ws.ws_protocol_factory("none") is None
@@ -444,7 +445,7 @@ def test_ws_implementation_is_chosen_at_startup_and_imported_at_first_use(monkey
 
     monkeypatch.setattr(importlib.util, "find_spec", without_websockets)
     assert ws.ws_protocol_factory("auto").module.endswith("wsproto_impl")  # type: ignore[union-attr]
-    with pytest.raises(ImportError, match="websockets"):
+    with pytest.raises(ConfigError, match="websockets"):  # one line for the user, exit 2
         ws.ws_protocol_factory("websockets")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     assert ws.ws_protocol_factory("auto") is None

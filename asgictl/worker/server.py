@@ -27,6 +27,7 @@ from asgictl.config import Config
 from asgictl.protocols.http import protocol_class
 from asgictl.protocols.http.connection import request_tasks
 from asgictl.protocols.state import ServerState, task_starter
+from asgictl.protocols.websockets import ws_protocol_factory
 from asgictl.pubsub import backends as pubsub_backends
 from asgictl.worker.lifespan import Lifespan
 from asgictl.worker.loader import load_app
@@ -282,7 +283,9 @@ def import_runtime(config: Config) -> None:
 
     The master calls it before forking, so that each worker inherits these modules
     (once, shared) instead of importing them on its way to ready: uvloop alone takes
-    about 7 ms, paid again by every respawned or reloaded worker otherwise.
+    about 7 ms, paid again by every respawned or reloaded worker otherwise. A --loop,
+    --http or --ws naming a missing library is a ConfigError here, before any fork.
     """
     loop_factory(config.loop)
     protocol_class(config.http)
+    ws_protocol_factory(config.ws)

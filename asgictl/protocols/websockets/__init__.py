@@ -17,6 +17,8 @@ import importlib.util
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from asgictl.config import ConfigError
+
 if TYPE_CHECKING:
     from asgictl.protocols.state import ServerState
     from asgictl.protocols.websockets.connection import WSConnection
@@ -35,7 +37,7 @@ def ws_protocol_factory(name: str) -> WSFactory | None:
     WebSocket).
 
     auto prefers websockets and falls back to wsproto, then to none, when a library is
-    missing; an implementation named explicitly must be installed. The library itself
+    missing; an implementation named explicitly must be installed (ConfigError). The library itself
     is imported at the first upgrade, not here: it is the largest import of a worker
     (about 20 ms for websockets), on the way to its first answer, and a worker that
     never sees a WebSocket does not need it in memory.
@@ -48,7 +50,7 @@ def ws_protocol_factory(name: str) -> WSFactory | None:
         if importlib.util.find_spec(library) is not None:
             return _lazy(module, attribute)
     if name != "auto":
-        raise ImportError(f"--ws {name} needs the {name!r} package, which is not installed")
+        raise ConfigError(f"--ws {name}: the {name!r} package is not installed")
     return None
 
 
