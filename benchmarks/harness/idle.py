@@ -25,12 +25,11 @@ from typing import Any
 import apps
 
 from harness import net, procstat
-from harness.metrics import Metric, MetricConfig, MetricOutcome, MetricScenario, launch, settle
+from harness.metrics import Metric, MetricConfig, MetricOutcome, MetricScenario, on_fresh_servers, settle
 from harness.scenarios import SCENARIOS_BY_NAME
 from harness.servers import (
     HOST,
     RunningServer,
-    ServerError,
     ServerSpec,
     asgictl_args,
     granian_args,
@@ -180,36 +179,21 @@ def run(scenario: MetricScenario, specs: list[ServerSpec], config: MetricConfig)
         "normal_requests": NORMAL_REQUESTS,
     }
     outcome = MetricOutcome.empty(scenario, specs, parameters)
-    active = list(specs)
-    for round_no in range(1, config.rounds + 1):
-        for spec in list(active):
-            record = outcome.servers[spec.name]
-            try:
-                server = launch(spec, scenario, config, tag=f"-{round_no}")
-            except ServerError as exc:
-                record.fail(f"start (round {round_no})", exc)
-                active.remove(spec)
-                continue
-            try:
-                record.command = server.command
-                sample = flood_once(server, connections)
-            except ServerError as exc:
-                record.fail(f"round {round_no}", exc)
-                active.remove(spec)
-                continue
-            finally:
-                server.stop()
-            sample["round"] = round_no
-            record.samples.append(sample)
-            per_conn = sample["kib_per_conn"]
-            print(
-                f"  round {round_no} {spec.name:<9} {sample['held']:>6,} held of {sample['opened']:,}"
-                f"  {'n/a' if per_conn is None else f'{per_conn:.2f}'} KiB/conn"
-                f"  {sample['ok_requests']}/{NORMAL_REQUESTS} answered"
-                f"  {sample['closed']:,} closed by the server within {sample['watched_s']} s"
-                + (f"  ({sample['open_note']})" if sample["open_note"] else ""),
-                flush=True,
-            )
+
+    def report(round_no: int, spec: ServerSpec, sample: dict[str, Any]) -> None:
+        per_conn = sample["kib_per_conn"]
+        print(
+            f"  round {round_no} {spec.name:<9} {sample['held']:>6,} held of {sample['opened']:,}"
+            f"  {'n/a' if per_conn is None else f'{per_conn:.2f}'} KiB/conn"
+            f"  {sample['ok_requests']}/{NORMAL_REQUESTS} answered"
+            f"  {sample['closed']:,} closed by the server within {sample['watched_s']} s"
+            + (f"  ({sample['open_note']})" if sample["open_note"] else ""),
+            flush=True,
+        )
+
+    on_fresh_servers(
+        scenario, specs, config, outcome, config.rounds, "round", lambda s: flood_once(s, connections), report
+    )
     return outcome
 
 

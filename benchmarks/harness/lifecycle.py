@@ -35,7 +35,7 @@ from typing import Any
 import apps
 
 from harness import net, procstat
-from harness.metrics import Metric, MetricConfig, MetricOutcome, MetricScenario, launch
+from harness.metrics import Metric, MetricConfig, MetricOutcome, MetricScenario, on_fresh_servers
 from harness.scenarios import SCENARIOS_BY_NAME
 from harness.servers import (
     HOST,
@@ -246,34 +246,17 @@ def run_respawn(scenario: MetricScenario, specs: list[ServerSpec], config: Metri
         "fresh_server_per_repeat": True,
     }
     outcome = MetricOutcome.empty(scenario, specs, parameters)
-    active = list(specs)
-    for repeat in range(1, config.repeats + 1):
-        for spec in list(active):
-            record = outcome.servers[spec.name]
-            try:
-                server = launch(spec, scenario, config, tag=f"-{repeat}")
-            except ServerError as exc:
-                record.fail(f"start (repeat {repeat})", exc)
-                active.remove(spec)
-                continue
-            try:
-                record.command = server.command
-                sample = time_respawn(server)
-            except ServerError as exc:
-                record.fail(f"repeat {repeat}", exc)
-                active.remove(spec)
-                continue
-            finally:
-                server.stop()
-            sample["repeat"] = repeat
-            record.samples.append(sample)
-            spawned = sample["spawned_ms"]
-            print(
-                f"  repeat {repeat} {spec.name:<9} killed {sample['victim_pid']}, "
-                f"new worker {sample['replacement_pid']} answered after {sample['answer_ms']:7.1f} ms"
-                f" (spawned after {'n/a' if spawned is None else f'{spawned:.1f}'} ms)",
-                flush=True,
-            )
+
+    def report(repeat: int, spec: ServerSpec, sample: dict[str, Any]) -> None:
+        spawned = sample["spawned_ms"]
+        print(
+            f"  repeat {repeat} {spec.name:<9} killed {sample['victim_pid']}, "
+            f"new worker {sample['replacement_pid']} answered after {sample['answer_ms']:7.1f} ms"
+            f" (spawned after {'n/a' if spawned is None else f'{spawned:.1f}'} ms)",
+            flush=True,
+        )
+
+    on_fresh_servers(scenario, specs, config, outcome, config.repeats, "repeat", time_respawn, report)
     return outcome
 
 

@@ -143,6 +143,43 @@ def launch(spec: ServerSpec, scenario: MetricScenario, config: MetricConfig, tag
     return server
 
 
+def on_fresh_servers(
+    scenario: MetricScenario,
+    specs: list[ServerSpec],
+    config: MetricConfig,
+    outcome: MetricOutcome,
+    count: int,
+    label: str,
+    measure: Callable[[RunningServer], dict[str, Any]],
+    report: Callable[[int, ServerSpec, dict[str, Any]], None],
+) -> None:
+    """``count`` rounds (named ``label`` in samples and errors); in each, every server
+    still in the run is started afresh, measured once, stopped by PID and reported. A
+    server that fails to start or to be measured is recorded and left out of the rest."""
+    active = list(specs)
+    for number in range(1, count + 1):
+        for spec in list(active):
+            record = outcome.servers[spec.name]
+            try:
+                server = launch(spec, scenario, config, tag=f"-{number}")
+            except ServerError as exc:
+                record.fail(f"start ({label} {number})", exc)
+                active.remove(spec)
+                continue
+            try:
+                record.command = server.command
+                sample = measure(server)
+            except ServerError as exc:
+                record.fail(f"{label} {number}", exc)
+                active.remove(spec)
+                continue
+            finally:
+                server.stop()
+            sample[label] = number
+            record.samples.append(sample)
+            report(number, spec, sample)
+
+
 @contextlib.contextmanager
 def running(
     specs: list[ServerSpec], scenario: MetricScenario, config: MetricConfig, outcome: MetricOutcome
