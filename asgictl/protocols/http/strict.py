@@ -222,7 +222,8 @@ _FRAMING_FIELD = re.compile(rb"\n(content-length|transfer-encoding):[ \t]*([^\r\
 def check_request_line(data: bytes) -> None:
     """The request line at the start of ``data`` has single spaces (for llhttp, which
     parses on whitespace boundaries where h11 and the grammar do not). The httptools
-    adapter calls it only when ``data`` has a run of spaces somewhere."""
+    adapter calls it with the read the head started in, only when the line's CR is not
+    where single spaces would put it."""
     end = data.find(b"\r\n", 0, 16384)
     spaces = data.count(b" ", 0, end if end >= 0 else 16384)
     if spaces != 2 and (end >= 0 or spaces > 2):
