@@ -1,4 +1,4 @@
-"""The shared corpus of raw HTTP/1.1 requests (../shared/corpus/http), as test cases.
+"""The corpus of raw HTTP/1.1 requests (tests/data/http), as test cases.
 
 Each case is a file of raw bytes plus what the origin suite expected: for a valid file
 the parsed requests, for an invalid one the name of the error. ``POLICY`` records where
@@ -106,8 +106,10 @@ def decode(text: bytes) -> bytes:
 
 
 def load_cases() -> list[Case]:
-    if not CORPUS.is_dir():
-        return []
+    if not (CORPUS / "expectations.json").is_file():
+        # The corpus is part of the repository: without it the run must fail, not
+        # silently collect half the tests.
+        raise FileNotFoundError(f"the request corpus is missing: {CORPUS}")
     expectations = json.loads((CORPUS / "expectations.json").read_text())
     cases = []
     for entry in expectations:

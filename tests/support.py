@@ -23,7 +23,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
-CORPUS = ROOT.parent / "shared" / "corpus" / "http"
+#: The raw-request corpus (gunicorn's MIT-licensed test data; see its README and LICENSE).
+CORPUS = Path(__file__).resolve().parent / "data" / "http"
 
 #: Generous: this is a shared 2-core machine.
 START_TIMEOUT = 30.0
