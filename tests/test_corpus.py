@@ -93,6 +93,7 @@ def server(request: pytest.FixtureRequest) -> Any:
         yield srv
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", [c for c in CASES if not c.custom_limits], ids=lambda c: c.id)
 def test_corpus_over_socket(case: Case, server: Any) -> None:
     _supported(case)
