@@ -179,6 +179,40 @@ def test_acting_commands_refuse_several_masters_and_select_by_app_or_pid(runtime
     assert one_line(gone).startswith("asgictl: no asgictl server is running (none in ")
 
 
+def test_status_watch_follows_the_selected_masters_as_they_come_and_go(runtime: Runtime) -> None:
+    first = runtime.start("svapp:app")
+    second = runtime.start("svapp:app")
+    other = runtime.start("basic:app")
+    ready(first, second, other)
+    with subprocess.Popen(
+        [sys.executable, "-m", "asgictl", "status", "svapp", "--watch", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=runtime.env,
+        cwd=support.APPS,
+    ) as watch:
+        try:
+            assert watch.stdout is not None
+            # One JSON list per refresh: the two svapp masters, never basic:app.
+            pids = [r["master"]["pid"] for r in json.loads(watch.stdout.readline())]
+            assert sorted(pids) == sorted([first.pid, second.pid])
+            assert runtime.ctl("stop", str(first.pid)).returncode == 0
+            deadline = time.monotonic() + DEADLINE
+            while time.monotonic() < deadline:  # bounded: a line comes every second
+                pids = [r["master"]["pid"] for r in json.loads(watch.stdout.readline())]
+                assert other.pid not in pids
+                if pids == [second.pid]:
+                    break
+            else:
+                raise AssertionError("status --watch still lists the stopped master")
+            watch.send_signal(signal.SIGINT)  # Ctrl-C ends the watch, status 0
+            assert watch.wait(DEADLINE) == 0
+        finally:
+            if watch.poll() is None:
+                watch.kill()
+
+
 def _dead_socket(path: Path) -> None:
     """A socket file nobody listens on, as a master killed with SIGKILL leaves."""
     with socket.socket(socket.AF_UNIX) as sock:

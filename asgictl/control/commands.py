@@ -56,11 +56,13 @@ def _watch(draw: Callable[[], str | None], out: TextIO, as_json: bool) -> int:
         return 0
 
 
-def cmd_status(found: list[Running], as_json: bool, watch: bool, out: TextIO) -> int:
+def cmd_status(
+    found: list[Running], as_json: bool, watch: bool, out: TextIO, find: Callable[[], list[Running]]
+) -> int:
     """One master: the detailed view (``--watch``: until it stops). Several: one line
-    each (``--watch``: the masters found again on every refresh)."""
+    each (``--watch``: the masters found again by ``find`` on every refresh)."""
     if len(found) > 1:
-        return _status_list(found, as_json, watch, out)
+        return _status_list(found, as_json, watch, out, find)
     with Client(found[0].path) as client:
         if not watch:
             reply = _strip(check(client.request("status"), "status"))
@@ -90,14 +92,19 @@ def _statuses(found: list[Running]) -> list[dict[str, Any]]:
     return statuses
 
 
-def _status_list(found: list[Running], as_json: bool, watch: bool, out: TextIO) -> int:
+def _status_list(
+    found: list[Running], as_json: bool, watch: bool, out: TextIO, find: Callable[[], list[Running]]
+) -> int:
+    first = True
+
     def draw() -> str:
-        nonlocal found
-        if watch:
+        nonlocal found, first
+        if not first:
             try:
-                found = locate(None, None, None)
-            except ControlError:
+                found = find()
+            except ControlError:  # none left: an empty list, until some start again
                 found = []
+        first = False
         statuses = _statuses(found)
         return _dump(statuses, compact=watch) if as_json else format_list(statuses)
 
@@ -222,9 +229,13 @@ def main(command: str, values: dict[str, Any], **options: Any) -> int:
                 raise ControlError("scale: give [MASTER] N|+K|-K", code=2)
             selection = words[0] if len(words) == 2 else None
             arguments = parse_scale(words[-1])
-        found = locate(config.control_socket, config.pid_file, selection)
+
+        def find() -> list[Running]:
+            return locate(config.control_socket, config.pid_file, selection)
+
+        found = find()
         if command == "status":
-            return cmd_status(found, as_json, bool(options.get("watch")), out)
+            return cmd_status(found, as_json, bool(options.get("watch")), out, find)
         target = only_one(found, command)
         if command == "reload":
             return cmd_reload(target, as_json, out, err)

@@ -59,10 +59,9 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class Command:
-    """One command: its name, its optional arguments by JSON type, what it does."""
+    """One command: its name and its optional arguments by JSON type."""
 
     name: str
-    help: str
     #: argument name -> its type (``int`` or ``bool``); every argument is optional
     arguments: Mapping[str, type] = field(default_factory=dict)
     #: answered once the action is finished, with progress events meanwhile
@@ -74,11 +73,11 @@ class Command:
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
-        Command("hello", "who answers: server, version, pid, app, directory"),
-        Command("status", "the master and each worker: states, counters, samples"),
-        Command("reload", "rolling restart of every worker", acts=True),
-        Command("scale", 'the number of workers: "count" N or "delta" K', {"count": int, "delta": int}, True),
-        Command("stop", 'stop the master ("fast": no grace for requests)', {"fast": bool}, True),
+        Command("hello"),  # who answers: server, version, pid, app, directory
+        Command("status"),  # the master and each worker: states, counters, samples
+        Command("reload", acts=True),  # a rolling restart of every worker
+        Command("scale", {"count": int, "delta": int}, acts=True),  # exactly one of them
+        Command("stop", {"fast": bool}, acts=True),  # fast: no grace for requests
     )
 }
 
