@@ -410,7 +410,13 @@ class ControlServer:
     socket lives elsewhere, ``link`` (its entry in the runtime directory)."""
 
     def __init__(
-        self, master: Master, sampler: Sampler, path: str, sock: socket.socket, link: str | None = None
+        self,
+        master: Master,
+        sampler: Sampler,
+        path: str,
+        sock: socket.socket,
+        link: str | None = None,
+        discoverable: bool = True,
     ) -> None:
         self.master = master
         self.sampler = sampler
@@ -418,7 +424,7 @@ class ControlServer:
         self.link = link
         #: ``asgictl status PID`` finds this master: its socket or a link to it is in the
         #: runtime directory.
-        self.discoverable = link is not None or path == registry_path(os.getpid(), runtime_dir())
+        self.discoverable = discoverable
         self._inode = os.stat(path).st_ino
         self.endpoint = Endpoint(master, sock, _ControlChannel, MAX_CLIENTS)
         self.endpoint.owner = self  # type: ignore[attr-defined]
@@ -449,7 +455,7 @@ class ControlServer:
             link = _link(path, own_entry)
         with contextlib.suppress(OSError):
             live_entries(directory)  # removes the entries of dead masters
-        return cls(master, sampler, path, sock, link)
+        return cls(master, sampler, path, sock, link, discoverable=link is not None or path == own_entry)
 
     # -- requests ----------------------------------------------------------------------
 
