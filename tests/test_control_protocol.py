@@ -1,25 +1,21 @@
-"""Unit tests of the control package without a master: the protocol's definitions and
-checks, where sockets live, discovery's rules for entries, selection, and the list view.
+"""Unit tests of the control package without a master or a socket: the protocol's
+definitions and checks, where sockets live, selection, and the list view. Discovery
+against sockets is in test_e2e_discovery.py.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import os
-import socket
 import stat
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from asgictl.config import ConfigError
 from asgictl.control import protocol
-from asgictl.control.client import ControlError, Running, discover, locate, only_one
+from asgictl.control.client import ControlError, Running, only_one
 from asgictl.control.protocol import (
     COMMANDS,
     ProtocolError,
@@ -120,69 +116,6 @@ def test_private_dir_problem(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- discovery
 
 
-@contextlib.contextmanager
-def fake_master(path: Path, pid: int, app: str = "m:app") -> Iterator[None]:
-    """A socket at ``path`` answering every request line with a ``hello`` of ``pid``."""
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(path))
-    server.listen(4)
-    server.settimeout(0.1)
-    done = threading.Event()
-
-    def serve() -> None:
-        while not done.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn, conn.makefile("rb") as lines:
-                for _ in lines:
-                    conn.sendall(encode({"v": 1, "ok": True, "pid": pid, "app": app, "directory": "/srv"}))
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join(5)
-        server.close()
-        path.unlink()
-
-
-def _dead_socket(path: Path, age: float = 0.0) -> None:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.bind(str(path))
-    if age:
-        os.utime(path, (time.time() - age, time.time() - age))
-
-
-def test_discover_keeps_live_masters_and_removes_the_dead(tmp_path: Path) -> None:
-    directory = tmp_path / "rt"
-    directory.mkdir(0o700)
-    me, parent = os.getpid(), os.getppid()
-    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # never a process
-    _dead_socket(directory / f"{dead}.ctl")  # a master killed with SIGKILL
-    os.symlink(tmp_path / "gone.sock", directory / f"{dead + 1}.ctl")  # its socket elsewhere
-    _dead_socket(directory / f"{me}.ctl", age=60)  # a live pid nobody listens for: reused
-    (directory / "notes.txt").write_text("not an entry")
-    elsewhere = tmp_path / "taken-over.sock"
-    with fake_master(directory / f"{parent}.ctl", parent), fake_master(elsewhere, parent):
-        # Pid 1's entry leads to a socket another master took over (a USR2 upgrade).
-        os.symlink(elsewhere, directory / "1.ctl")
-        found = discover(str(directory))
-        assert [(m.pid, m.app) for m in found] == [(parent, "m:app")]
-        assert sorted(os.listdir(directory)) == sorted(["1.ctl", f"{parent}.ctl", "notes.txt"])
-
-
-def test_discover_trusts_no_directory_open_to_others(tmp_path: Path) -> None:
-    directory = tmp_path / "rt"
-    directory.mkdir(0o755)
-    directory.chmod(0o755)
-    with fake_master(directory / f"{os.getppid()}.ctl", os.getppid()):
-        assert discover(str(directory)) == []
-
-
 def _masters() -> list[Running]:
     return [
         Running("/a", 10, {"pid": 10, "app": "shop.main:app", "directory": "/srv/shop"}),
@@ -209,20 +142,6 @@ def test_only_one_refuses_several_naming_them() -> None:
         "reload: 2 masters are running; choose one by app or master pid (asgictl reload PID):"
         " 20 (blog:app in /srv/blog), 30 (blog:app in /srv/blog2)"
     )
-
-
-def test_locate_by_pid_file(tmp_path: Path) -> None:
-    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
-    pid_file = tmp_path / "app.pid"
-    with pytest.raises(ControlError, match="no asgictl server is running \\(no pid file"):
-        locate(None, str(pid_file), None, env)
-    pid_file.write_text(f"{os.getppid()}\n")
-    with fake_master(tmp_path / "app.ctl", os.getppid()):  # the socket beside the pid file
-        (found,) = locate(None, str(pid_file), None, env)
-        assert found.pid == os.getppid()
-    pid_file.write_text("12\n")
-    with fake_master(tmp_path / "app.ctl", os.getppid()), pytest.raises(ControlError, match="not 12"):
-        locate(None, str(pid_file), None, env)
 
 
 # -------------------------------------------------------------------------------- view

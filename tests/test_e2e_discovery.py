@@ -1,4 +1,5 @@
-"""End to end: several masters on one machine, found and told apart by ``asgictl``.
+"""End to end: several masters on one machine, found and told apart by ``asgictl``;
+and discovery's rules for entries, against fake masters on real sockets.
 
 Each test gives its masters a runtime directory of their own (``XDG_RUNTIME_DIR``, a
 short temporary directory: socket paths are limited to 107 bytes), so it sees neither
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +30,9 @@ import psutil
 import pytest
 import support
 from support import ServerProcess, run_asgictl, wait_until
+
+from asgictl.control.client import ControlError, discover, locate
+from asgictl.control.protocol import encode
 
 DEADLINE = 30.0
 
@@ -213,10 +218,13 @@ def test_status_watch_follows_the_selected_masters_as_they_come_and_go(runtime: 
                 watch.kill()
 
 
-def _dead_socket(path: Path) -> None:
-    """A socket file nobody listens on, as a master killed with SIGKILL leaves."""
+def _dead_socket(path: Path, age: float = 0.0) -> None:
+    """A socket file nobody listens on, as a master killed with SIGKILL leaves, last
+    changed ``age`` seconds ago."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(path))
+    if age:
+        os.utime(path, (time.time() - age, time.time() - age))
 
 
 def test_entries_of_dead_masters_are_removed_never_reported(runtime: Runtime) -> None:
@@ -229,8 +237,7 @@ def test_entries_of_dead_masters_are_removed_never_reported(runtime: Runtime) ->
     assert killed.wait_exit(DEADLINE) == -signal.SIGKILL
     # A live pid whose entry nobody has listened on for a minute: the pid was reused.
     reused = runtime.directory / f"{os.getpid()}.ctl"
-    _dead_socket(reused)
-    os.utime(reused, (time.time() - 60, time.time() - 60))
+    _dead_socket(reused, age=60)
     # The same, just bound: perhaps a master between bind() and listen(); left alone.
     young = runtime.directory / f"{os.getppid()}.ctl"
     _dead_socket(young)
@@ -282,3 +289,76 @@ def test_a_runtime_directory_open_to_others_is_refused_in_one_line(runtime: Runt
         " (mode 0755, expected 0700); give one with --control-socket PATH"
     ), server.output
     assert "Booting worker" not in server.output
+
+
+# ------------------------------------------------- discovery's rules, against fake masters
+
+
+@contextlib.contextmanager
+def fake_master(path: Path, pid: int, app: str = "m:app") -> Iterator[None]:
+    """A socket at ``path`` answering every request line with a ``hello`` of ``pid``."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(4)
+    server.settimeout(0.1)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn, conn.makefile("rb") as lines:
+                for _ in lines:
+                    conn.sendall(encode({"v": 1, "ok": True, "pid": pid, "app": app, "directory": "/srv"}))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5)
+        server.close()
+        path.unlink()
+
+
+def test_discover_keeps_live_masters_and_removes_the_dead(tmp_path: Path) -> None:
+    directory = tmp_path / "rt"
+    directory.mkdir(0o700)
+    me, parent = os.getpid(), os.getppid()
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # never a process
+    _dead_socket(directory / f"{dead}.ctl")  # a master killed with SIGKILL
+    os.symlink(tmp_path / "gone.sock", directory / f"{dead + 1}.ctl")  # its socket elsewhere
+    _dead_socket(directory / f"{me}.ctl", age=60)  # a live pid nobody listens for: reused
+    (directory / "notes.txt").write_text("not an entry")
+    elsewhere = tmp_path / "taken-over.sock"
+    with fake_master(directory / f"{parent}.ctl", parent), fake_master(elsewhere, parent):
+        # Pid 1's entry leads to a socket another master took over (a USR2 upgrade).
+        os.symlink(elsewhere, directory / "1.ctl")
+        found = discover(str(directory))
+        assert [(m.pid, m.app) for m in found] == [(parent, "m:app")]
+        assert sorted(os.listdir(directory)) == sorted(["1.ctl", f"{parent}.ctl", "notes.txt"])
+
+
+def test_discover_trusts_no_directory_open_to_others(tmp_path: Path) -> None:
+    directory = tmp_path / "rt"
+    directory.mkdir(0o755)
+    directory.chmod(0o755)
+    with fake_master(directory / f"{os.getppid()}.ctl", os.getppid()):
+        assert discover(str(directory)) == []
+
+
+def test_locate_by_pid_file(tmp_path: Path) -> None:
+    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    pid_file = tmp_path / "app.pid"
+    with pytest.raises(ControlError, match="no asgictl server is running \\(no pid file"):
+        locate(None, str(pid_file), None, env)
+    pid_file.write_text(f"{os.getppid()}\n")
+    with fake_master(tmp_path / "app.ctl", os.getppid()):  # the socket beside the pid file
+        (found,) = locate(None, str(pid_file), None, env)
+        assert found.pid == os.getppid()
+    pid_file.write_text("12\n")
+    with fake_master(tmp_path / "app.ctl", os.getppid()), pytest.raises(ControlError, match="not 12"):
+        locate(None, str(pid_file), None, env)
