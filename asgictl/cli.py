@@ -151,13 +151,26 @@ _COMMANDS["dev"] = lambda cli: cli.command(
 )(_command(START, _dev))
 
 
-# -- the control commands: talk to a running master over its control socket (issue 7)
+# -- the control commands: talk to running masters over their control sockets
 
 _JSON = inspect.Parameter(
     "json",
     inspect.Parameter.KEYWORD_ONLY,
     default=False,
     annotation=Annotated[bool, typer.Option("--json", help="Print the result as JSON.")],
+)
+_SELECTION_HELP = (
+    "Which master: its app (main:app, or main) or its pid. Needed when several run;"
+    " `asgictl status` lists them."
+)
+_MASTER = inspect.Parameter(
+    "master",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=None,
+    annotation=Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional
+        typer.Argument(metavar="[MASTER]", help=_SELECTION_HELP, show_default=False),
+    ],
 )
 
 
@@ -167,22 +180,38 @@ def _control_command(command: str, *extra: inspect.Parameter) -> Callable[..., N
     names = {p.name for p in extra} | {"json"}
 
     def run_command(**values: Any) -> None:
-        from asgictl import ctl
+        from asgictl.control import commands
 
         options = {name: values.pop(name) for name in names}
-        raise SystemExit(ctl.main(command, values, **options))
+        raise SystemExit(commands.main(command, values, **options))
 
     run_command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run_command.__annotations__ = {p.name: p.annotation for p in params}
     return run_command
 
 
+_SCALE = inspect.Parameter(
+    "words",
+    inspect.Parameter.KEYWORD_ONLY,
+    annotation=Annotated[
+        list[str],
+        typer.Argument(
+            metavar="[MASTER] N|+K|-K",
+            help=f"Workers, or a change (+K, -K). {_SELECTION_HELP}",
+            show_default=False,
+        ),
+    ],
+)
+
+
 _COMMANDS["status"] = lambda cli: cli.command(
     "status",
-    help="Show the master and each worker: state, age, requests, connections, req/s, RSS, CPU%, restarts.",
+    help="Show a master and its workers (state, age, requests, connections, req/s, RSS, CPU%,"
+    " restarts); with several masters running, one line each.",
 )(
     _control_command(
         "status",
+        _MASTER,
         inspect.Parameter(
             "watch",
             inspect.Parameter.KEYWORD_ONLY,
@@ -193,27 +222,19 @@ _COMMANDS["status"] = lambda cli: cli.command(
 )
 _COMMANDS["reload"] = lambda cli: cli.command(
     "reload", help="Rolling restart of every worker; waits until it is done."
-)(_control_command("reload"))
+)(_control_command("reload", _MASTER))
 _COMMANDS["scale"] = lambda cli: cli.command(
     "scale",
     help="Set the number of workers: N, +K or -K; waits until they are ready (or gone).",
     # "-1" is a count here, not an option.
     context_settings={"ignore_unknown_options": True},
-)(
-    _control_command(
-        "scale",
-        inspect.Parameter(
-            "count",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=Annotated[str, typer.Argument(metavar="N|+K|-K", help="Workers, or a change.")],
-        ),
-    )
-)
+)(_control_command("scale", _SCALE))
 _COMMANDS["stop"] = lambda cli: cli.command(
     "stop", help="Stop the server (gracefully, or --fast) and wait until the master has exited."
 )(
     _control_command(
         "stop",
+        _MASTER,
         inspect.Parameter(
             "fast",
             inspect.Parameter.KEYWORD_ONLY,

@@ -543,8 +543,9 @@ OPTIONS: tuple[Option, ...] = (
         "pid_file",
         to_str,
         None,
-        "Write the master's PID to this file (atomically); removed on exit. The default control"
-        " socket lives next to it (app.pid: app.ctl).",
+        "The master's PID file: start writes it (atomically; removed on exit) and puts the control"
+        " socket beside it (app.pid: app.ctl); status|reload|scale|stop read the PID there to find"
+        " the master.",
         metavar="PATH",
         commands=frozenset({START}) | CONTROL_COMMANDS,
     ),
@@ -553,7 +554,8 @@ OPTIONS: tuple[Option, ...] = (
         to_str,
         None,
         "The master's control socket (Unix, mode 0600) for asgictl status|reload|scale|stop."
-        " Default: next to --pid-file, else $XDG_RUNTIME_DIR/asgictl.ctl, else /tmp/asgictl-UID/.",
+        " Default: beside --pid-file, else $XDG_RUNTIME_DIR/asgictl/PID.ctl (without"
+        " XDG_RUNTIME_DIR: /tmp/asgictl-UID/PID.ctl), where the control commands find every master.",
         metavar="PATH",
         commands=frozenset({START}) | CONTROL_COMMANDS,
     ),

@@ -7,9 +7,11 @@ polling its log (never by a fixed sleep), and end it by PID.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -152,10 +154,25 @@ def wait_count(server: ServerProcess, pattern: str, n: int, timeout: float = STA
         raise AssertionError(f"fewer than {n} lines matching {pattern!r}:\n{server.output}") from None
 
 
+_session_runtime_dir: str | None = None
+
+
+def session_runtime_dir() -> str:
+    """This test session's own XDG_RUNTIME_DIR (removed at exit): the masters the tests
+    start keep their control sockets there, out of the developer's runtime directory and
+    out of sight of other sessions' masters. A test that counts masters uses its own."""
+    global _session_runtime_dir
+    if _session_runtime_dir is None:
+        _session_runtime_dir = tempfile.mkdtemp(prefix="asgictl-rt-")
+        atexit.register(shutil.rmtree, _session_runtime_dir, True)
+    return _session_runtime_dir
+
+
 def test_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASGICTL_")}
     env.pop("WEB_CONCURRENCY", None)
     env.pop("FORWARDED_ALLOW_IPS", None)
+    env["XDG_RUNTIME_DIR"] = session_runtime_dir()
     env["PYTHONPATH"] = os.pathsep.join([str(APPS), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)

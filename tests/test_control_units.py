@@ -16,9 +16,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from asgictl.config import ConfigError
-from asgictl.ctl import ControlError, format_status, parse_scale
+from asgictl.control.client import ControlError
+from asgictl.control.commands import parse_scale
+from asgictl.control.render import format_status
 from asgictl.logs import JsonFormatter, set_worker_id
-from asgictl.supervisor.control import bind_control_socket, default_socket_path
+from asgictl.supervisor.control import bind_control_socket
 from asgictl.supervisor.metrics import BUCKETS, MetricsTable, exposition, parse_bind
 from asgictl.supervisor.observe import ProcessSample
 from asgictl.supervisor.slots import StatsTable
@@ -121,14 +123,6 @@ def test_parse_bind_refuses(value: str) -> None:
 
 
 # ----------------------------------------------------------------------- control socket
-
-
-def test_default_socket_path(tmp_path: Path) -> None:
-    assert default_socket_path("/run/app.pid", {}) == "/run/app.ctl"
-    assert default_socket_path("/run/app", {}) == "/run/app.ctl"
-    assert default_socket_path(None, {"XDG_RUNTIME_DIR": str(tmp_path)}) == str(tmp_path / "asgictl.ctl")
-    fallback = default_socket_path(None, {"XDG_RUNTIME_DIR": str(tmp_path / "missing")})
-    assert fallback.endswith(f"asgictl-{os.getuid()}/asgictl.ctl")
 
 
 def test_bind_is_0600_replaces_stale_refuses_live_and_non_sockets(tmp_path: Path) -> None:

@@ -341,7 +341,9 @@ def test_default_socket_in_xdg_runtime_dir_and_json_logs(tmp_path: Path) -> None
     with run_asgictl(args, env=env, ready=False) as server:
         server.wait_for_line(r"2 workers ready")
         server.url = server.wait_for_line(r"running on (\S+)").group(1)
-        assert stat.S_IMODE(os.stat(tmp_path / "asgictl.ctl").st_mode) == 0o600
+        # Each master has its own socket, named by its pid, in a directory private to the user.
+        assert stat.S_IMODE(os.stat(tmp_path / "asgictl").st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(tmp_path / "asgictl" / f"{server.pid}.ctl").st_mode) == 0o600
         for _ in range(10):
             assert http_get(server.port, "/pid") == 200
         status = ctl("status", "--json", env=env)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support import ServerProcess, count, run_asgictl, short_uds_path, wait_count, wait_until
+from support import ServerProcess, count, run_asgictl, wait_count, wait_until
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
@@ -94,8 +94,6 @@ def dev_server(
     directory: Path, *extra: str, command: str = "start", ready: bool = True
 ) -> Iterator[ServerProcess]:
     args = [command, "app:app", "--port", "0", "--workers", "2", "--app-dir", str(directory)]
-    # A private control socket: the default path is shared by every master on the machine.
-    args += ["--control-socket", short_uds_path()]
     if command == "start":
         args += ["--reload", "--reload-dir", str(directory)]
     with run_asgictl([*args, *extra], cwd=directory, ready=ready) as server:

@@ -1,94 +1,60 @@
 """The master's control socket: ``asgictl status|reload|scale|stop`` talk to it.
 
+The protocol (version, commands, arguments, where sockets live) is defined in
+``asgictl/control/protocol.py``, which the client reads too; this module is the master's
+side of it: binding the socket, a handler per command, and the operations that answer
+once the master has acted (reload, scale, stop).
+
 A Unix stream socket, mode 0600 (only the server's user may connect), served from the
 master's select loop (``endpoints.py``): bounded buffers, deadlines, at most
-``MAX_CLIENTS`` connections, so no client can block or exhaust the master.
-
-Protocol (version 1): line-delimited JSON, UTF-8, one object per line each way.
-
-* request: ``{"v": 1, "cmd": CMD, ...arguments, "id": any}`` (``id`` optional, echoed);
-  CMD is ``hello``, ``status``, ``reload``, ``scale`` (``"count": N`` or ``"delta": K``)
-  or ``stop`` (``"fast": bool``);
-* reply: ``{"v": 1, "ok": true, ...}`` or ``{"v": 1, "ok": false, "error": TEXT}``.
-  Commands that act (reload, scale, stop) answer once the action is finished, sending
-  ``{"v": 1, "event": "progress", ...}`` lines meanwhile (at least once a second).
-  Requests on one connection are answered in order, one at a time.
-* anything else (not JSON, not an object, another version, an unknown command or
-  argument) gets ``ok: false`` and a one-line error; the connection stays usable. A
-  line longer than 64 KiB, or a partial line older than 10 s, closes the connection.
-
-:func:`control_plane` wires this module, the samplers of ``observe.py`` and the metrics
-responder of ``metrics.py`` into a :class:`Master` for the duration of its run.
+``MAX_CLIENTS`` connections, so no client can block or exhaust the master. Every master
+has its own: ``<runtime>/<pid>.ctl`` by default, else the path the user gave, with a
+link to it at ``<runtime>/<pid>.ctl`` so that ``asgictl status`` finds every master.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
 import stat
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from asgictl import __version__
 from asgictl.config import ConfigError
+from asgictl.control.protocol import (
+    LINE_DEADLINE,
+    MAX_LINE,
+    MAX_PATH,
+    PROGRESS_SECONDS,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    check_request,
+    decode,
+    encode,
+    live_entries,
+    master_socket_path,
+    private_dir_problem,
+    registry_path,
+    runtime_dir,
+)
 from asgictl.supervisor.endpoints import Channel, Endpoint
-from asgictl.supervisor.observe import Sampler
+from asgictl.supervisor.observe import Sampler, status_report, working_directory
 
 if TYPE_CHECKING:
     from asgictl.supervisor.master import Master, _Reload
 
 logger = logging.getLogger("asgictl.error")
 
-PROTOCOL_VERSION = 1
-COMMANDS = ("hello", "status", "reload", "scale", "stop")
 MAX_CLIENTS = 32
-#: A request line must be complete within this long of its first byte.
-LINE_DEADLINE = 10.0
 #: A connection with nothing in flight and nothing received for this long is closed.
 IDLE_DEADLINE = 120.0
-#: Waiting operations report progress at least this often (the client's keep-alive).
-PROGRESS_SECONDS = 1.0
-#: sun_path is 108 bytes on Linux, including the terminating NUL.
-MAX_PATH = 107
 
 
 # ------------------------------------------------------------------------------ paths
-
-
-def default_socket_path(pid_file: str | None, environ: Mapping[str, str] | None = None) -> str:
-    """Where the control socket lives unless ``--control-socket`` says otherwise.
-
-    Next to the pid file (``app.pid`` -> ``app.ctl``) when there is one, so each server
-    with its own pid file has its own socket; else ``$XDG_RUNTIME_DIR/asgictl.ctl``;
-    else ``/tmp/asgictl-UID/asgictl.ctl`` (the directory private to the user).
-    """
-    environ = os.environ if environ is None else environ
-    if pid_file:
-        stem = pid_file[:-4] if pid_file.endswith(".pid") else pid_file
-        return os.path.abspath(stem + ".ctl")
-    runtime = environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return os.path.join(runtime, "asgictl.ctl")
-    return os.path.join(tempfile.gettempdir(), f"asgictl-{os.getuid()}", "asgictl.ctl")
-
-
-def _private_dir(directory: str) -> None:
-    """The fallback directory in /tmp must be ours and closed to others (or a local user
-    could pre-create it and swap our socket for theirs)."""
-    try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(directory)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise ConfigError(
-            f"--control-socket: {directory} is not a private directory of this user; choose a path"
-        )
 
 
 def _in_use(path: str) -> bool:
@@ -103,22 +69,20 @@ def _in_use(path: str) -> bool:
     return True
 
 
-def bind_control_socket(path: str, take_over: bool = False) -> socket.socket:
+def bind_control_socket(path: str, take_over: bool = False, what: str = "--control-socket") -> socket.socket:
     """A listening Unix socket at ``path`` with mode 0600 from the first instant.
 
     A stale socket file (nobody listening) is replaced; a live one is taken over only by
-    a master started by USR2 (``take_over``), else ConfigError.
+    a master started by USR2 (``take_over``), else ConfigError (its message starts with
+    ``what``, the option or rule that chose the path).
     """
     if len(os.fsencode(path)) > MAX_PATH:
-        raise ConfigError(f"--control-socket: {path!r} is longer than a Unix socket path may be (107)")
-    directory = os.path.dirname(path) or "."
-    if os.path.basename(directory).startswith("asgictl-") and directory.startswith(tempfile.gettempdir()):
-        _private_dir(directory)
+        raise ConfigError(f"{what}: {path!r} is longer than a Unix socket path may be ({MAX_PATH})")
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise ConfigError(f"--control-socket: {path} exists and is not a socket")
+            raise ConfigError(f"{what}: {path} exists and is not a socket")
         if _in_use(path) and not take_over:
-            raise ConfigError(f"--control-socket: {path} is in use by another running master")
+            raise ConfigError(f"{what}: {path} is in use by another running master")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -128,13 +92,24 @@ def bind_control_socket(path: str, take_over: bool = False) -> socket.socket:
         sock.bind(path)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"--control-socket: cannot bind {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{what}: cannot bind {path}: {exc.strerror or exc}") from None
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
     sock.listen(16)
     sock.set_inheritable(False)
     return sock
+
+
+def prepare_runtime_dir(directory: str) -> None:
+    """Create the runtime directory (mode 0700) if needed; ConfigError unless it is a
+    directory of this user closed to others (else a local user could pre-create it and
+    swap our sockets for theirs)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    problem = private_dir_problem(directory)
+    if problem is not None:
+        raise ConfigError(f"control socket: {problem}; give one with --control-socket PATH")
 
 
 # ------------------------------------------------------------------------- operations
@@ -274,8 +249,12 @@ class _StopOp(_Operation):
 # ---------------------------------------------------------------------------- channel
 
 
+class _Refused(Exception):
+    """A request the master will not carry out; the message is the reply's error."""
+
+
 class _ControlChannel(Channel):
-    max_input = 64 * 1024
+    max_input = MAX_LINE
 
     def __init__(self, endpoint: Endpoint, sock: socket.socket, now: float) -> None:
         super().__init__(endpoint, sock, now)
@@ -292,20 +271,19 @@ class _ControlChannel(Channel):
         body = {"v": PROTOCOL_VERSION, **message}
         if self.request_id is not None and "id" not in body:
             body["id"] = self.request_id
-        self.write(json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n")
+        self.write(encode(body))
 
     def too_large(self) -> None:
         self.inbuf.clear()
-        self.send({"ok": False, "error": "request line longer than 64 KiB"})
+        self.send({"ok": False, "error": f"request line longer than {MAX_LINE // 1024} KiB"})
         self.close_when_flushed = True
         self.flush(time.monotonic())
 
     def refuse(self) -> None:
-        line = json.dumps({"v": PROTOCOL_VERSION, "ok": False, "error": "too many control connections"})
-        try:
-            self.sock.send(line.encode() + b"\n")
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            self.sock.send(
+                encode({"v": PROTOCOL_VERSION, "ok": False, "error": "too many control connections"})
+            )
 
     def received(self) -> None:
         now = time.monotonic()
@@ -324,27 +302,10 @@ class _ControlChannel(Channel):
 
     def handle(self, line: bytes, now: float) -> None:
         try:
-            request = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            self.send({"ok": False, "error": "not a JSON object (one per line)"})
-            return
-        if not isinstance(request, dict):
-            self.send({"ok": False, "error": "not a JSON object (one per line)"})
-            return
-        self.request_id = request.get("id")
-        version = request.get("v")
-        if version != PROTOCOL_VERSION:
-            self.send(
-                {
-                    "ok": False,
-                    "error": f"unsupported protocol version {version!r}; this master speaks"
-                    f" {PROTOCOL_VERSION}",
-                }
-            )
-            return
-        try:
-            reply = self.server.dispatch(request, now)
-        except _BadRequest as exc:
+            message = decode(line)
+            self.request_id = message.get("id")
+            reply = self.server.dispatch(message, now)
+        except (ProtocolError, _Refused) as exc:
             self.send({"ok": False, "error": str(exc)})
             return
         if isinstance(reply, _Operation):
@@ -369,128 +330,142 @@ class _ControlChannel(Channel):
                     self.send({"event": "progress", **progress})
             return
         if self.partial_since and now - self.partial_since > LINE_DEADLINE:
-            self.send({"ok": False, "error": "incomplete request line (no newline within 10 s)"})
+            self.send(
+                {"ok": False, "error": f"incomplete request line (no newline within {LINE_DEADLINE:.0f} s)"}
+            )
             self.close_when_flushed = True
             self.flush(now)
         elif not self.outbuf and now - self.last_activity > IDLE_DEADLINE:
             self.close()
 
 
-class _BadRequest(Exception):
-    pass
+# ---------------------------------------------------------------------------- handlers
+
+#: A handler answers at once (a reply) or later (an operation the channel polls).
+Handler = Callable[["ControlServer", dict[str, Any], float], "dict[str, Any] | _Operation"]
+#: One handler per command of ``protocol.COMMANDS`` (a test checks both lists agree).
+HANDLERS: dict[str, Handler] = {}
 
 
-_ARGUMENTS = {
-    "hello": set(),
-    "status": set(),
-    "reload": set(),
-    "scale": {"count", "delta"},
-    "stop": {"fast"},
-}
+def _handles(name: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        HANDLERS[name] = handler
+        return handler
+
+    return register
+
+
+@_handles("hello")
+def _hello(server: ControlServer, arguments: dict[str, Any], now: float) -> dict[str, Any]:
+    return {
+        "ok": True,
+        "server": "asgictl",
+        "version": __version__,
+        "pid": os.getpid(),
+        "app": server.master.app_label,
+        "directory": working_directory(),
+    }
+
+
+@_handles("status")
+def _status(server: ControlServer, arguments: dict[str, Any], now: float) -> dict[str, Any]:
+    report = status_report(server.master, server.sampler, now)
+    report["master"].update(control_socket=server.path, metrics=server.metrics_url)
+    return {"ok": True, **report}
+
+
+def _not_stopping(server: ControlServer) -> None:
+    if server.master.stopping:
+        raise _Refused("the server is stopping")
+
+
+@_handles("reload")
+def _reload(server: ControlServer, arguments: dict[str, Any], now: float) -> _Operation:
+    _not_stopping(server)
+    return _ReloadOp(server, now)
+
+
+@_handles("scale")
+def _scale(server: ControlServer, arguments: dict[str, Any], now: float) -> _Operation:
+    _not_stopping(server)
+    count, delta = arguments.get("count"), arguments.get("delta")
+    if (count is None) == (delta is None):
+        raise _Refused('scale: give exactly one of "count" (N) or "delta" (+K or -K)')
+    target = count if count is not None else server.master.target + delta
+    if target < 1:
+        raise _Refused(f"scale: {target} workers; at least 1 is needed")
+    return _ScaleOp(server, now, target)
+
+
+@_handles("stop")
+def _stop(server: ControlServer, arguments: dict[str, Any], now: float) -> _Operation:
+    return _StopOp(server, now, arguments.get("fast", False))
 
 
 # ----------------------------------------------------------------------------- server
 
 
 class ControlServer:
-    """The control socket of one master."""
+    """The control socket of one master: ``path`` (listening on ``sock``) and, when the
+    socket lives elsewhere, ``link`` (its entry in the runtime directory)."""
 
-    def __init__(self, master: Master, sampler: Sampler, path: str, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        master: Master,
+        sampler: Sampler,
+        path: str,
+        sock: socket.socket,
+        link: str | None = None,
+        discoverable: bool = True,
+    ) -> None:
         self.master = master
         self.sampler = sampler
         self.path = path
+        self.link = link
+        #: ``asgictl status PID`` finds this master: its socket or a link to it is in the
+        #: runtime directory.
+        self.discoverable = discoverable
         self._inode = os.stat(path).st_ino
         self.endpoint = Endpoint(master, sock, _ControlChannel, MAX_CLIENTS)
         self.endpoint.owner = self  # type: ignore[attr-defined]
+        #: The metrics listener's URL, for ``status`` (set by ``run_master``).
         self.metrics_url: str | None = None
-        #: Requests served by workers that have exited (the master row counts since start).
-        self.retired_requests = 0
-        master.add_exit_callback(self._worker_exited)
 
-    def _worker_exited(self, worker: Any) -> None:
-        self.retired_requests += worker.requests
+    @classmethod
+    def open(cls, master: Master, sampler: Sampler) -> ControlServer:
+        """Bind this master's socket where ``protocol.master_socket_path`` says.
+
+        ConfigError (one line) if it cannot: a master never runs without one.
+        """
+        config = master.config
+        pid = os.getpid()
+        directory = runtime_dir()
+        own_entry = registry_path(pid, directory)
+        path = master_socket_path(pid, config.control_socket, config.pid_file)
+        if config.control_socket:
+            what = "--control-socket"
+        elif config.pid_file:
+            what = "control socket beside --pid-file"
+        else:
+            what = "control socket"
+            prepare_runtime_dir(directory)
+        sock = bind_control_socket(path, take_over=master.old_master is not None, what=what)
+        link = None
+        if path != own_entry:
+            link = _link(path, own_entry)
+        with contextlib.suppress(OSError):
+            live_entries(directory)  # removes the entries of dead masters
+        return cls(master, sampler, path, sock, link, discoverable=link is not None or path == own_entry)
 
     # -- requests ----------------------------------------------------------------------
 
-    def dispatch(self, request: dict[str, Any], now: float) -> dict[str, Any] | _Operation:
-        cmd = request.get("cmd")
-        if cmd not in _ARGUMENTS:
-            raise _BadRequest(f"unknown command {cmd!r}; expected one of {', '.join(COMMANDS)}")
-        unknown = set(request) - {"v", "cmd", "id"} - _ARGUMENTS[cmd]
-        if unknown:
-            raise _BadRequest(f"{cmd}: unknown argument(s) {', '.join(sorted(map(str, unknown)))}")
-        master = self.master
-        if cmd == "hello":
-            return {"ok": True, "server": "asgictl", "version": __version__, "pid": os.getpid()}
-        if cmd == "status":
-            return {"ok": True, **self.status(now)}
-        if master.stopping and cmd != "stop":
-            raise _BadRequest("the server is stopping")
-        if cmd == "reload":
-            return _ReloadOp(self, now)
-        if cmd == "scale":
-            count, delta = request.get("count"), request.get("delta")
-            if (count is None) == (delta is None):
-                raise _BadRequest('scale: give exactly one of "count" (N) or "delta" (+K or -K)')
-            for value in (count, delta):
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                    raise _BadRequest("scale: count and delta are integers")
-            target = count if count is not None else master.target + delta
-            if target < 1:
-                raise _BadRequest(f"scale: {target} workers; at least 1 is needed")
-            return _ScaleOp(self, now, target)
-        fast = request.get("fast", False)
-        if not isinstance(fast, bool):
-            raise _BadRequest("stop: fast is true or false")
-        return _StopOp(self, now, fast)
+    def dispatch(self, message: dict[str, Any], now: float) -> dict[str, Any] | _Operation:
+        """Check a request against the protocol and run its handler.
 
-    def status(self, now: float) -> dict[str, Any]:
-        master = self.master
-        sampler = self.sampler
-        workers = []
-        for row in master.snapshot():
-            sample = sampler.get(row["pid"])
-            state = row["state"]
-            if state == "stopping" and not master.stopping:
-                state = "draining"  # replaced or scaled away: finishing its requests
-            workers.append(
-                {
-                    **row,
-                    "state": state,
-                    "requests_per_second": round(sample.requests_per_second, 2),
-                    "rss": sample.rss if sample.rss is not None else row["rss"],
-                    "cpu_percent": None if sample.cpu_percent is None else round(sample.cpu_percent, 1),
-                }
-            )
-        own = sampler.get(os.getpid())
-        if master.stopping:
-            state = "stopping"
-        elif master.reloading is not None:
-            state = "reloading"
-        elif not master.all_ready_once:
-            state = "booting"
-        else:
-            state = "ready"
-        return {
-            "master": {
-                "pid": os.getpid(),
-                "state": state,
-                "age": round(now - master.started, 3),
-                "version": __version__,
-                "app": master.app_label,
-                "target": master.target,
-                "generation": master.generation,
-                "requests": self.retired_requests + sum(w["requests"] for w in workers),
-                "connections": sum(w["connections"] for w in workers),
-                "requests_per_second": round(sum(w["requests_per_second"] for w in workers), 2),
-                "rss": own.rss,
-                "cpu_percent": None if own.cpu_percent is None else round(own.cpu_percent, 1),
-                "listeners": master.listeners.urls("https" if master.config.is_ssl else "http"),
-                "control_socket": self.path,
-                "metrics": self.metrics_url,
-            },
-            "workers": workers,
-        }
+        ProtocolError or _Refused: refused, with a one-line reason.
+        """
+        command, arguments = check_request(message)
+        return HANDLERS[command.name](self, arguments, now)
 
     # -- lifetime ----------------------------------------------------------------------
 
@@ -504,51 +479,34 @@ class ControlServer:
         with contextlib.suppress(OSError):
             if os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
+        if self.link is not None:
+            with contextlib.suppress(OSError):
+                if os.path.islink(self.link):
+                    os.unlink(self.link)
+
+
+def _link(path: str, entry: str) -> str | None:
+    """Point our runtime-directory entry at a socket that lives elsewhere, so that
+    ``asgictl status`` lists this master too. Best effort: the socket works without it."""
+    try:
+        prepare_runtime_dir(os.path.dirname(entry))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry)  # a stale entry of a dead process that had our pid
+        os.symlink(path, entry)
+    except (OSError, ConfigError) as exc:
+        logger.debug("No entry for this master in the runtime directory: %s", exc)
+        return None
+    return entry
 
 
 @contextlib.contextmanager
-def control_plane(master: Master) -> Iterator[None]:
-    """Serve the control socket (and ``--metrics-bind``) while the master runs."""
-    config = master.config
-    sampler = Sampler(master)
-    explicit = bool(config.control_socket)
-    path = os.path.abspath(config.control_socket or default_socket_path(config.pid_file))
-    control: ControlServer | None = None
+def serving_control(master: Master, sampler: Sampler) -> Iterator[ControlServer]:
+    """The master's control socket, open (and ticked each pass) while the master runs."""
+    control = ControlServer.open(master, sampler)
+    select = str(os.getpid()) if control.discoverable else f"--control-socket {control.path}"
+    logger.info("Control socket: %s (asgictl status %s)", control.path, select)
+    master.add_tick_callback(lambda: control.tick(time.monotonic()))
     try:
-        sock = bind_control_socket(path, take_over=master.old_master is not None)
-    except ConfigError as exc:
-        if explicit:
-            raise
-        # Two servers sharing the default path: the second serves, without a control socket.
-        logger.warning("Control socket disabled: %s (give each server its own --control-socket)", exc)
-    else:
-        control = ControlServer(master, sampler, path, sock)
-        logger.info("Control socket: %s (asgictl status --control-socket %s)", path, path)
-    metrics = None
-    try:
-        if config.metrics_bind:
-            from asgictl.supervisor.metrics import MetricsServer, MetricsTable
-
-            table = MetricsTable(master.stats.capacity)
-            metrics = MetricsServer(master, table, sampler, config.metrics_bind)
-            master.metrics = table
-            master.add_exit_callback(metrics.worker_exited)
-            if control is not None:
-                control.metrics_url = metrics.url
-            logger.info("Metrics: %s", metrics.url)
-
-        def tick() -> None:
-            now = time.monotonic()
-            sampler.tick(now)
-            if control is not None:
-                control.tick(now)
-            if metrics is not None:
-                metrics.tick(now)
-
-        master.add_tick_callback(tick)
-        yield
+        yield control
     finally:
-        if control is not None:
-            control.close()
-        if metrics is not None:
-            metrics.close()
+        control.close()

@@ -44,9 +44,10 @@ from asgictl.pubsub.backends import mode as pubsub_mode
 from asgictl.supervisor import policy
 from asgictl.supervisor.broker import Broker
 from asgictl.supervisor.child import DUMP_SIGNAL, WorkerContext, child_config, run_worker, set_title
-from asgictl.supervisor.control import control_plane
+from asgictl.supervisor.control import serving_control
 from asgictl.supervisor.listeners import INHERIT_ENV, Listeners, open_listeners
-from asgictl.supervisor.metrics import MetricsTable
+from asgictl.supervisor.metrics import MetricsServer, MetricsTable
+from asgictl.supervisor.observe import Sampler
 from asgictl.supervisor.reload import reloading
 from asgictl.supervisor.slots import READY, StatsTable
 from asgictl.worker.server import import_runtime
@@ -864,6 +865,19 @@ def preload_app(config: Config) -> Any:
     return import_app(config)
 
 
+def _serve_metrics(master: Master, sampler: Sampler, stack: contextlib.ExitStack) -> str:
+    """``--metrics-bind``: the shared per-response counters and their HTTP listener,
+    closed by ``stack``; returns the listener's URL."""
+    table = MetricsTable(master.stats.capacity)
+    metrics = MetricsServer(master, table, sampler, master.config.metrics_bind or "")
+    stack.callback(metrics.close)
+    master.metrics = table
+    master.add_exit_callback(metrics.worker_exited)
+    master.add_tick_callback(lambda: metrics.tick(time.monotonic()))
+    logger.info("Metrics: %s", metrics.url)
+    return metrics.url
+
+
 def run_master(config: Config) -> int:
     """``asgictl start``: bind, (preload), supervise until stopped; returns the exit code.
 
@@ -883,8 +897,15 @@ def run_master(config: Config) -> int:
             notify_hooks = systemd.SystemdHooks.from_environ(old_master=master.old_master)
             if notify_hooks is not None:
                 master.hooks = notify_hooks  # type: ignore[assignment]  # duck-typed MasterHooks
+            sampler = Sampler(master)  # psutil and req/s samples, for status and metrics
+            master.add_exit_callback(sampler.worker_exited)
+            master.add_tick_callback(lambda: sampler.tick(time.monotonic()))
             # The control socket (and --metrics-bind) first: bound before anything else runs.
-            with control_plane(master), reloading(master):  # reloading: --reload's file watcher
+            with contextlib.ExitStack() as stack:
+                control = stack.enter_context(serving_control(master, sampler))
+                if config.metrics_bind:
+                    control.metrics_url = _serve_metrics(master, sampler, stack)
+                stack.enter_context(reloading(master))  # --reload's file watcher
                 return master.run()
         finally:
             if config.pid_file:

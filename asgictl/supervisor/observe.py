@@ -3,9 +3,10 @@
 The cells (``slots.py``) carry what only a worker knows (requests, open connections,
 heartbeat). This module adds what the master can measure from outside, once a second:
 RSS and CPU% of the master and of every worker (psutil), and each worker's request rate
-over the last few seconds, from successive readings of its request counter. The control
-socket's ``status`` and the metrics responder both read these samples; nothing here
-talks to a worker.
+over the last few seconds, from successive readings of its request counter.
+:func:`status_report` assembles the cells, the worker table and these samples into the
+report the control socket's ``status`` answers with; the metrics responder reads the
+samples too. Nothing here talks to a worker.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from asgictl import __version__
+
 if TYPE_CHECKING:
-    from asgictl.supervisor.master import Master
+    from asgictl.supervisor.master import Master, Worker
 
 #: Sampling period: the "last interval" of CPU% and the resolution of req/s.
 SAMPLE_SECONDS = 1.0
@@ -48,6 +51,12 @@ class Sampler:
         self.samples: dict[int, ProcessSample] = {}
         self._next: float | None = None
         self._psutil: Any = None
+        #: Requests served by workers that have exited (the master's count is since start).
+        self.retired_requests = 0
+
+    def worker_exited(self, worker: Worker) -> None:
+        """An exit callback of the master: keep the requests of a reaped worker."""
+        self.retired_requests += worker.requests
 
     def tick(self, now: float) -> None:
         if self._next is None:
@@ -97,3 +106,70 @@ class Sampler:
 
     def get(self, pid: int) -> ProcessSample:
         return self.samples.get(pid) or ProcessSample()
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def working_directory() -> str | None:
+    """The master's working directory (None if it was removed under it)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+def _master_state(master: Master) -> str:
+    """booting (first workers not all ready yet), ready, reloading or stopping."""
+    if master.stopping:
+        return "stopping"
+    if master.reloading is not None:
+        return "reloading"
+    return "ready" if master.all_ready_once else "booting"
+
+
+def status_report(master: Master, sampler: Sampler, now: float) -> dict[str, Any]:
+    """What ``asgictl status`` shows: ``{"master": {...}, "workers": [{...}, ...]}``.
+
+    Each worker: the master's snapshot row plus requests/s, RSS (bytes) and CPU% of the
+    last sample; a worker stopping while the master is not shows as ``draining``
+    (replaced or scaled away, finishing its requests). The master: pid, state, age (s),
+    version, app, working directory, target, generation, totals over its workers since
+    start, its own RSS and CPU%, and its listeners as URLs.
+    """
+    workers = []
+    for row in master.snapshot():
+        sample = sampler.get(row["pid"])
+        state = row["state"]
+        if state == "stopping" and not master.stopping:
+            state = "draining"
+        workers.append(
+            {
+                **row,
+                "state": state,
+                "requests_per_second": round(sample.requests_per_second, 2),
+                "rss": sample.rss if sample.rss is not None else row["rss"],
+                "cpu_percent": _rounded(sample.cpu_percent, 1),
+            }
+        )
+    own = sampler.get(os.getpid())
+    return {
+        "master": {
+            "pid": os.getpid(),
+            "state": _master_state(master),
+            "age": round(now - master.started, 3),
+            "version": __version__,
+            "app": master.app_label,
+            "directory": working_directory(),
+            "target": master.target,
+            "generation": master.generation,
+            "requests": sampler.retired_requests + sum(w["requests"] for w in workers),
+            "connections": sum(w["connections"] for w in workers),
+            "requests_per_second": round(sum(w["requests_per_second"] for w in workers), 2),
+            "rss": own.rss,
+            "cpu_percent": _rounded(own.cpu_percent, 1),
+            "listeners": master.listeners.urls("https" if master.config.is_ssl else "http"),
+        },
+        "workers": workers,
+    }
