@@ -461,6 +461,15 @@ OPTIONS: tuple[Option, ...] = (
     _opt("log_level", choice("critical", "error", "warning", "info", "debug", "trace"), "info", "Log level."),
     _opt("access_log", to_bool, True, "Log one line per request.", flag=True),
     _opt(
+        "access_log_format",
+        to_str,
+        None,
+        "Access line format in gunicorn's atoms, e.g. '%(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s"
+        ' "%(f)s" "%(a)s"\' (atoms h l u t r m U q H s B b f a T M D L p X, {header}i,'
+        " {header}o, {variable}e). Default: asgictl's line, 'CLIENT - \"REQUEST\" STATUS 0.3ms'.",
+        metavar="FORMAT",
+    ),
+    _opt(
         "use_colors",
         to_bool,
         None,
@@ -762,6 +771,7 @@ class Config:
     log_config: str | None
     log_level: str
     access_log: bool
+    access_log_format: str | None
     use_colors: bool | None
     config: str | None
     workers: int
