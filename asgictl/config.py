@@ -260,7 +260,8 @@ OPTIONS: tuple[Option, ...] = (
         "env_file",
         existing_file,
         None,
-        "Load environment variables from this file (KEY=VALUE lines) before starting.",
+        "Load environment variables from this dotenv file (read by python-dotenv, as uvicorn does;"
+        " ${VAR} expands; variables already set win) before starting.",
         metavar="PATH",
     ),
     # -- binding
@@ -659,27 +660,50 @@ def options_for(command: str) -> list[Option]:
 # ------------------------------------------------------------------------------ sources
 
 
-def read_env_file(path: str) -> dict[str, str]:
-    """Parse a dotenv-style file: ``KEY=VALUE`` lines, ``export`` prefixes, quotes, comments."""
+def read_env_file(path: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables of a dotenv file, read by python-dotenv as uvicorn's ``--env-file`` is.
+
+    Every form python-dotenv knows (``export``, single, double and unquoted values, escapes
+    in double quotes, multi-line quoted values, comments, UTF-8 text) gives what it gives
+    under uvicorn, and ``${VAR}`` / ``${VAR:-default}`` expand as ``load_dotenv()`` expands
+    them: from ``environ`` (default ``os.environ``: variables already set win) or from the
+    file's earlier lines. A line dotenv cannot parse is skipped with dotenv's warning; a
+    key without ``=`` has no value and sets nothing.
+    """
+    from dotenv import dotenv_values
+
+    environ = os.environ if environ is None else environ
+    raw = dotenv_values(path, interpolate=False, encoding="utf-8")
     values: dict[str, str] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            line = line.removeprefix("export ").lstrip()
-            key, sep, value = line.partition("=")
-            key = key.strip()
-            if not sep or not key.replace("_", "").isalnum():
-                raise ConfigError(f"--env-file: {path}:{lineno}: not a KEY=VALUE line")
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                quoted = value[1:-1]
-                value = quoted.encode().decode("unicode_escape") if value[0] == '"' else quoted
-            else:
-                value = value.split(" #", 1)[0].rstrip()
-            values[key] = value
+    for key, value in raw.items():
+        if value is None:
+            continue
+        # load_dotenv(override=False) semantics: the environment beats earlier file values.
+        values[key] = _expand(value, {**values, **environ})
     return values
+
+
+_applied_env_files: set[str] = set()
+
+
+def apply_env_file(path: str, environ: Any = None) -> None:
+    """Set the file's variables in ``environ`` (default ``os.environ``) unless already set,
+    as ``load_dotenv()`` does; once per file and process (a second call, from the app
+    loader after the command line applied it, repeats neither the work nor its warnings)."""
+    environ = os.environ if environ is None else environ
+    key = os.path.abspath(path)
+    if environ is os.environ and key in _applied_env_files:
+        return
+    for name, value in read_env_file(path, environ).items():
+        environ.setdefault(name, value)
+    if environ is os.environ:
+        _applied_env_files.add(key)
+
+
+def _expand(value: str, known: Mapping[str, str]) -> str:
+    from dotenv.variables import parse_variables
+
+    return "".join(atom.resolve(known) for atom in parse_variables(value))  # type: ignore[arg-type]
 
 
 def read_config_file(path: str, *, pyproject: bool = False) -> dict[str, Any]:
@@ -868,10 +892,8 @@ def resolve(
         return opt.parse(found[0], source=found[1]) if found else None
 
     env_file = early("env_file")
-    if env_file:
-        for key, value in read_env_file(env_file).items():
-            if isinstance(environ, dict) or environ is os.environ:
-                environ.setdefault(key, value)  # type: ignore[attr-defined]
+    if env_file and (isinstance(environ, dict) or environ is os.environ):
+        apply_env_file(env_file, environ)
 
     config_path = early("config")
     file_values: dict[str, Any] = {}
