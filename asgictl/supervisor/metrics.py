@@ -13,7 +13,8 @@ Two halves, both off unless ``--metrics-bind HOST:PORT`` is given:
 * :class:`MetricsServer` answers ``GET /metrics`` with the Prometheus text exposition
   format (version 0.0.4) from the master's select loop, aggregated per worker id (the
   ``worker`` label): a process that exits has its counts folded into its worker id's
-  retired totals first, so every counter only grows across restarts and reloads.
+  retired totals first, so every counter only grows across restarts and reloads. The
+  same listener answers the health probes ``/healthz`` and ``/readyz`` (:func:`health`).
 """
 
 from __future__ import annotations
@@ -198,6 +199,28 @@ def exposition(master: Master, table: MetricsTable, sampler: Sampler) -> str:
     return "\n".join(out) + "\n"
 
 
+# ------------------------------------------------------------------------------ health
+
+HEALTH_PATHS = (b"/healthz", b"/readyz")
+
+
+def health(master: Master, ready: bool) -> tuple[bool, str]:
+    """``/healthz`` (``ready=False``) and ``/readyz``: (answer 200?, a one-line reason).
+
+    Live: the master runs (it answers) and at least one worker serves. Ready: every
+    worker of the target number serves and the server is not stopping, so a load
+    balancer stops sending new connections as soon as a graceful stop begins.
+    """
+    serving = {w.worker_id for w in master.workers.values() if w.state == "ready"}
+    counts = f"{len(serving)}/{master.target} workers ready"
+    if not ready:
+        return bool(serving), ("ok: " if serving else "no worker ready: ") + counts
+    if master.stopping:
+        return False, f"stopping: {counts}"
+    full = len({wid for wid in serving if wid <= master.target}) >= master.target
+    return full, ("ready: " if full else "not ready: ") + counts
+
+
 # ----------------------------------------------------------------------------- serving
 
 
@@ -230,11 +253,17 @@ class _MetricsChannel(Channel):
             self.respond(400, b"Bad Request\n")
         elif parts[0] not in (b"GET", b"HEAD"):
             self.respond(405, b"Method Not Allowed\n", extra=b"allow: GET, HEAD\r\n")
-        elif parts[1].split(b"?", 1)[0] not in (b"/metrics", b"/"):
-            self.respond(404, b"Not Found: the metrics are at /metrics\n")
         else:
-            body = self.server.render().encode("utf-8")
-            self.respond(200, body, content_type=CONTENT_TYPE, head_only=parts[0] == b"HEAD")
+            path = parts[1].split(b"?", 1)[0]
+            head_only = parts[0] == b"HEAD"
+            if path in (b"/metrics", b"/"):
+                body = self.server.render().encode("utf-8")
+                self.respond(200, body, content_type=CONTENT_TYPE, head_only=head_only)
+            elif path in HEALTH_PATHS:
+                ok, text = health(self.server.master, ready=path == b"/readyz")
+                self.respond(200 if ok else 503, text.encode() + b"\n", head_only=head_only)
+            else:
+                self.respond(404, b"Not Found: the metrics are at /metrics, health at /healthz and /readyz\n")
 
     def too_large(self) -> None:
         self.respond(431, b"Request Header Fields Too Large\n")
