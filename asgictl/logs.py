@@ -251,7 +251,7 @@ class JsonFormatter(logging.Formatter):
     Every line has ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message`` and ``pid``;
     lines of a supervised worker add ``worker`` (its id, see :func:`set_worker_id`);
     access lines add ``client``, ``method``, ``path``, ``http_version``, ``status``,
-    ``duration_ms`` (to the microsecond) and ``disconnected`` (the client left before the
+    ``duration_ms`` (to 0.1 ms) and ``disconnected`` (the client left before the
     response was complete), whatever ``--access-log-format`` makes of the message; a logged
     exception adds ``exc_info`` (the traceback as text).
     """
@@ -277,7 +277,7 @@ class JsonFormatter(logging.Formatter):
                     path=path,
                     http_version=version,
                     status=status,
-                    duration_ms=round(duration, 3),
+                    duration_ms=round(duration, 1),
                     disconnected=disconnected,
                 )
         if record.exc_info:

@@ -46,7 +46,7 @@ from asgictl.supervisor.broker import Broker
 from asgictl.supervisor.child import DUMP_SIGNAL, WorkerContext, child_config, run_worker, set_title
 from asgictl.supervisor.control import control_plane
 from asgictl.supervisor.listeners import INHERIT_ENV, Listeners, open_listeners
-from asgictl.supervisor.metrics import MetricsTable
+from asgictl.supervisor.metrics import MetricsTable, prepare_app_metrics
 from asgictl.supervisor.reload import reloading
 from asgictl.supervisor.slots import READY, StatsTable
 from asgictl.worker.server import import_runtime
@@ -871,6 +871,9 @@ def run_master(config: Config) -> int:
     os.environ.pop(INHERIT_ENV, None)  # neither workers nor the app need to see it
     try:
         import_runtime(config)
+        # --metrics-bind: the app's prometheus_client metrics go to a directory shared by
+        # the workers, set before anything imports the library (a preloaded app included).
+        prepare_app_metrics(config)
         preloaded = preload_app(config) if config.preload else None
         set_title(f"asgictl: master {config.app if isinstance(config.app, str) else 'app'}")
         if config.pid_file:
