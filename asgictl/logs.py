@@ -38,6 +38,7 @@ __all__ = [
     "JsonFormatter",
     "LoggingOptions",
     "configure_logging",
+    "plural",
     "reopen_log_files",
     "set_worker_id",
 ]
@@ -79,6 +80,11 @@ class LoggingOptions(Protocol):
     log_level: str
     access_log: bool
     use_colors: bool | None
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``"1 worker"``, ``"2 workers"``: a count and its noun, for log lines and messages."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
 # -- ANSI styling ------------------------------------------------------------------------------------

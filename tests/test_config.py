@@ -355,7 +355,7 @@ def test_config_python_api() -> None:
 def test_config_rejects_bad_and_unknown_values() -> None:
     with pytest.raises(ConfigError, match=r"^--port: -1 is not a port number"):
         Config("m:a", port=-1)
-    with pytest.raises(TypeError, match=r"unknown option\(s\): prot"):
+    with pytest.raises(TypeError, match=r"unknown option: prot$"):
         Config("m:a", prot=1)
     with pytest.raises(ConfigError, match=r"^--ssl-keyfile: needs --ssl-certfile"):
         Config("m:a", ssl_keyfile=__file__)

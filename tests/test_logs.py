@@ -513,3 +513,12 @@ def test_reopen_failure_is_reported_not_raised(tmp_path: Path, capsys: pytest.Ca
     assert handler.stream is None
     err = capsys.readouterr().err
     assert err.startswith("WARNING:  Could not reopen log files: ") and "server.log" in err
+
+
+def test_plural() -> None:
+    assert (logs.plural(1, "worker"), logs.plural(0, "worker"), logs.plural(2, "worker")) == (
+        "1 worker",
+        "0 workers",
+        "2 workers",
+    )
+    assert logs.plural(3, "child", "children") == "3 children"

@@ -38,7 +38,7 @@ from typing import Any
 
 from asgictl import systemd
 from asgictl.config import Config
-from asgictl.logs import reopen_log_files
+from asgictl.logs import plural, reopen_log_files
 from asgictl.pubsub.backends import MASTER as PUBSUB_MASTER
 from asgictl.pubsub.backends import mode as pubsub_mode
 from asgictl.supervisor import policy
@@ -245,14 +245,14 @@ class Master:
             logger.warning("--preload: new workers reuse the app imported at start; USR2 loads new code")
         self.generation += 1
         ids = sorted(self._slot_ids())
-        logger.info("Reloading %d worker(s) one by one (generation %d)", len(ids), self.generation)
+        logger.info("Reloading %s one by one (generation %d)", plural(len(ids), "worker"), self.generation)
         self.reloading = _Reload(self.generation, ids, time.monotonic())
         self.hooks.reloading(self)
 
     def scale(self, count: int) -> None:
         count = max(1, min(count, MAX_WORKERS))
         if count != self.target:
-            logger.info("Scaling from %d to %d worker(s)", self.target, count)
+            logger.info("Scaling from %d to %s", self.target, plural(count, "worker"))
             self.target = count
             self.was_full = False
 
@@ -475,7 +475,7 @@ class Master:
         slot = self.slots.setdefault(w.worker_id, Slot())
         how = _describe_exit(status)
         if w.ready_at:
-            how += f" after serving {w.requests} requests"
+            how += f" after serving {plural(w.requests, 'request')}"
         if w.state in (STOPPING, KILLING):
             logger.info("Worker %d (pid %d) %s [%s]", w.worker_id, w.pid, how, w.reason or "stopped")
             if w.reason == policy.BOOT_TIMEOUT:
@@ -629,7 +629,9 @@ class Master:
         if not self.stopping:
             self.stopping = True
             self.reloading = None
-            logger.info("Stopping %s (%d worker(s))", "fast" if fast else "gracefully", len(self.workers))
+            logger.info(
+                "Stopping %s (%s)", "fast" if fast else "gracefully", plural(len(self.workers), "worker")
+            )
             self.hooks.stopping(self)
         elif fast and not self.fast:
             logger.info("Stop escalated: fast")
@@ -721,9 +723,9 @@ class Master:
             slot.reasons[slot.last_reason] += 1
             return
         logger.info(
-            "Reload complete in %.2f s: %d workers ready (generation %d)",
+            "Reload complete in %.2f s: %s ready (generation %d)",
             now - reload.started,
-            len(self._ready_workers()),
+            plural(len(self._ready_workers()), "worker"),
             reload.generation,
         )
         self.reloading = None
@@ -733,7 +735,7 @@ class Master:
         ready_ids = {w.worker_id for w in self._ready_workers() if w.worker_id <= self.target}
         full = len(ready_ids) >= self.target
         if full and not self.was_full:
-            logger.info("%d workers ready", self.target)
+            logger.info("%s ready", plural(self.target, "worker"))
             if not self.all_ready_once:
                 self.all_ready_once = True
                 for url in self.listeners.urls(self._scheme):

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from asgictl.config import Config
+from asgictl.logs import plural
 from asgictl.protocols.access import compile_format
 from asgictl.protocols.http import protocol_class
 from asgictl.protocols.http.connection import request_tasks
@@ -192,9 +193,9 @@ class Server:
         if state.connections or state.active_requests:
             tasks = request_tasks()
             logger.warning(
-                "Graceful shutdown timed out: cancelling %d request(s), closing %d connection(s)",
-                len(tasks),
-                len(state.connections),
+                "Graceful shutdown timed out: cancelling %s, closing %s",
+                plural(len(tasks), "request"),
+                plural(len(state.connections), "connection"),
             )
             for task in tasks:
                 task.cancel()
