@@ -115,7 +115,7 @@ def start(
         argv += ["--port", "0"]
     with run_asgictl(argv, cwd=cwd, ready=False) as server:
         if ready:
-            server.wait_for_line(rf"^INFO:\s+{workers} workers ready")
+            server.wait_for_line(rf"^INFO:\s+{workers} workers? ready")
             server.wait_ready()
         yield server
 
