@@ -8,6 +8,7 @@ polling its log (never by a fixed sleep), and end it by PID.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -181,6 +182,17 @@ def run_asgictl(
         yield server
     finally:
         server.stop()
+
+
+class Collect(logging.Handler):
+    """A logging handler that keeps every record it is given (unit tests of log lines)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def short_uds_path() -> str:

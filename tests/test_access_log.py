@@ -15,22 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
-from support import run_asgictl, wait_count
+from support import Collect, run_asgictl, wait_count
 
 from asgictl.config import ConfigError
 from asgictl.logs import ACCESS_LOGGER, AccessFormatter, JsonFormatter, access_fields
 from asgictl.protocols.access import ATOMS, AccessLog, compile_format
 
 COMBINED = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
-
-
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 @pytest.fixture

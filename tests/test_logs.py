@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import Collect
 
 from asgictl import logs
 from asgictl.logs import (
@@ -73,15 +74,6 @@ def access_record(args: tuple = ACCESS_ARGS, msg: str = ACCESS_MSG) -> logging.L
 def log_access(status: int = 200) -> None:
     args = (*ACCESS_ARGS[:4], status, ACCESS_ARGS[5])
     logging.getLogger(ACCESS_LOGGER).info(ACCESS_MSG, *args)
-
-
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 # -- default setup -----------------------------------------------------------------------------------
