@@ -11,13 +11,18 @@ busy machine. Access lines go through asgictl's own handler and formatter into
 else an ``--access-log-format``.
 
 The cost per request is the slope between two N (the fixed start-up cost cancels):
-``(I(N2) - I(N1)) / (N2 - N1)``. Point PYTHONPATH at another checkout to measure its code
-with the same script (on a checkout without ``--access-log-format``, only off and default).
+``(I(N2) - I(N1)) / (N2 - N1)``. The cyclic GC is off during the requests (its full
+collections would land at different points from one run to the next). To measure
+another checkout with the same script, put its ``asgictl`` first on ``sys.path`` and
+drop the editable install's finder from ``sys.meta_path`` (it wins over PYTHONPATH),
+then ``runpy.run_path`` this file (``off`` and ``default`` only, on a checkout without
+``--access-log-format``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 from types import SimpleNamespace
@@ -61,7 +66,7 @@ def main() -> None:
     if mode not in ("off", "default"):
         options["access_log_format"] = mode
     config = Config(hello, http="httptools", use_colors=False, **options)
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    devnull = open(os.devnull, "w")  # lives as long as the process
     sys.stdout = devnull  # the access handler writes to stdout
     configure_logging(
         SimpleNamespace(log_config=None, log_level="info", access_log=config.access_log, use_colors=False)
@@ -80,7 +85,11 @@ def main() -> None:
             while transport.written == before:
                 await asyncio.sleep(0)
 
+    # No cyclic GC while measuring: its full collections land at different points in
+    # two runs and would blur a difference of a few hundred instructions per request.
+    gc.disable()
     loop.run_until_complete(drive())
+    gc.enable()
     sys.stdout = sys.__stdout__
     print(f"{mode}: {count} requests, {transport.written} writes")
 
