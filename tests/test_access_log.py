@@ -91,7 +91,7 @@ def test_combined_format(records: list[logging.LogRecord]) -> None:
     (record,) = records
     line = record.getMessage()
     assert re.fullmatch(
-        r'10\.1\.2\.3 - alice \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET /a b\?x=1 HTTP/1\.1" 200 - '
+        r'10\.1\.2\.3 - alice \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET /a%20b\?x=1 HTTP/1\.1" 200 - '
         r'"http://example\.org/" "curl/8"',
         line,
     ), line
@@ -193,7 +193,7 @@ def test_websocket_lines(records: list[logging.LogRecord]) -> None:
     AccessLog("%(r)s %(s)s %(X)s").websocket(ws, 403, time.perf_counter())
     assert [r.getMessage() for r in records] == [
         '10.1.2.3:4567 - "WebSocket /a b" 101',
-        "GET /a b HTTP/1.1 403 -",
+        "GET /a%20b HTTP/1.1 403 -",
     ]
 
 

@@ -25,9 +25,9 @@ atom        meaning
 ``l``       ``-``
 ``u``       user name of HTTP Basic authentication, else ``-``
 ``t``       time of the request, ``[10/Oct/2000:13:55:36 -0700]``
-``r``       request line, ``GET /path?query HTTP/1.1``
+``r``       request line as received, ``GET /a%20b?q=1 HTTP/1.1``
 ``m``       request method
-``U``       URL path, without the query string
+``U``       URL path (percent-decoded), without the query string
 ``q``       query string
 ``H``       protocol, ``HTTP/1.1``
 ``s``       status
@@ -195,7 +195,7 @@ class AccessLog:
         self.needs_response = bool(self.atoms & _RESPONSE_ATOMS) or any(a[-1] == "o" for a in self.atoms)
         self._responses: dict[int, _Response] = {}
         self._pid = f"<{os.getpid()}>"
-        self._environ = {f"{{{k}}}e": v for k, v in os.environ.items()}
+        self._environ = {name: os.environ.get(name[1:-2], "-") for name in self.atoms if name[-1] == "e"}
 
     # -------------------------------------------------------------------- the calls
 
@@ -323,8 +323,13 @@ class AccessLog:
                 value = _basic_user(headers)
             elif name == "t":
                 value = time.strftime("[%d/%b/%Y:%H:%M:%S %z]")
-            elif name == "r":
-                value = f"{fields.method} {fields.path} HTTP/{fields.http_version}"
+            elif name == "r":  # the target as received (gunicorn's RAW_URI): one token, no decoding
+                raw = scope.get("raw_path")
+                target = raw.decode("latin-1") if raw is not None else scope["path"]
+                query = scope["query_string"]
+                if query:
+                    target = f"{target}?{query.decode('latin-1')}"
+                value = f"{fields.method} {target} HTTP/{fields.http_version}"
             elif name == "m":
                 value = fields.method
             elif name == "U":
@@ -360,6 +365,6 @@ class AccessLog:
             elif name[-1] == "o":
                 value = _header(response.headers, name[1:-2].encode("latin-1")) if response else "-"
             else:  # {name}e
-                value = self._environ.get(name, "-")
+                value = self._environ[name]
             atoms[name] = value
         return atoms
