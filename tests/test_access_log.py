@@ -91,8 +91,8 @@ def test_combined_format(records: list[logging.LogRecord]) -> None:
     (record,) = records
     line = record.getMessage()
     assert re.fullmatch(
-        r'10\.1\.2\.3 - alice \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET /a%20b\?x=1 HTTP/1\.1" 200 - '
-        r'"http://example\.org/" "curl/8"',
+        r'10\.1\.2\.3 - alice \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
+        r'"GET /a%20b\?x=1 HTTP/1\.1" 200 - "http://example\.org/" "curl/8"',
         line,
     ), line
 
