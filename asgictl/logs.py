@@ -231,24 +231,24 @@ class AccessFormatter(_LevelPrefixFormatter):
         return logging.Formatter.formatMessage(self, record)
 
 
-def access_fields(record: logging.LogRecord) -> tuple[str, str, str, str, int, float, bool] | None:
+def access_fields(record: logging.LogRecord) -> tuple[Any, Any, Any, Any, int, float, bool] | None:
     """``(client, method, path, http_version, status, duration_ms, disconnected)`` of an access
-    line: from ``record.access`` (a formatted ``--access-log-format`` line) or from the six
-    arguments of the default line; None for any other record."""
-    given = getattr(record, "access", None)
+    line: from the six arguments of the default line, or from ``record.access`` (a
+    formatted ``--access-log-format`` line); None for any other record."""
+    args = record.args
+    if type(args) is tuple and len(args) == 6:  # the default line: checked first, it is the common one
+        client_addr, method, full_path, http_version, status_code, duration_ms = args
+        try:
+            status = int(status_code)  # type: ignore[call-overload]
+            duration = float(duration_ms)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        disconnected = record.msg == ACCESS_MESSAGE_DISCONNECTED
+        return client_addr, method, full_path, http_version, status, duration, disconnected
+    given = record.__dict__.get("access")
     if isinstance(given, tuple) and len(given) == 7:
         return given  # type: ignore[return-value]
-    args = record.args
-    if not (isinstance(args, tuple) and len(args) == 6):
-        return None
-    client_addr, method, full_path, http_version, status_code, duration_ms = args
-    try:
-        status = int(status_code)  # type: ignore[call-overload]
-        duration = float(duration_ms)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    disconnected = record.msg == ACCESS_MESSAGE_DISCONNECTED
-    return str(client_addr), str(method), str(full_path), str(http_version), status, duration, disconnected
+    return None
 
 
 class JsonFormatter(logging.Formatter):
