@@ -12,7 +12,7 @@ import pytest
 import support
 
 from asgictl.cli import _COMMANDS
-from asgictl.config import CONTROL_COMMANDS, START, options_for, to_float, to_int
+from asgictl.config import BY_NAME, CONTROL_COMMANDS, START, options_for, to_float, to_int
 
 #: The commands and the table's options each one takes (dev takes start's).
 COMMANDS = {name: options_for(START if name == "dev" else name) for name in _COMMANDS}
@@ -80,6 +80,6 @@ def test_spot_checks() -> None:
 def test_control_commands_read_the_pid_file(command: str) -> None:
     text = " ".join(help_text(command).split())
     assert "--pid-file PATH Where to read the master's PID" in text
-    assert "Write the master's PID" not in text
     start = " ".join(help_text("start").split())
-    assert "--pid-file PATH Write the master's PID to this file" in start
+    assert "Where to read the master's PID" not in start
+    assert "--pid-file PATH " + " ".join(BY_NAME["pid_file"].help.split()) in start
