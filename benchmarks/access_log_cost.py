@@ -1,7 +1,7 @@
 """What the access log costs per request, in CPU instructions (callgrind), not seconds.
 
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
-        env PYTHONHASHSEED=0 python benchmarks/access_log_cost.py off|default|FORMAT N
+    PYTHONHASHSEED=0 setarch -R valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
+        python benchmarks/access_log_cost.py off|default|FORMAT N
 
 Runs N keep-alive hello requests through the real HTTP/1.1 connection class (httptools)
 on an in-memory transport with the stdlib asyncio loop, in one process: no sockets, no
