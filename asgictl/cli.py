@@ -37,23 +37,23 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
-def _help(opt: Option) -> str:
+def _help(opt: Option, command: str) -> str:
     extra = []
     if opt.default not in (None, "", [], False) and not opt.flag:
         extra.append(f"default: {opt.default}")
     extra.append("env: " + ", ".join(opt.env_names))
-    return f"{opt.help}  [{'; '.join(extra)}]"
+    return f"{opt.help_for(command)}  [{'; '.join(extra)}]"
 
 
-def _parameter(opt: Option) -> inspect.Parameter:
+def _parameter(opt: Option, command: str) -> inspect.Parameter:
     names = [opt.cli_name, *opt.aliases]
     if opt.flag:
         negative = "--no-" + opt.cli_name[2:]
-        info = typer.Option(f"{opt.cli_name}/{negative}", help=_help(opt), show_default=False)
+        info = typer.Option(f"{opt.cli_name}/{negative}", help=_help(opt, command), show_default=False)
         annotation: Any = Annotated[Optional[bool], info]  # noqa: UP045 - typer needs Optional
     else:
-        metavar = opt.metavar or ("[" + "|".join(opt.choices) + "]" if opt.choices else None)
-        info = typer.Option(*names, help=_help(opt), metavar=metavar, show_default=False)
+        # Declared as text (so "not given" stays None); the help shows the real type.
+        info = typer.Option(*names, help=_help(opt, command), metavar=opt.value_name, show_default=False)
         kind = Optional[list[str]] if opt.multiple else Optional[str]  # noqa: UP045
         annotation = Annotated[kind, info]
     return inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
@@ -70,7 +70,7 @@ def _command(command: str, handler: Callable[[dict[str, Any]], None]) -> Callabl
             typer.Argument(help="The application, as module:attribute (e.g. main:app).", show_default=False),
         ],
     )
-    params = [app_param, *(_parameter(opt) for opt in options_for(command))]
+    params = [app_param, *(_parameter(opt, command) for opt in options_for(command))]
 
     def run_command(**values: Any) -> None:
         handler(values)
@@ -176,7 +176,7 @@ _MASTER = inspect.Parameter(
 
 def _control_command(command: str, *extra: inspect.Parameter) -> Callable[..., None]:
     """A command taking ``extra`` parameters plus the table's options of ``command``."""
-    params = [*extra, _JSON, *(_parameter(opt) for opt in options_for(command))]
+    params = [*extra, _JSON, *(_parameter(opt, command) for opt in options_for(command))]
     names = {p.name for p in extra} | {"json"}
 
     def run_command(**values: Any) -> None:

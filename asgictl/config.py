@@ -78,6 +78,12 @@ def to_str(raw: Any) -> str:
     raise ValueError(f"{raw!r} is not a string")
 
 
+# What --help shows for a value of each converter (click's names for the types).
+to_int.metavar = "INTEGER"  # type: ignore[attr-defined]
+to_float.metavar = "FLOAT"  # type: ignore[attr-defined]
+to_str.metavar = "TEXT"  # type: ignore[attr-defined]
+
+
 def non_negative(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def check(raw: Any) -> Any:
         value = convert(raw)
@@ -85,6 +91,7 @@ def non_negative(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
             raise ValueError(f"{value!r} must not be negative")
         return value
 
+    check.metavar = getattr(convert, "metavar", None)  # type: ignore[attr-defined]
     return check
 
 
@@ -95,6 +102,7 @@ def positive(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
             raise ValueError(f"{value!r} must be greater than zero")
         return value
 
+    check.metavar = getattr(convert, "metavar", None)  # type: ignore[attr-defined]
     return check
 
 
@@ -103,6 +111,9 @@ def port_number(raw: Any) -> int:
     if not 0 <= value <= 65535:
         raise ValueError(f"{value} is not a port number (0-65535)")
     return value
+
+
+port_number.metavar = "INTEGER"  # type: ignore[attr-defined]
 
 
 def file_mode(raw: Any) -> int:
@@ -120,11 +131,17 @@ def file_mode(raw: Any) -> int:
     return value
 
 
+file_mode.metavar = "OCTAL"  # type: ignore[attr-defined]
+
+
 def existing_file(raw: Any) -> str:
     path = to_str(raw)
     if not os.path.isfile(path):
         raise ValueError(f"{path!r} is not a readable file")
     return path
+
+
+existing_file.metavar = "PATH"  # type: ignore[attr-defined]
 
 
 def header_pair(raw: Any) -> tuple[str, str]:
@@ -188,10 +205,15 @@ class Option:
     aliases: tuple[str, ...] = ()
     #: Environment variables read besides ``ASGICTL_<NAME>``, lowest priority last.
     env_aliases: tuple[str, ...] = ()
+    #: What --help shows for the value when the type's name (INTEGER, FLOAT, PATH,
+    #: [a|b] for choices...) says less than a shape would (HOST:PORT, NAME:VALUE).
     metavar: str | None = None
     commands: frozenset[str] = WORKER_COMMANDS
     #: Not stored in TOML files (the --config option itself, for one).
     file: bool = True
+    #: The help under the control commands (status, reload...), where the option names
+    #: what to read rather than what to create; None: the same help everywhere.
+    control_help: str | None = None
 
     @property
     def cli_name(self) -> str:
@@ -204,6 +226,18 @@ class Option:
     @property
     def choices(self) -> tuple[str, ...] | None:
         return getattr(self.convert, "choices", None)
+
+    @property
+    def value_name(self) -> str:
+        """The value's name in --help: the metavar, ``[a|b|c]`` for choices, else the type."""
+        if self.metavar:
+            return self.metavar
+        if self.choices:
+            return "[" + "|".join(self.choices) + "]"
+        return getattr(self.convert, "metavar", None) or "TEXT"
+
+    def help_for(self, command: str) -> str:
+        return self.control_help if self.control_help and command in CONTROL_COMMANDS else self.help
 
     def parse(self, raw: Any, source: str | None = None) -> Any:
         """Convert ``raw`` or raise ConfigError naming the option and the source."""
@@ -242,7 +276,7 @@ OPTIONS: tuple[Option, ...] = (
         to_str,
         "",
         "Look for APP in this directory (added to sys.path). Default: the working directory.",
-        metavar="DIR",
+        metavar="PATH",
     ),
     _opt(
         "interface",
@@ -260,7 +294,8 @@ OPTIONS: tuple[Option, ...] = (
         "env_file",
         existing_file,
         None,
-        "Load environment variables from this file (KEY=VALUE lines) before starting.",
+        "Load environment variables from this dotenv file (read by python-dotenv, as uvicorn does;"
+        " ${VAR} expands; variables already set win) before starting.",
         metavar="PATH",
     ),
     # -- binding
@@ -271,7 +306,7 @@ OPTIONS: tuple[Option, ...] = (
         "Bind a TCP socket to this host (IPv4 or IPv6 address, or name).",
         metavar="HOST",
     ),
-    _opt("port", port_number, 8000, "Bind to this TCP port. 0 picks a free port.", metavar="PORT"),
+    _opt("port", port_number, 8000, "Bind to this TCP port. 0 picks a free port."),
     _opt(
         "uds",
         to_str,
@@ -284,14 +319,12 @@ OPTIONS: tuple[Option, ...] = (
         file_mode,
         None,
         "Permission bits of the --uds socket file, in octal (e.g. 660).",
-        metavar="MODE",
     ),
     _opt(
         "fd",
         non_negative(to_int),
         None,
         "Serve on an already listening socket inherited as this file descriptor.",
-        metavar="FD",
     ),
     _opt("backlog", positive(to_int), 2048, "Maximum number of pending connections in the listen queue."),
     # -- protocols
@@ -369,7 +402,7 @@ OPTIONS: tuple[Option, ...] = (
         " recycles it, a replacement taking over first).",
     ),
     _opt(
-        "root_path", to_str, "", "The ASGI root_path, for an app mounted below a URL prefix.", metavar="PATH"
+        "root_path", to_str, "", "The ASGI root_path, for an app mounted below a URL prefix.", metavar="TEXT"
     ),
     # -- request limits and read deadlines (answers: 414, 431, 413, 408)
     _opt(
@@ -470,6 +503,15 @@ OPTIONS: tuple[Option, ...] = (
     _opt("log_level", choice("critical", "error", "warning", "info", "debug", "trace"), "info", "Log level."),
     _opt("access_log", to_bool, True, "Log one line per request.", flag=True),
     _opt(
+        "access_log_format",
+        to_str,
+        None,
+        "Access line format in gunicorn's atoms, e.g. '%(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s"
+        ' "%(f)s" "%(a)s"\' (atoms h l u t r m U q H s B b f a T M D L p X, {header}i,'
+        " {header}o, {variable}e). Default: asgictl's line, 'CLIENT - \"REQUEST\" STATUS 0.3ms'.",
+        metavar="FORMAT",
+    ),
+    _opt(
         "use_colors",
         to_bool,
         None,
@@ -520,7 +562,6 @@ OPTIONS: tuple[Option, ...] = (
         positive(to_float),
         None,
         "Recycle a worker whose RSS exceeds this many MB (sampled with psutil).",
-        metavar="MB",
         commands=frozenset({START}),
     ),
     _opt(
@@ -528,7 +569,6 @@ OPTIONS: tuple[Option, ...] = (
         positive(to_float),
         None,
         "Recycle a worker after this many seconds (plus up to 10% jitter).",
-        metavar="SECONDS",
         commands=frozenset({START}),
     ),
     _opt(
@@ -548,6 +588,8 @@ OPTIONS: tuple[Option, ...] = (
         " the master.",
         metavar="PATH",
         commands=frozenset({START}) | CONTROL_COMMANDS,
+        control_help="Where to read the master's PID: the --pid-file the master was started with;"
+        " its control socket is found next to it (app.pid: app.ctl).",
     ),
     _opt(
         "control_socket",
@@ -591,7 +633,7 @@ OPTIONS: tuple[Option, ...] = (
         "With --reload, watch this directory (repeatable). Default: the working directory.",
         multiple=True,
         aliases=("--reload-dir",),
-        metavar="DIR",
+        metavar="PATH",
         commands=frozenset({START}),
     ),
     _opt(
@@ -621,7 +663,6 @@ OPTIONS: tuple[Option, ...] = (
         0.25,
         "With --reload, start reloads at least this many seconds apart; changes in between are"
         " batched into the next reload (debounce).",
-        metavar="SECONDS",
         commands=frozenset({START}),
     ),
     # -- pub/sub (asgictl.pubsub)
@@ -638,7 +679,6 @@ OPTIONS: tuple[Option, ...] = (
         positive(to_int),
         1024,
         "Pub/sub messages queued per subscriber; past it, that subscriber gets an Overflow error.",
-        metavar="N",
     ),
     # -- the configuration file itself
     _opt(
@@ -646,7 +686,7 @@ OPTIONS: tuple[Option, ...] = (
         existing_file,
         None,
         "Read options from this TOML file (top-level keys or [tool.asgictl]).",
-        metavar="FILE",
+        metavar="PATH",
         file=False,
     ),
 )
@@ -661,27 +701,50 @@ def options_for(command: str) -> list[Option]:
 # ------------------------------------------------------------------------------ sources
 
 
-def read_env_file(path: str) -> dict[str, str]:
-    """Parse a dotenv-style file: ``KEY=VALUE`` lines, ``export`` prefixes, quotes, comments."""
+def read_env_file(path: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables of a dotenv file, read by python-dotenv as uvicorn's ``--env-file`` is.
+
+    Every form python-dotenv knows (``export``, single, double and unquoted values, escapes
+    in double quotes, multi-line quoted values, comments, UTF-8 text) gives what it gives
+    under uvicorn, and ``${VAR}`` / ``${VAR:-default}`` expand as ``load_dotenv()`` expands
+    them: from ``environ`` (default ``os.environ``: variables already set win) or from the
+    file's earlier lines. A line dotenv cannot parse is skipped with dotenv's warning; a
+    key without ``=`` has no value and sets nothing.
+    """
+    from dotenv import dotenv_values
+
+    environ = os.environ if environ is None else environ
+    raw = dotenv_values(path, interpolate=False, encoding="utf-8")
     values: dict[str, str] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            line = line.removeprefix("export ").lstrip()
-            key, sep, value = line.partition("=")
-            key = key.strip()
-            if not sep or not key.replace("_", "").isalnum():
-                raise ConfigError(f"--env-file: {path}:{lineno}: not a KEY=VALUE line")
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                quoted = value[1:-1]
-                value = quoted.encode().decode("unicode_escape") if value[0] == '"' else quoted
-            else:
-                value = value.split(" #", 1)[0].rstrip()
-            values[key] = value
+    for key, value in raw.items():
+        if value is None:
+            continue
+        # load_dotenv(override=False) semantics: the environment beats earlier file values.
+        values[key] = _expand(value, {**values, **environ})
     return values
+
+
+_applied_env_files: set[str] = set()
+
+
+def apply_env_file(path: str, environ: Any = None) -> None:
+    """Set the file's variables in ``environ`` (default ``os.environ``) unless already set,
+    as ``load_dotenv()`` does; once per file and process (a second call, from the app
+    loader after the command line applied it, repeats neither the work nor its warnings)."""
+    environ = os.environ if environ is None else environ
+    key = os.path.abspath(path)
+    if environ is os.environ and key in _applied_env_files:
+        return
+    for name, value in read_env_file(path, environ).items():
+        environ.setdefault(name, value)
+    if environ is os.environ:
+        _applied_env_files.add(key)
+
+
+def _expand(value: str, known: Mapping[str, str]) -> str:
+    from dotenv.variables import parse_variables
+
+    return "".join(atom.resolve(known) for atom in parse_variables(value))  # type: ignore[arg-type]
 
 
 def read_config_file(path: str, *, pyproject: bool = False) -> dict[str, Any]:
@@ -774,6 +837,7 @@ class Config:
     log_config: str | None
     log_level: str
     access_log: bool
+    access_log_format: str | None
     use_colors: bool | None
     config: str | None
     workers: int
@@ -800,7 +864,8 @@ class Config:
         self.app = app
         unknown = set(kwargs) - set(BY_NAME)
         if unknown:
-            raise TypeError(f"Config() got unknown option(s): {', '.join(sorted(unknown))}")
+            noun = "option" if len(unknown) == 1 else "options"
+            raise TypeError(f"Config() got unknown {noun}: {', '.join(sorted(unknown))}")
         for opt in OPTIONS:
             if opt.name in kwargs and kwargs[opt.name] is not None:
                 value = opt.parse(kwargs[opt.name])
@@ -870,10 +935,8 @@ def resolve(
         return opt.parse(found[0], source=found[1]) if found else None
 
     env_file = early("env_file")
-    if env_file:
-        for key, value in read_env_file(env_file).items():
-            if isinstance(environ, dict) or environ is os.environ:
-                environ.setdefault(key, value)  # type: ignore[attr-defined]
+    if env_file and (isinstance(environ, dict) or environ is os.environ):
+        apply_env_file(env_file, environ)
 
     config_path = early("config")
     file_values: dict[str, Any] = {}

@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 __all__ = [
     "ACCESS_LOGGER",
     "ACCESS_MESSAGE",
+    "ACCESS_MESSAGE_DISCONNECTED",
     "ERROR_LOGGER",
     "LOG_LEVELS",
     "PARENT_LOGGER",
@@ -37,6 +38,7 @@ __all__ = [
     "JsonFormatter",
     "LoggingOptions",
     "configure_logging",
+    "plural",
     "reopen_log_files",
     "set_worker_id",
 ]
@@ -64,8 +66,11 @@ LOG_LEVELS: dict[str, int] = {
 DEFAULT_FORMAT = "%(levelprefix)s %(message)s"
 ACCESS_FORMAT = "%(levelprefix)s %(message)s"
 # The message the server logs for each request, with args (client_addr, method, full_path,
-# http_version, status_code, duration_ms). AccessFormatter recognises records by it.
+# http_version, status_code, duration_ms). AccessFormatter recognises records by it. The
+# second one is the same line for a request whose client left before the response ended.
 ACCESS_MESSAGE = '%s - "%s %s HTTP/%s" %d %.1fms'
+ACCESS_MESSAGE_DISCONNECTED = ACCESS_MESSAGE + " (client disconnected)"
+_ACCESS_MESSAGES = (ACCESS_MESSAGE, ACCESS_MESSAGE_DISCONNECTED)
 
 
 class LoggingOptions(Protocol):
@@ -75,6 +80,11 @@ class LoggingOptions(Protocol):
     log_level: str
     access_log: bool
     use_colors: bool | None
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``"1 worker"``, ``"2 workers"``: a count and its noun, for log lines and messages."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
 # -- ANSI styling ------------------------------------------------------------------------------------
@@ -170,15 +180,19 @@ class DefaultFormatter(_LevelPrefixFormatter):
 class AccessFormatter(_LevelPrefixFormatter):
     """Formatter for the access log (``asgictl.access``).
 
-    The server logs each request as::
+    With the default line the server logs each request as::
 
         logger.info('%s - "%s %s HTTP/%s" %d %.1fms',
                     client_addr, method, full_path, http_version, status_code, duration_ms)
 
+    (``ACCESS_MESSAGE``, or ``ACCESS_MESSAGE_DISCONNECTED`` when the client left first);
+    with ``--access-log-format`` the message is the formatted line and the fields come as
+    ``record.access`` (see ``asgictl.protocols.access.AccessFields``).
+
     For such records this formatter sets ``%(client_addr)s``, ``%(request_line)s``,
     ``%(status_code)s`` and ``%(duration_ms)s`` for use in custom formats, and with colors on it
-    bolds the request line and colors the status code by class. Any other record is formatted
-    as-is, and the four fields are ``"-"`` (unless given via ``extra=``).
+    bolds the request line and colors the status code by class in the default line. Any other
+    record is formatted as-is, and the four fields are ``"-"`` (unless given via ``extra=``).
 
     ``use_colors=None`` means: colors when stdout is a terminal.
     """
@@ -188,21 +202,26 @@ class AccessFormatter(_LevelPrefixFormatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         record = copy(record)
         record.levelprefix = self._levelprefix(record)
-        fields = self._access_fields(record.args)
+        fields = access_fields(record)
         if fields is None:
             for name in ("client_addr", "request_line", "status_code", "duration_ms"):
                 if not hasattr(record, name):
                     setattr(record, name, "-")
         else:
-            client_addr, request_line, status_code, duration_ms = fields
+            client_addr, method, full_path, http_version, status, duration_ms, _ = fields
+            request_line = f"{method} {full_path} HTTP/{http_version}"
+            status_code = str(status)
             if self.use_colors:
-                status_color = _STATUS_COLORS.get(int(status_code) // 100)
+                status_color = _STATUS_COLORS.get(status // 100)
                 request_line = _style(request_line, _BOLD)
                 status_code = _style(status_code, status_color)
                 # Rebuild the message with the colored parts (same text as getMessage() otherwise),
                 # but only for the server's own message: another 6-arg message keeps its text.
-                if record.msg == ACCESS_MESSAGE:
-                    record.message = f'{client_addr} - "{request_line}" {status_code} {duration_ms:.1f}ms'
+                if record.msg in _ACCESS_MESSAGES:
+                    suffix = record.msg[len(ACCESS_MESSAGE) :]
+                    record.message = (
+                        f'{client_addr} - "{request_line}" {status_code} {duration_ms:.1f}ms{suffix}'
+                    )
             record.client_addr = client_addr
             record.request_line = request_line
             record.status_code = status_code
@@ -211,18 +230,25 @@ class AccessFormatter(_LevelPrefixFormatter):
         # Skip _LevelPrefixFormatter.formatMessage: the record is already copied and prefixed.
         return logging.Formatter.formatMessage(self, record)
 
-    @staticmethod
-    def _access_fields(args: Any) -> tuple[str, str, str, float] | None:
-        """(client_addr, request_line, status_code, duration_ms) from the server's 6 args, else None."""
-        if not (isinstance(args, tuple) and len(args) == 6):
-            return None
+
+def access_fields(record: logging.LogRecord) -> tuple[Any, Any, Any, Any, int, float, bool] | None:
+    """``(client, method, path, http_version, status, duration_ms, disconnected)`` of an access
+    line: from the six arguments of the default line, or from ``record.access`` (a
+    formatted ``--access-log-format`` line); None for any other record."""
+    args = record.args
+    if type(args) is tuple and len(args) == 6:  # the default line: checked first, it is the common one
         client_addr, method, full_path, http_version, status_code, duration_ms = args
         try:
-            status = int(status_code)
-            duration = float(duration_ms)
+            status = int(status_code)  # type: ignore[call-overload]
+            duration = float(duration_ms)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return None
-        return str(client_addr), f"{method} {full_path} HTTP/{http_version}", str(status), duration
+        disconnected = record.msg == ACCESS_MESSAGE_DISCONNECTED
+        return client_addr, method, full_path, http_version, status, duration, disconnected
+    given = record.__dict__.get("access")
+    if isinstance(given, tuple) and len(given) == 7:
+        return given  # type: ignore[return-value]
+    return None
 
 
 class JsonFormatter(logging.Formatter):
@@ -230,8 +256,10 @@ class JsonFormatter(logging.Formatter):
 
     Every line has ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message`` and ``pid``;
     lines of a supervised worker add ``worker`` (its id, see :func:`set_worker_id`);
-    access lines add ``client``, ``method``, ``path``, ``http_version``, ``status`` and
-    ``duration_ms``; a logged exception adds ``exc_info`` (the traceback as text).
+    access lines add ``client``, ``method``, ``path``, ``http_version``, ``status``,
+    ``duration_ms`` (to 0.1 ms) and ``disconnected`` (the client left before the
+    response was complete), whatever ``--access-log-format`` makes of the message; a logged
+    exception adds ``exc_info`` (the traceback as text).
     """
 
     def format(self, record: logging.LogRecord) -> str:
@@ -245,17 +273,19 @@ class JsonFormatter(logging.Formatter):
         }
         if _worker_id is not None:
             data["worker"] = _worker_id
-        args = record.args
-        if record.msg == ACCESS_MESSAGE and isinstance(args, tuple) and len(args) == 6:
-            client, method, path, version, status, duration = args
-            data.update(
-                client=client,
-                method=method,
-                path=path,
-                http_version=version,
-                status=status,
-                duration_ms=round(float(duration), 1),  # type: ignore[arg-type]
-            )
+        if record.msg in _ACCESS_MESSAGES or hasattr(record, "access"):
+            fields = access_fields(record)
+            if fields is not None:
+                client, method, path, version, status, duration, disconnected = fields
+                data.update(
+                    client=client,
+                    method=method,
+                    path=path,
+                    http_version=version,
+                    status=status,
+                    duration_ms=round(duration, 1),
+                    disconnected=disconnected,
+                )
         if record.exc_info:
             data["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:

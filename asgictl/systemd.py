@@ -31,6 +31,8 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from asgictl.logs import plural
+
 logger = logging.getLogger("asgictl.error")
 
 #: The first descriptor systemd passes (sd_listen_fds(3): SD_LISTEN_FDS_START).
@@ -214,7 +216,10 @@ class SystemdHooks:
             self.notifier.send(MAINPID=new, STATUS=f"Handing over to the new master (pid {new})")
             self.upgrading = True
             return
-        self.notifier.send(STOPPING=1, STATUS=f"Stopping: draining {len(master.workers)} worker(s)")
+        self.notifier.send(
+            STOPPING=1,
+            STATUS=f"Stopping: draining {plural(len(master.workers), 'worker')}",
+        )
 
     def tick(self, master: Any) -> None:
         now = time.monotonic()
@@ -252,7 +257,8 @@ class SystemdHooks:
             if w.state == "ready":
                 ready += 1
             requests += master.stats.read(w.cell).requests
-        status = f"{what}: {ready}/{master.target} workers serving, {requests} requests by current workers"
+        served = plural(requests, "request")
+        status = f"{what}: {ready}/{master.target} workers serving, {served} by current workers"
         self._last_status = status
         return status
 

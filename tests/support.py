@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -198,6 +199,17 @@ def run_asgictl(
         yield server
     finally:
         server.stop()
+
+
+class Collect(logging.Handler):
+    """A logging handler that keeps every record it is given (unit tests of log lines)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def short_uds_path() -> str:

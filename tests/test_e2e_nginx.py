@@ -87,6 +87,26 @@ http {{
 """
 
 
+def nginx_t(prefix: Path) -> subprocess.CompletedProcess[str]:
+    """``nginx -t`` of ``prefix``/nginx.conf, everything nginx writes kept in ``prefix``."""
+    assert NGINX is not None
+    return subprocess.run(
+        [NGINX, "-t", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_site_as_shipped_passes_nginx_t(tmp_path: Path) -> None:
+    """deploy/nginx/asgictl.conf byte for byte, included in a minimal nginx.conf."""
+    (tmp_path / "site.conf").write_bytes(TEMPLATE.read_bytes())
+    (tmp_path / "nginx.conf").write_text(main_config(tmp_path))
+    checked = nginx_t(tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "syntax is ok" in checked.stderr and "test is successful" in checked.stderr
+
+
 class Nginx:
     def __init__(self, prefix: Path, http_port: int, https_port: int, ca: trustme.CA) -> None:
         self.prefix = prefix
@@ -135,21 +155,7 @@ def stack() -> Iterator[Nginx]:
     ]
     with run_asgictl(args) as server:
         nginx = Nginx(prefix, http_port, https_port, ca)
-        checked = subprocess.run(
-            [
-                NGINX,
-                "-t",
-                "-p",
-                str(prefix),
-                "-c",
-                str(prefix / "nginx.conf"),
-                "-e",
-                str(prefix / "error.log"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        checked = nginx_t(prefix)
         assert checked.returncode == 0, checked.stderr
         nginx.proc = subprocess.Popen(
             [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")],

@@ -373,32 +373,66 @@ def test_timeout_graceful_shutdown_bounds_the_stop() -> None:
 # ----------------------------------------------------------------------------- env file
 
 
-def test_env_file(tmp_path: Path) -> None:
+#: Every form of a dotenv file a uvicorn user may write (python-dotenv's grammar).
+ENV_FILE = """\
+# settings for the test
+MY_TEST_VAR=from the env file
+SPACED = spaced value   # trailing comment
+export QUOTED="two\\nlines"
+GREETING="héllo wörld"
+UNQUOTED_UTF8=grüße
+DOUBLE="a \\"quoted\\" value\\twith escapes # not a comment"
+SINGLE='kept $as is ${MY_TEST_VAR}'
+EMPTY=
+NO_VALUE
+WITH_EQUALS=a=b=c
+EXPANDED=${MY_TEST_VAR}/sub
+FROM_ENVIRONMENT=${ALREADY_SET}!
+DEFAULTED=${NOT_SET_ANYWHERE:-fallback}
+ALREADY_SET=from the file
+MULTI_LINE="line one
+line two"
+THIS LINE IS NOT AN ASSIGNMENT
+AFTER_A_BAD_LINE=still read
+ASGICTL_ROOT_PATH=/via-env-file
+"""
+ENV_NAMES = [*re.findall(r"(?m)^(?:export )?([A-Z_]+)(?:=| =)", ENV_FILE), "NO_VALUE"]
+
+
+def test_env_file_gives_what_dotenv_gives_uvicorn(tmp_path: Path) -> None:
     env_file = tmp_path / "app.env"
-    env_file.write_text(
-        textwrap.dedent(
-            """\
-            # settings for the test
-            MY_TEST_VAR=from the env file
-            export QUOTED="two\\nlines"
-            SINGLE='kept $as is'
-            ALREADY_SET=from the file
-            ASGICTL_ROOT_PATH=/via-env-file
-            """
-        )
-    )
+    env_file.write_text(ENV_FILE, encoding="utf-8")
     env = support.test_env(ALREADY_SET="from the real environment")
+    # The oracle: python-dotenv's load_dotenv(), as uvicorn calls it, in the same environment.
+    oracle = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import dotenv, json, os, sys; dotenv.load_dotenv(dotenv_path=sys.argv[1]);"
+            " print(json.dumps({n: os.environ.get(n, '<unset>') for n in sys.argv[2:]}))",
+            str(env_file),
+            *ENV_NAMES,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    expected = json.loads(oracle.stdout)
+    # The oracle itself reads the file as a user expects (so the comparison means something).
+    assert expected["GREETING"] == "héllo wörld" and expected["EXPANDED"] == "from the env file/sub"
+    assert expected["FROM_ENVIRONMENT"] == "from the real environment!"
+    assert expected["MULTI_LINE"] == "line one\nline two" and expected["NO_VALUE"] == "<unset>"
     with run_asgictl(["serve", "extra:app", "--port", "0", "--env-file", str(env_file)], env=env) as server:
 
         def var(name: str) -> str:
             return httpx.get(f"{server.url}/env?{name}", timeout=TIMEOUT).text
 
-        assert var("MY_TEST_VAR") == "from the env file"
-        assert var("QUOTED") == "two\nlines"
-        assert var("SINGLE") == "kept $as is"
-        assert var("ALREADY_SET") == "from the real environment"
+        assert {name: var(name) for name in ENV_NAMES} == expected
         # An ASGICTL_ variable set by the file configures the server too.
         assert scope_of(server)["root_path"] == "/via-env-file"
+    assert "python-dotenv could not parse statement starting at line 18" in server.output
 
 
 def test_missing_env_file_is_one_line(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import Collect
 
 from asgictl import logs
 from asgictl.logs import (
@@ -73,15 +74,6 @@ def access_record(args: tuple = ACCESS_ARGS, msg: str = ACCESS_MSG) -> logging.L
 def log_access(status: int = 200) -> None:
     args = (*ACCESS_ARGS[:4], status, ACCESS_ARGS[5])
     logging.getLogger(ACCESS_LOGGER).info(ACCESS_MSG, *args)
-
-
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 # -- default setup -----------------------------------------------------------------------------------
@@ -513,3 +505,12 @@ def test_reopen_failure_is_reported_not_raised(tmp_path: Path, capsys: pytest.Ca
     assert handler.stream is None
     err = capsys.readouterr().err
     assert err.startswith("WARNING:  Could not reopen log files: ") and "server.log" in err
+
+
+def test_plural() -> None:
+    assert (logs.plural(1, "worker"), logs.plural(0, "worker"), logs.plural(2, "worker")) == (
+        "1 worker",
+        "0 workers",
+        "2 workers",
+    )
+    assert logs.plural(3, "child", "children") == "3 children"

@@ -235,31 +235,3 @@ def test_hooks_watchdog_needs_a_healthy_worker() -> None:
     hooks._next_status = 0
     hooks.tick(master)
     assert sent[-1] == {"STATUS": "Ready: 1/1 workers serving, 9 requests by current workers"}
-
-
-# ----------------------------------------------------------------------------- deploy/
-
-
-def test_kubernetes_grace_covers_prestop_and_graceful_timeout() -> None:
-    yaml = pytest.importorskip("yaml")
-    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "deployment.yaml").read_text()))
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert "readinessProbe" in container and "livenessProbe" in container
-    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
-    graceful = float(env["ASGICTL_TIMEOUT_GRACEFUL_SHUTDOWN"])
-    # preStop, then TERM: graceful drain, then up to 5 s of lifespan shutdown.
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + graceful + 5
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-
-
-def test_dockerfile_runs_non_root_with_web_concurrency() -> None:
-    text = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
-    users = re.findall(r"(?m)^USER\s+(\S+)", text)
-    assert users and users[-1].split(":")[0] not in ("root", "0")
-    cmd = re.findall(r"(?m)^CMD\s+(.+)$", text)[-1]
-    assert "asgictl start --workers" in cmd and "$WEB_CONCURRENCY" in cmd
-    assert "exec asgictl" in cmd  # the master, not a shell, receives TERM

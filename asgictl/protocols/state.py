@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from asgictl.config import Config
+from asgictl.protocols.access import AccessLog
 from asgictl.protocols.proxy import TrustedHosts
 
 if TYPE_CHECKING:
@@ -112,7 +113,12 @@ class ServerState:
         self.default_headers = b""
         self.root_path = config.root_path
         self.root_path_bytes = config.root_path.encode("latin-1")
-        self.access_log = config.access_log and access_logger.isEnabledFor(logging.INFO)
+        #: Writes the access lines; None when the access log is off (one test per response).
+        self.access_log: AccessLog | None = None
+        if config.access_log and access_logger.isEnabledFor(logging.INFO):
+            self.access_log = AccessLog(config.access_log_format)
+            # A format naming what the app sends (B, b, {header}o) watches its send().
+            self.app = self.access_log.wrap(app)
         self.keep_alive_timeout = config.timeout_keep_alive
         self.limit_concurrency = config.limit_concurrency
         self.trusted = TrustedHosts(config.forwarded_allow_ips) if config.proxy_headers else None
@@ -151,7 +157,7 @@ class ServerState:
         #: supervisor's metrics, set through observe_responses); None costs one check.
         self.on_response: Callable[[int, float], None] | None = None
         #: Requests get a start time (access log or on_response need the duration).
-        self.timed = self.access_log
+        self.timed = self.access_log is not None
         self.update_date()
 
     def observe_responses(self, callback: Callable[[int, float], None]) -> None:

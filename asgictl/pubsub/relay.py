@@ -22,6 +22,7 @@ import logging
 import socket
 from typing import Any
 
+from asgictl.logs import plural
 from asgictl.pubsub import framing
 from asgictl.pubsub.core import DEFAULT_MAX_QUEUE, Backend, Data, PubSubError, check_channel, check_data
 
@@ -170,7 +171,8 @@ class MasterBackend(Backend):
         elif kind == framing.GAP:
             (dropped,) = framing.U32.unpack_from(buf, data_start) if end - data_start >= 4 else (0,)
             self.hub.gap(
-                f"this worker fell behind the master's pub/sub broker: {dropped} message(s) were dropped"
+                f"this worker fell behind the master's pub/sub broker: {plural(dropped, 'message')}"
+                f" {'was' if dropped == 1 else 'were'} dropped"
             )
 
     def _on_lost(self, exc: Exception | None) -> None:

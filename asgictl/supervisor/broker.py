@@ -28,6 +28,7 @@ import logging
 import socket
 from collections.abc import Callable
 
+from asgictl.logs import plural
 from asgictl.pubsub import framing
 
 logger = logging.getLogger("asgictl.error")
@@ -242,7 +243,9 @@ class Broker:
                 peer.lagging = False
                 gap = framing.encode(framing.GAP, b"", framing.U32.pack(min(peer.dropped, 0xFFFFFFFF)))
                 logger.warning(
-                    "pub/sub: worker pid %d fell behind; %d message(s) dropped for it", peer.pid, peer.dropped
+                    "pub/sub: worker pid %d fell behind; %s dropped for it",
+                    peer.pid,
+                    plural(peer.dropped, "message"),
                 )
                 peer.dropped = 0
                 peer.out.append(gap)

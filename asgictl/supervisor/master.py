@@ -38,7 +38,7 @@ from typing import Any
 
 from asgictl import systemd
 from asgictl.config import Config
-from asgictl.logs import reopen_log_files
+from asgictl.logs import plural, reopen_log_files
 from asgictl.pubsub.backends import MASTER as PUBSUB_MASTER
 from asgictl.pubsub.backends import mode as pubsub_mode
 from asgictl.supervisor import policy
@@ -46,7 +46,7 @@ from asgictl.supervisor.broker import Broker
 from asgictl.supervisor.child import DUMP_SIGNAL, WorkerContext, child_config, run_worker, set_title
 from asgictl.supervisor.control import serving_control
 from asgictl.supervisor.listeners import INHERIT_ENV, Listeners, open_listeners
-from asgictl.supervisor.metrics import MetricsServer, MetricsTable
+from asgictl.supervisor.metrics import MetricsServer, MetricsTable, prepare_app_metrics
 from asgictl.supervisor.observe import Sampler
 from asgictl.supervisor.reload import reloading
 from asgictl.supervisor.slots import READY, StatsTable
@@ -246,14 +246,14 @@ class Master:
             logger.warning("--preload: new workers reuse the app imported at start; USR2 loads new code")
         self.generation += 1
         ids = sorted(self._slot_ids())
-        logger.info("Reloading %d worker(s) one by one (generation %d)", len(ids), self.generation)
+        logger.info("Reloading %s one by one (generation %d)", plural(len(ids), "worker"), self.generation)
         self.reloading = _Reload(self.generation, ids, time.monotonic())
         self.hooks.reloading(self)
 
     def scale(self, count: int) -> None:
         count = max(1, min(count, MAX_WORKERS))
         if count != self.target:
-            logger.info("Scaling from %d to %d worker(s)", self.target, count)
+            logger.info("Scaling from %d to %s", self.target, plural(count, "worker"))
             self.target = count
             self.was_full = False
 
@@ -476,7 +476,7 @@ class Master:
         slot = self.slots.setdefault(w.worker_id, Slot())
         how = _describe_exit(status)
         if w.ready_at:
-            how += f" after serving {w.requests} requests"
+            how += f" after serving {plural(w.requests, 'request')}"
         if w.state in (STOPPING, KILLING):
             logger.info("Worker %d (pid %d) %s [%s]", w.worker_id, w.pid, how, w.reason or "stopped")
             if w.reason == policy.BOOT_TIMEOUT:
@@ -517,9 +517,7 @@ class Master:
             return
         reload = self.reloading
         if reload is not None and reload.current is w:
-            logger.error(
-                "Reload aborted: the new worker failed to boot; the previous workers keep serving"
-            )
+            logger.error("Reload aborted: the new worker failed to boot; the previous workers keep serving")
             self.reloading = None
             self.hooks.reloaded(self)
             return
@@ -632,7 +630,9 @@ class Master:
         if not self.stopping:
             self.stopping = True
             self.reloading = None
-            logger.info("Stopping %s (%d worker(s))", "fast" if fast else "gracefully", len(self.workers))
+            logger.info(
+                "Stopping %s (%s)", "fast" if fast else "gracefully", plural(len(self.workers), "worker")
+            )
             self.hooks.stopping(self)
         elif fast and not self.fast:
             logger.info("Stop escalated: fast")
@@ -724,9 +724,9 @@ class Master:
             slot.reasons[slot.last_reason] += 1
             return
         logger.info(
-            "Reload complete in %.2f s: %d workers ready (generation %d)",
+            "Reload complete in %.2f s: %s ready (generation %d)",
             now - reload.started,
-            len(self._ready_workers()),
+            plural(len(self._ready_workers()), "worker"),
             reload.generation,
         )
         self.reloading = None
@@ -736,7 +736,7 @@ class Master:
         ready_ids = {w.worker_id for w in self._ready_workers() if w.worker_id <= self.target}
         full = len(ready_ids) >= self.target
         if full and not self.was_full:
-            logger.info("%d workers ready", self.target)
+            logger.info("%s ready", plural(self.target, "worker"))
             if not self.all_ready_once:
                 self.all_ready_once = True
                 for url in self.listeners.urls(self._scheme):
@@ -887,6 +887,9 @@ def run_master(config: Config) -> int:
     os.environ.pop(INHERIT_ENV, None)  # neither workers nor the app need to see it
     try:
         import_runtime(config)
+        # --metrics-bind: the app's prometheus_client metrics go to a directory shared by
+        # the workers, set before anything imports the library (a preloaded app included).
+        prepare_app_metrics(config)
         preloaded = preload_app(config) if config.preload else None
         set_title(f"asgictl: master {config.app if isinstance(config.app, str) else 'app'}")
         if config.pid_file:

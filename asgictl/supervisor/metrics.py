@@ -10,25 +10,34 @@ Two halves, both off unless ``--metrics-bind HOST:PORT`` is given:
   8-byte words with a single writer: the master reads them without a lock, as it does
   the stats cells). The worker's protocols know nothing of this: they call the function
   :meth:`MetricsTable.recorder` returns, handed to them through ``ServerState``.
-* :class:`MetricsServer` answers ``GET /metrics`` with the Prometheus text exposition
-  format (version 0.0.4) from the master's select loop, aggregated per worker id (the
-  ``worker`` label): a process that exits has its counts folded into its worker id's
-  retired totals first, so every counter only grows across restarts and reloads.
+* :class:`MetricsServer` answers ``GET /metrics`` from the master's select loop. The
+  exposition is written by prometheus_client: :class:`AsgictlCollector` reads the
+  tables per worker id (the ``worker`` label; a process that exits has its counts folded
+  into its worker id's retired totals first, so every counter only grows across
+  restarts and reloads), then the library's multiprocess collector sums the app's own
+  prometheus_client metrics across its workers (:func:`prepare_app_metrics`). The
+  same listener answers the health probes ``/healthz`` and ``/readyz`` (:func:`health`).
 """
 
 from __future__ import annotations
 
+import atexit
 import bisect
+import logging
 import mmap
 import os
+import shutil
 import socket
 import struct
+import tempfile
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
-from asgictl.config import ConfigError
+from asgictl.config import Config, ConfigError
 from asgictl.supervisor.endpoints import Channel, Endpoint
+
+logger = logging.getLogger("asgictl.error")
 
 if TYPE_CHECKING:
     from asgictl.supervisor.master import Master, Worker
@@ -49,8 +58,6 @@ WORDS = _SUM + 1
 CELL_WORDS = 32
 assert WORDS <= CELL_WORDS
 _CELL = struct.Struct(f"={WORDS}q")
-
-CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 class MetricsTable:
@@ -124,78 +131,158 @@ class MetricsTable:
 # --------------------------------------------------------------------------- exposition
 
 
-def _labels(**labels: object) -> str:
-    def escape(value: object) -> str:
-        return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class AsgictlCollector:
+    """asgictl's own metric families, read from the shared memory at each scrape.
 
-    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in labels.items()) + "}"
+    A prometheus_client custom collector: the library writes the exposition (format,
+    escaping, content type); this only reads the tables and the sampler.
+    """
+
+    def __init__(self, master: Master, table: MetricsTable, sampler: Sampler) -> None:
+        self.master = master
+        self.table = table
+        self.sampler = sampler
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        master = self.master
+        totals = self.table.totals(master)
+        ids = sorted(totals)
+
+        requests = CounterMetricFamily(
+            "asgictl_requests",
+            "HTTP responses completed, by status class.",
+            labels=["worker", "status_class"],
+        )
+        durations = HistogramMetricFamily(
+            "asgictl_request_duration_seconds", "Time from request head to response end.", labels=["worker"]
+        )
+        for wid in ids:
+            values = totals[wid]
+            for i, cls in enumerate(STATUS_CLASSES):
+                if values[_CLASS0 + i] or cls != "other":
+                    requests.add_metric([str(wid), cls], values[_CLASS0 + i])
+            buckets, cumulative = [], 0
+            for i, bound in enumerate((*BUCKETS, float("inf"))):
+                cumulative += values[_BUCKET0 + i]
+                buckets.append((repr(bound) if bound != float("inf") else "+Inf", cumulative))
+            durations.add_metric([str(wid)], buckets, values[_SUM] / 1e6)
+        yield requests
+        yield durations
+
+        connections: dict[int, int] = {}
+        rss: dict[int, int] = {}
+        states: dict[str, int] = {}
+        for w in master.workers.values():
+            connections[w.worker_id] = connections.get(w.worker_id, 0) + master.stats.read(w.cell).connections
+            sample = self.sampler.get(w.pid)
+            if sample.rss is not None:
+                rss[w.worker_id] = rss.get(w.worker_id, 0) + sample.rss
+            states[w.state] = states.get(w.state, 0) + 1
+
+        def gauge(name: str, help_text: str, label: str, values: dict[Any, int]) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, help_text, labels=[label])
+            for key in sorted(values):
+                family.add_metric([str(key)], values[key])
+            return family
+
+        yield gauge(
+            "asgictl_open_connections", "Open client connections (HTTP and WebSocket).", "worker", connections
+        )
+        yield gauge("asgictl_worker_rss_bytes", "Resident memory of the worker's processes.", "worker", rss)
+        restarts = CounterMetricFamily(
+            "asgictl_worker_restarts", "Worker replacements, by reason.", labels=["worker", "reason"]
+        )
+        for wid, slot in sorted(master.slots.items()):
+            for reason, n in sorted(slot.reasons.items()):
+                restarts.add_metric([str(wid), reason], n)
+        yield restarts
+        yield gauge("asgictl_workers", "Worker processes by state.", "state", states)
+        own = self.sampler.get(os.getpid()).rss
+        master_rss = GaugeMetricFamily("asgictl_master_rss_bytes", "Resident memory of the master process.")
+        if own is not None:
+            master_rss.add_metric([], own)
+        yield master_rss
 
 
-def _number(value: float) -> str:
-    return repr(float(value)) if isinstance(value, float) else str(value)
+def registry(master: Master, table: MetricsTable, sampler: Sampler, app_dir: str | None = None) -> Any:
+    """A prometheus_client registry of asgictl's metrics, then (with ``app_dir``) the app's
+    own, summed across its worker processes by the library's multiprocess collector."""
+    from prometheus_client import CollectorRegistry
+
+    result = CollectorRegistry(auto_describe=False)
+    result.register(AsgictlCollector(master, table, sampler))  # type: ignore[arg-type]
+    if app_dir is not None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        MultiProcessCollector(result, app_dir)
+    return result
 
 
 def exposition(master: Master, table: MetricsTable, sampler: Sampler) -> str:
-    """The Prometheus text format of everything the master knows, by ``worker`` id."""
-    out: list[str] = []
+    """asgictl's metrics in the Prometheus text format (what a scrape without Accept gets)."""
+    from prometheus_client import generate_latest
 
-    def family(name: str, kind: str, help_text: str) -> None:
-        out.append(f"# HELP {name} {help_text}")
-        out.append(f"# TYPE {name} {kind}")
+    return generate_latest(registry(master, table, sampler)).decode("utf-8")
 
-    totals = table.totals(master)
-    ids = sorted(totals)
 
-    family("asgictl_requests_total", "counter", "HTTP responses completed, by status class.")
-    for wid in ids:
-        values = totals[wid]
-        for i, cls in enumerate(STATUS_CLASSES):
-            if values[_CLASS0 + i] or cls != "other":
-                out.append(f"asgictl_requests_total{_labels(worker=wid, status_class=cls)} {values[i]}")
+# ------------------------------------------------------------------ the app's own metrics
 
-    family("asgictl_request_duration_seconds", "histogram", "Time from request head to response end.")
-    for wid in ids:
-        values = totals[wid]
-        cumulative = 0
-        for i, bound in enumerate((*BUCKETS, "+Inf")):
-            cumulative += values[_BUCKET0 + i]
-            le = bound if isinstance(bound, str) else repr(bound)
-            out.append(f"asgictl_request_duration_seconds_bucket{_labels(worker=wid, le=le)} {cumulative}")
-        out.append(f"asgictl_request_duration_seconds_sum{_labels(worker=wid)} {values[_SUM] / 1e6!r}")
-        out.append(f"asgictl_request_duration_seconds_count{_labels(worker=wid)} {cumulative}")
+#: prometheus_client's multiprocess mode reads this in every process that imports it.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Names the master that made the directory: a USR2 successor inheriting the variable
+#: knows the directory is not the user's (and makes its own).
+_OWNER_ENV = "_ASGICTL_PROMETHEUS_OWNER"
 
-    connections: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    states: dict[str, int] = {}
-    for w in master.workers.values():
-        connections[w.worker_id] = connections.get(w.worker_id, 0) + master.stats.read(w.cell).connections
-        sample = sampler.get(w.pid)
-        if sample.rss is not None:
-            rss[w.worker_id] = rss.get(w.worker_id, 0) + sample.rss
-        states[w.state] = states.get(w.state, 0) + 1
 
-    family("asgictl_open_connections", "gauge", "Open client connections (HTTP and WebSocket).")
-    for wid in sorted(connections):
-        out.append(f"asgictl_open_connections{_labels(worker=wid)} {connections[wid]}")
+def prepare_app_metrics(config: Config) -> str | None:
+    """With ``--metrics-bind``: a private, empty multiprocess directory for the app's
+    prometheus_client metrics, in ``PROMETHEUS_MULTIPROC_DIR`` before anything imports
+    prometheus_client (the app under ``--preload``, every forked worker), removed when the
+    master exits. A directory the user set already is used as it is and left alone.
+    Returns the directory (None without ``--metrics-bind``).
+    """
+    if not config.metrics_bind:
+        return None
+    inherited = os.environ.get(MULTIPROC_ENV)
+    if inherited and os.environ.get(_OWNER_ENV) is None:
+        logger.info("The app's Prometheus metrics: %s=%s (set by the user)", MULTIPROC_ENV, inherited)
+        return inherited
+    path = tempfile.mkdtemp(prefix="asgictl-prometheus-")
+    os.environ[MULTIPROC_ENV] = path
+    os.environ[_OWNER_ENV] = str(os.getpid())
+    logger.info("The app's Prometheus metrics: %s=%s", MULTIPROC_ENV, path)
+    owner = os.getpid()
 
-    family("asgictl_worker_rss_bytes", "gauge", "Resident memory of the worker's processes.")
-    for wid in sorted(rss):
-        out.append(f"asgictl_worker_rss_bytes{_labels(worker=wid)} {rss[wid]}")
+    def remove() -> None:
+        if os.getpid() == owner:  # never from a forked child that happens to run atexit
+            shutil.rmtree(path, ignore_errors=True)
 
-    family("asgictl_worker_restarts_total", "counter", "Worker replacements, by reason.")
-    for wid, slot in sorted(master.slots.items()):
-        for reason, n in sorted(slot.reasons.items()):
-            out.append(f"asgictl_worker_restarts_total{_labels(worker=wid, reason=reason)} {n}")
+    atexit.register(remove)
+    return path
 
-    family("asgictl_workers", "gauge", "Worker processes by state.")
-    for state, n in sorted(states.items()):
-        out.append(f"asgictl_workers{_labels(state=state)} {n}")
 
-    family("asgictl_master_rss_bytes", "gauge", "Resident memory of the master process.")
-    own = sampler.get(os.getpid()).rss
-    if own is not None:
-        out.append(f"asgictl_master_rss_bytes {own}")
-    return "\n".join(out) + "\n"
+# ------------------------------------------------------------------------------ health
+
+HEALTH_PATHS = (b"/healthz", b"/readyz")
+
+
+def health(master: Master, ready: bool) -> tuple[bool, str]:
+    """``/healthz`` (``ready=False``) and ``/readyz``: (answer 200?, a one-line reason).
+
+    Live: the master runs (it answers) and at least one worker serves. Ready: every
+    worker of the target number serves and the server is not stopping, so a load
+    balancer stops sending new connections as soon as a graceful stop begins.
+    """
+    serving = {w.worker_id for w in master.workers.values() if w.state == "ready"}
+    counts = f"{len(serving)}/{master.target} workers ready"
+    if not ready:
+        return bool(serving), ("ok: " if serving else "no worker ready: ") + counts
+    if master.stopping:
+        return False, f"stopping: {counts}"
+    full = len({wid for wid in serving if wid <= master.target}) >= master.target
+    return full, ("ready: " if full else "not ready: ") + counts
 
 
 # ----------------------------------------------------------------------------- serving
@@ -230,11 +317,17 @@ class _MetricsChannel(Channel):
             self.respond(400, b"Bad Request\n")
         elif parts[0] not in (b"GET", b"HEAD"):
             self.respond(405, b"Method Not Allowed\n", extra=b"allow: GET, HEAD\r\n")
-        elif parts[1].split(b"?", 1)[0] not in (b"/metrics", b"/"):
-            self.respond(404, b"Not Found: the metrics are at /metrics\n")
         else:
-            body = self.server.render().encode("utf-8")
-            self.respond(200, body, content_type=CONTENT_TYPE, head_only=parts[0] == b"HEAD")
+            path = parts[1].split(b"?", 1)[0]
+            head_only = parts[0] == b"HEAD"
+            if path in (b"/metrics", b"/"):
+                body, content_type = self.server.render(_header(self.inbuf, b"accept"))
+                self.respond(200, body, content_type=content_type.encode(), head_only=head_only)
+            elif path in HEALTH_PATHS:
+                ok, text = health(self.server.master, ready=path == b"/readyz")
+                self.respond(200 if ok else 503, text.encode() + b"\n", head_only=head_only)
+            else:
+                self.respond(404, b"Not Found: the metrics are at /metrics, health at /healthz and /readyz\n")
 
     def too_large(self) -> None:
         self.respond(431, b"Request Header Fields Too Large\n")
@@ -261,6 +354,15 @@ class _MetricsChannel(Channel):
         self.inbuf.clear()
         self.close_when_flushed = True
         self.write(_response(status, body, extra, content_type, head_only))
+
+
+def _header(head: bytearray, name: bytes) -> str:
+    """The value of header ``name`` in a raw request head ("" when absent)."""
+    for line in bytes(head).split(b"\n")[1:]:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return ""
 
 
 _REASONS = {
@@ -323,24 +425,42 @@ class MetricsServer:
         self.address = sock.getsockname()
         self.endpoint = Endpoint(master, sock, _MetricsChannel, self.max_clients)
         self.endpoint.owner = self  # type: ignore[attr-defined]
-        self._cache: tuple[float, str] = (0.0, "")
+        #: The app's multiprocess directory (see prepare_app_metrics), if there is one.
+        self.app_dir = os.environ.get(MULTIPROC_ENV) or None
+        if self.app_dir is not None and not os.path.isdir(self.app_dir):
+            logger.warning(
+                "%s=%s is not a directory: the app's metrics are left out", MULTIPROC_ENV, self.app_dir
+            )
+            self.app_dir = None
+        self.registry = registry(master, table, sampler, self.app_dir)
+        self._cache: dict[str, tuple[float, bytes, str]] = {}
 
     @property
     def url(self) -> str:
         host, port = self.address[0], self.address[1]
         return f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
 
-    def render(self) -> str:
-        # Scrapes are cheap, but several scrapers at once share one rendering per pass.
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, content type) for a scrape: the format prometheus_client picks for the
+        scraper's Accept header (OpenMetrics when asked, else its text format)."""
+        from prometheus_client.exposition import choose_encoder
+
+        # Several scrapers at once share one rendering per pass.
         now = time.monotonic()
-        at, text = self._cache
-        if now - at > 0.05 or not text:
-            text = exposition(self.master, self.table, self.sampler)
-            self._cache = (now, text)
-        return text
+        cached = self._cache.get(accept)
+        if cached is None or now - cached[0] > 0.05:
+            encode, content_type = choose_encoder(accept)
+            cached = self._cache[accept] = (now, encode(self.registry), content_type)
+        return cached[1], cached[2]
 
     def worker_exited(self, worker: Worker) -> None:
         self.table.retire(worker.worker_id, worker.cell)
+        if self.app_dir is not None:
+            # The library's bookkeeping for a dead process: its live gauges go away,
+            # its counters stay in the sum.
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.pid, self.app_dir)
 
     def tick(self, now: float) -> None:
         self.endpoint.tick(now)

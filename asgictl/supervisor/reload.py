@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from asgictl.config import Config, ConfigError
+from asgictl.logs import plural
 
 if TYPE_CHECKING:
     from asgictl.supervisor.master import Master, MasterHooks
@@ -164,9 +165,9 @@ _ROUTINE = frozenset(
         "Booting worker %d with pid %d%s",
         "Worker %d (pid %d) ready in %.2f s",
         "Worker %d (pid %d) %s [%s]",
-        "Reloading %d worker(s) one by one (generation %d)",
-        "Reload complete in %.2f s: %d workers ready (generation %d)",
-        "%d workers ready",
+        "Reloading %s one by one (generation %d)",
+        "Reload complete in %.2f s: %s ready (generation %d)",
+        "%s ready",
         # workers
         "Started server process [%d]",
         "Finished server process [%d]",
@@ -368,7 +369,7 @@ class Reloader:
         what = f"{self._describe(paths)} changed" if paths else "reload requested"
         self.reloads += 1
         if ok:
-            text = f"Reloaded in {elapsed:.2f} s: {what} ({len(ready)} worker(s) on new code)"
+            text = f"Reloaded in {elapsed:.2f} s: {what} ({plural(len(ready), 'worker')} on new code)"
             logger.info(self._paint(text, _GREEN))
         else:
             text = (

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from asgictl.config import Config, read_env_file
+from asgictl.config import Config, apply_env_file
 
 
 class AppLoadError(Exception):
@@ -96,8 +96,7 @@ def load_app(config: Config) -> Any:
     if config.env_file:
         # As uvicorn's Config does, also from the Python API: the app sees the file's
         # variables (the real environment wins, as when resolve() applied them already).
-        for key, value in read_env_file(config.env_file).items():
-            os.environ.setdefault(key, value)
+        apply_env_file(config.env_file)
     app = import_app(config)
     looks_like_factory = inspect.isfunction(app) and _looks_like_factory(app)
     if not config.factory and isinstance(config.app, str) and looks_like_factory:

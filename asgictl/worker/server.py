@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from asgictl.config import Config
+from asgictl.logs import plural
+from asgictl.protocols.access import compile_format
 from asgictl.protocols.factory import connection_factory
 from asgictl.protocols.http import protocol_class
 from asgictl.protocols.http.connection import request_tasks
@@ -83,6 +85,7 @@ class Server:
 
     def run(self, sockets: list[socket.socket] | None = None) -> int:
         """Serve until stopped, in a new event loop; returns the exit status."""
+        import_runtime(self.config)  # a bad --http, --ws or --access-log-format: before the app
         factory = loop_factory(self.config.loop)
         if sys.version_info >= (3, 11):
             with asyncio.Runner(loop_factory=factory) as runner:
@@ -189,9 +192,9 @@ class Server:
         if state.connections or state.active_requests:
             tasks = request_tasks()
             logger.warning(
-                "Graceful shutdown timed out: cancelling %d request(s), closing %d connection(s)",
-                len(tasks),
-                len(state.connections),
+                "Graceful shutdown timed out: cancelling %s, closing %s",
+                plural(len(tasks), "request"),
+                plural(len(state.connections), "connection"),
             )
             for task in tasks:
                 task.cancel()
@@ -283,8 +286,11 @@ def import_runtime(config: Config) -> None:
     The master calls it before forking, so that each worker inherits these modules
     (once, shared) instead of importing them on its way to ready: uvloop alone takes
     about 7 ms, paid again by every respawned or reloaded worker otherwise. A --loop,
-    --http or --ws naming a missing library is a ConfigError here, before any fork.
+    --http or --ws naming a missing library, or an --access-log-format with an unknown
+    atom, is a ConfigError here, before any fork.
     """
     loop_factory(config.loop)
     protocol_class(config.http)
     ws_protocol_factory(config.ws)
+    if config.access_log_format is not None:
+        compile_format(config.access_log_format)

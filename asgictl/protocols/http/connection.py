@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from typing import Any
 from urllib.parse import unquote
 
@@ -358,7 +359,7 @@ class HTTPConnection(FlowControlled):
                 if state.limit_concurrency is not None and state.over_capacity():
                     app = service_unavailable
                 if state.timed:
-                    cycle.started_at = self.loop.time()
+                    cycle.started_at = perf_counter()  # the loop's clock has 1 ms steps
                 # No reference is kept: the loop holds running tasks, active_requests
                 # counts them, and shutdown finds them by their coroutine (request_tasks).
                 state.start_task(cycle.run(app))
@@ -403,9 +404,13 @@ class HTTPConnection(FlowControlled):
             cycle.response_started = cycle.response_complete = True
             self.closing = True
             self.transport.write(simple_response(500, b"Internal Server Error", self.state.default_headers))
+            # The 500 counts as a response, like the app's own.
+            access = self.state.access_log
+            if access is not None:
+                access.response(cycle.scope, 500, cycle.started_at, keep_alive=False)
             observe = self.state.on_response
-            if observe is not None:  # the 500 counts as a response, like the app's own
-                observe(500, self.loop.time() - cycle.started_at)
+            if observe is not None:
+                observe(500, perf_counter() - cycle.started_at)
             self.cycle = None if self.cycle is cycle else self.cycle
             self.transport.close()
         elif not cycle.response_complete:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from asgictl.protocols.http.response import (
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from asgictl.protocols.http.connection import HTTPConnection
 
 logger = logging.getLogger("asgictl.error")
-access_logger = logging.getLogger("asgictl.access")
 
 _DISCONNECT = {"type": "http.disconnect"}
 _KEEP_ALIVE_LINE = b"connection: keep-alive\r\n"
@@ -102,6 +102,7 @@ class HTTPCycle:
         self.response_complete = False
         #: the head block, held back until the first body message (None once written)
         self.head: list[bytes] | None = None
+        #: time.perf_counter() of the complete head, when timed (access log, metrics)
         self.started_at = 0.0
         #: streamed body pieces not written yet (see _buffer)
         self.pending: list[bytes] | None = None
@@ -217,8 +218,14 @@ class HTTPCycle:
                     default_headers = head[1] = _without(head[1], lname)
             head += (name, b": ", value, CRLF)
         # Lines the head has so far; _write_body checks the joined bytes against it.
-        self.head_lines = 1 + (len(head) - 2) // 4 + (
-            state.default_lines if default_headers is state.default_headers else default_headers.count(b"\n")
+        self.head_lines = (
+            1
+            + (len(head) - 2) // 4
+            + (
+                state.default_lines
+                if default_headers is state.default_headers
+                else default_headers.count(b"\n")
+            )
         )
         self.status = status
         self.no_body = no_body or self.scope["method"] == "HEAD"
@@ -381,31 +388,13 @@ class HTTPCycle:
         if self.waiter is not None:  # a receive() waiting for body gets http.disconnect
             self.wake()
         state = self.conn.state
-        if state.access_log:
-            self._log_access()
+        access = state.access_log
+        if access is not None:
+            access.response(self.scope, self.status, self.started_at, self.keep_alive)
         observe = state.on_response
         if observe is not None:
-            observe(self.status, self.conn.loop.time() - self.started_at)
+            observe(self.status, perf_counter() - self.started_at)
         self.conn.cycle_done(self)
-
-    def _log_access(self) -> None:
-        scope = self.scope
-        client = scope.get("client")
-        client_addr = f"{client[0]}:{client[1]}" if client else "-"
-        path = scope["path"]
-        query = scope["query_string"]
-        if query:
-            path = f"{path}?{query.decode('latin-1')}"
-        duration_ms = (self.conn.loop.time() - self.started_at) * 1000
-        access_logger.info(
-            '%s - "%s %s HTTP/%s" %d %.1fms',
-            client_addr,
-            scope["method"],
-            path,
-            scope["http_version"],
-            self.status,
-            duration_ms,
-        )
 
     # -------------------------------------------------------------------------- running
 

@@ -34,6 +34,7 @@ import asyncio
 import logging
 import os
 from collections import deque
+from time import perf_counter
 from typing import Any
 
 from asgictl.protocols.flow import FlowControlled
@@ -41,7 +42,6 @@ from asgictl.protocols.http.response import STATUS_LINES, simple_response
 from asgictl.protocols.state import ServerState
 
 logger = logging.getLogger("asgictl.error")
-access_logger = logging.getLogger("asgictl.access")
 
 # Phases of a connection, from the app's side.
 CONNECTING = 0  # the app has not answered the handshake yet
@@ -112,6 +112,7 @@ class WSConnection(FlowControlled):
         "early",
         "last_ping",
         "messages",
+        "opened_at",
         "phase",
         "ping_payload",
         "ping_sent_at",
@@ -146,6 +147,8 @@ class WSConnection(FlowControlled):
         self.ping_sent_at: float | None = None
         self.last_ping = 0.0
         self.close_timer: asyncio.TimerHandle | None = None
+        #: time.perf_counter() of the handshake request (the access line's duration)
+        self.opened_at = perf_counter() if state.timed else 0.0
 
     # ------------------------------------------------------------ adapter interface
 
@@ -489,13 +492,6 @@ class WSConnection(FlowControlled):
         return raw_path + b"?" + query if query else raw_path
 
     def _log_access(self, status: int) -> None:
-        if not self.state.access_log:
-            return
-        scope = self.scope
-        client = scope.get("client")
-        path = scope["path"]
-        if scope["query_string"]:
-            path = f"{path}?{scope['query_string'].decode('latin-1')}"
-        access_logger.info(
-            '%s - "WebSocket %s" %d', f"{client[0]}:{client[1]}" if client else "-", path, status
-        )
+        access = self.state.access_log
+        if access is not None:
+            access.websocket(self.scope, status, self.opened_at)
