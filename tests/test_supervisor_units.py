@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import random
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from asgictl.config import Config, ConfigError, resolve
 from asgictl.supervisor import policy
 from asgictl.supervisor.child import child_config
 from asgictl.supervisor.listeners import BindSpec, open_listeners, parse_bind, specs_from_config
-from asgictl.supervisor.master import remove_pid_file, write_pid_file
+from asgictl.supervisor.master import PidFile, running_master
 from asgictl.supervisor.slots import BOOTING, FREE, READY, StatsTable
 
 # ----------------------------------------------------------------------------- policy
@@ -188,13 +191,79 @@ def test_supervisor_options_exist_only_for_start() -> None:
 def test_pid_file_is_written_atomically_and_removed_only_if_ours(tmp_path: Path) -> None:
     path = tmp_path / "run" / "a.pid"
     path.parent.mkdir()
-    write_pid_file(str(path))
+    pid_file = PidFile(str(path))
+    pid_file.write()
     assert path.read_text() == f"{os.getpid()}\n"
     assert [p.name for p in path.parent.iterdir()] == ["a.pid"]  # no temporary left
     path.write_text("1\n")  # another master (after a USR2 upgrade) owns it now
-    remove_pid_file(str(path))
+    pid_file.remove()
     assert path.exists()
-    write_pid_file(str(path))
-    remove_pid_file(str(path))
+    pid_file.write()
+    pid_file.remove()
     assert not path.exists()
-    remove_pid_file(str(path))  # already gone: no error
+    pid_file.remove()  # already gone: no error
+
+
+def test_pid_file_not_written_by_us_is_never_removed(tmp_path: Path) -> None:
+    path = tmp_path / "a.pid"
+    path.write_text(f"{os.getpid()}\n")  # our pid, but another process wrote it
+    PidFile(str(path)).remove()
+    assert path.exists()
+    # Ours, then replaced by another file that happens to hold the same pid: not ours.
+    pid_file = PidFile(str(path))
+    pid_file.write()
+    replacement = tmp_path / "other"
+    replacement.write_text(f"{os.getpid()}\n")
+    os.replace(replacement, path)
+    pid_file.remove()
+    assert path.exists()
+
+
+@pytest.fixture
+def fake_master() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process titled like a master ("asgictl: master ..."), ended by PID."""
+    code = (
+        "import setproctitle, sys, time\n"
+        "setproctitle.setproctitle('asgictl: master fake:app')\n"
+        "print('titled', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"titled\n"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_pid_file_check_refuses_a_running_master_only(
+    tmp_path: Path, fake_master: subprocess.Popen[bytes]
+) -> None:
+    path = tmp_path / "a.pid"
+    pid_file = PidFile(str(path))
+    pid_file.check()  # no file: fine
+    path.write_text(f"{fake_master.pid}\n")
+    assert running_master(fake_master.pid)
+    with pytest.raises(ConfigError, match=rf"names a running master \(pid {fake_master.pid}\)"):
+        pid_file.check()
+    pid_file.check(predecessor=fake_master.pid)  # USR2: the master that re-executed us
+    assert path.read_text() == f"{fake_master.pid}\n"  # a check writes nothing
+    # A live process that is not a master (a reused pid), and a dead one: stale files.
+    path.write_text(f"{os.getpid()}\n")
+    pid_file.check()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not running_master(sleeper.pid)
+        path.write_text(f"{sleeper.pid}\n")
+        pid_file.check()
+    finally:
+        sleeper.kill()
+        sleeper.wait(10)
+    fake_master.kill()
+    fake_master.wait(10)
+    path.write_text(f"{fake_master.pid}\n")
+    assert not running_master(fake_master.pid)
+    pid_file.check()
+    path.write_text("garbage\n")
+    pid_file.check()

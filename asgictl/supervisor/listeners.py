@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 from asgictl import systemd
 from asgictl.config import Config, ConfigError
-from asgictl.worker.sockets import bind_tcp, bind_unix, describe, from_fd
+from asgictl.worker.sockets import bind_tcp, bind_unix, describe_address, from_fd
 
 #: Environment variable through which a re-exec'd master learns its inherited listeners.
 INHERIT_ENV = "_ASGICTL_INHERITED_FDS"
@@ -93,9 +93,11 @@ class Listeners:
     def __init__(self, sockets: list[socket.socket], owned_paths: list[str]) -> None:
         self.sockets = sockets
         self.owned_paths = owned_paths
+        # What they listen on, read once: still known once the sockets are closed (stop).
+        self._addresses = [(sock.family, sock.getsockname()) for sock in sockets]
 
     def urls(self, scheme: str) -> list[str]:
-        return [describe(sock, scheme) for sock in self.sockets]
+        return [describe_address(family, address, scheme) for family, address in self._addresses]
 
     def fds(self) -> list[int]:
         return [sock.fileno() for sock in self.sockets]
@@ -105,6 +107,8 @@ class Listeners:
             sock.set_inheritable(True)
 
     def close(self, unlink: bool = True) -> None:
+        """Close this process's copies (again: no harm); remove the Unix socket files we
+        bound unless ``unlink`` is false (they belong to a new master after USR2)."""
         for sock in self.sockets:
             with contextlib.suppress(OSError):
                 sock.close()

@@ -11,6 +11,7 @@ import errno
 import os
 import socket
 import stat
+from typing import Any
 
 from asgictl import systemd
 from asgictl.config import Config, ConfigError
@@ -103,9 +104,14 @@ def bind_from_config(config: Config) -> list[socket.socket]:
 
 def describe(sock: socket.socket, scheme: str) -> str:
     """The URL a person can open for a listener (the real port when 0 was asked)."""
-    if sock.family == socket.AF_UNIX:
-        return f"{scheme}+unix://{sock.getsockname() or '(unnamed)'}"
-    host, port = sock.getsockname()[:2]
-    if sock.family == socket.AF_INET6:
+    return describe_address(sock.family, sock.getsockname(), scheme)
+
+
+def describe_address(family: int, address: Any, scheme: str) -> str:
+    """:func:`describe` for a socket's family and ``getsockname()`` (kept after it closed)."""
+    if family == socket.AF_UNIX:
+        return f"{scheme}+unix://{address or '(unnamed)'}"
+    host, port = address[:2]
+    if family == socket.AF_INET6:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}"
