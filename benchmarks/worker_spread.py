@@ -18,7 +18,10 @@ the event loop blocked meanwhile), 4 requests sent at the same instant on fresh
 connections, ``--slow-rounds`` times: how often they split 2/2, 3/1 or all 4 on one
 worker (the last costs the fourth client 800 ms instead of 400 ms).
 
-    python3 benchmarks/worker_spread.py [--rounds 3] [--duration 5] [--servers asgictl,uvicorn,gunicorn]
+    python3 benchmarks/worker_spread.py [--rounds 3] [--duration 5] [--servers asgictl,uvicorn]
+
+``asgictl`` runs with its default ``--balance reuseport``, ``asgictl-shared`` with
+``--balance shared`` (one listening socket for all workers, as uvicorn and gunicorn).
 
 Like ``run.py``, it runs in ``benchmarks/.venv`` (created on first use) so that the
 peers are installed; a peer that is missing is skipped with a note. Every process it
@@ -44,6 +47,8 @@ from pathlib import Path
 
 from harness import bootstrap
 from harness.net import OutputProcess, free_port, http_get
+from harness.procstat import tree_cpu_seconds
+from harness.wrk import parse_latency_distribution
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORKERS = 4
@@ -72,6 +77,10 @@ def commands(app: str, workers: int, port: int) -> dict[str, list[str]]:
     where = ["--host", "127.0.0.1", "--port", str(port)]
     return {
         "asgictl": [py, "-m", "asgictl", "start", app, "--workers", str(workers), *where, "--no-access-log"],
+        "asgictl-shared": [
+            py, "-m", "asgictl", "start", app, "--workers", str(workers), *where, "--no-access-log",
+            "--balance", "shared",
+        ],
         "uvicorn": [py, "-m", "uvicorn", app, "--workers", str(workers), *where, "--no-access-log"],
         "gunicorn": [
             py, "-m", "gunicorn", app, "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
@@ -81,7 +90,12 @@ def commands(app: str, workers: int, port: int) -> dict[str, list[str]]:
 
 
 def available(name: str) -> bool:
-    module = {"asgictl": "asgictl", "uvicorn": "uvicorn", "gunicorn": "uvicorn_worker"}[name]
+    module = {
+        "asgictl": "asgictl",
+        "asgictl-shared": "asgictl",
+        "uvicorn": "uvicorn",
+        "gunicorn": "uvicorn_worker",
+    }[name]
     probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
     return probe.returncode == 0
 
@@ -125,17 +139,20 @@ def end(proc: subprocess.Popen[bytes]) -> None:
 def spread_run(server: Server, duration: float, hogs: int, script: Path) -> dict[str, object]:
     """One wrk run; the per-worker counts and max/min."""
     hogs_procs = [hog(duration + 2) for _ in range(hogs)]
+    cpu_before = tree_cpu_seconds(server.proc.proc.pid)
     try:
         out = subprocess.run(
             [
-                "wrk", "-t1", f"-c{CLIENTS}", f"-d{duration:g}s", "-H", "Connection: close",
+                "wrk", "-t1", f"-c{CLIENTS}", f"-d{duration:g}s", "--latency", "-H", "Connection: close",
                 "-s", str(script), f"http://127.0.0.1:{server.port}/",
             ],
             capture_output=True, text=True, timeout=duration + 30,
         ).stdout  # fmt: skip
     finally:
+        cpu_spent = tree_cpu_seconds(server.proc.proc.pid) - cpu_before
         for proc in hogs_procs:
             end(proc)
+    latency = parse_latency_distribution(out)
     counts = {pid: 0 for pid in server.workers}
     for pid, n in re.findall(r"^PID (\d+) (\d+)$", out, re.M):
         counts[int(pid)] = counts.get(int(pid), 0) + int(n)
@@ -147,6 +164,9 @@ def spread_run(server: Server, duration: float, hogs: int, script: Path) -> dict
         "counts": values,
         "max_min": ratio,
         "requests_per_s": total / duration,
+        "p50_ms": latency.get(50, 0.0),
+        "p99_ms": latency.get(99, 0.0),
+        "cpu_us_per_request": cpu_spent / total * 1e6 if total else 0.0,
         "errors": errors,
         "load": os.getloadavg()[0],
     }
@@ -187,7 +207,7 @@ def main() -> int:
     parser.add_argument(
         "--hogs", type=int, default=os.cpu_count() or 2, help="CPU hogs in the busy condition"
     )
-    parser.add_argument("--servers", default="asgictl,uvicorn,gunicorn")
+    parser.add_argument("--servers", default="asgictl,asgictl-shared,uvicorn,gunicorn")
     parser.add_argument("--slow-rounds", type=int, default=20)
     parser.add_argument("--reinstall", action="store_true")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
@@ -197,7 +217,7 @@ def main() -> int:
         parser.error("wrk is needed (apt-get install wrk)")
     names = []
     for name in args.servers.split(","):
-        if name not in ("asgictl", "uvicorn", "gunicorn"):
+        if name not in ("asgictl", "asgictl-shared", "uvicorn", "gunicorn"):
             parser.error(f"unknown server {name!r}")
         if available(name):
             names.append(name)
@@ -220,8 +240,9 @@ def main() -> int:
                         )
                         results[name][condition].append(run)
                         print(
-                            f"round {round_no} {condition:5} {name:9} max/min {run['max_min']:5.2f}"
+                            f"round {round_no} {condition:5} {name:14} max/min {run['max_min']:5.2f}"
                             f"  counts {run['counts']}  {run['requests_per_s']:7.0f} req/s"
+                            f"  p99 {run['p99_ms']:6.1f} ms  {run['cpu_us_per_request']:5.0f} CPU µs/req"
                             f"  errors {run['errors']}  load {run['load']:.1f}",
                             flush=True,
                         )
@@ -236,25 +257,27 @@ def main() -> int:
                 server.stop()
     print(f"\n{WORKERS} workers, {CLIENTS} clients on fresh connections, {args.duration:g} s per run, medians"
           f" of {args.rounds} rounds; busy = {args.hogs} CPU hogs")  # fmt: skip
-    print(f"{'server':10} {'quiet max/min':>14} {'busy max/min':>13} {'quiet req/s':>12} {'busy req/s':>11}")
-    summary: dict[str, dict[str, object]] = {}
+    figures = ("max_min", "requests_per_s", "p99_ms", "cpu_us_per_request")
+    print(f"{'':14} {'max/min':>15} {'req/s':>15} {'p99 ms':>15} {'CPU µs/req':>15}")
+    print(f"{'server':14}" + f" {'quiet':>7} {'busy':>7}" * len(figures))
+    summary: dict[str, dict[str, dict[str, float]]] = {}
     for name in names:
-        row = {}
-        for condition in ("quiet", "busy"):
-            runs = results[name][condition]
-            row[condition] = {
-                "max_min": statistics.median(float(r["max_min"]) for r in runs),  # type: ignore[arg-type]
-                "requests_per_s": statistics.median(float(r["requests_per_s"]) for r in runs),  # type: ignore[arg-type]
+        row = {
+            condition: {
+                figure: statistics.median(float(run[figure]) for run in results[name][condition])  # type: ignore[arg-type]
+                for figure in figures
             }
+            for condition in ("quiet", "busy")
+        }
         summary[name] = row
-        print(
-            f"{name:10} {row['quiet']['max_min']:14.2f} {row['busy']['max_min']:13.2f}"
-            f" {row['quiet']['requests_per_s']:12.0f} {row['busy']['requests_per_s']:11.0f}"
+        cells = "".join(
+            f" {row[c][f]:7.{2 if f == 'max_min' else 0}f}" for f in figures for c in ("quiet", "busy")
         )
+        print(f"{name:14}{cells}")
     print(f"\nslow4: 2 workers, 4 CPU-bound requests (200 ms) at once, {args.slow_rounds} rounds: splits")
     for name in names:
         splits = ", ".join(f"{'/'.join(map(str, k))}: {v}" for k, v in sorted(slow[name].items()))
-        print(f"{name:10} {splits}")
+        print(f"{name:14} {splits}")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / time.strftime("spread-%Y%m%d-%H%M%S.json")
     path.write_text(

@@ -8,7 +8,8 @@ the field), each against the real ``asgictl start`` master and its forked worker
 5. a thread the app left behind (``--preload``) does not keep the master alive;
 6. the master works with descriptor numbers above 1024;
 7. a refused start never harms the running master's pid file;
-8. an explicit ``--reload-include`` wins over a default exclude.
+8. an explicit ``--reload-include`` wins over a default exclude;
+9. new connections are spread over the workers, and a worker's queue survives it.
 
 Every wait polls with a deadline; every process a test starts is ended by PID (the
 master by ``run_asgictl``, which also kills its process group; workers are checked gone
@@ -378,3 +379,64 @@ def test_an_explicit_reload_include_wins_over_a_default_exclude(tmp_path: Path) 
         wait_count(server, r"Reloaded in [0-9.]+ s: \.env changed", 1)
         assert http_get(server.port)[1] == b"two"
         assert count(server, r"\.other") == 0
+
+
+# ----------------------------------------------------------------------------- 9. the spread
+
+
+def _listening_inodes(pid: int, port: int) -> set[int]:
+    """The socket inodes ``pid`` listens on ``port`` with."""
+    inodes = set()
+    for conn in psutil.Process(pid).net_connections():
+        if conn.status == "LISTEN" and conn.laddr and conn.laddr[1] == port and conn.fd >= 0:
+            inodes.add(os.stat(f"/proc/{pid}/fd/{conn.fd}").st_ino)
+    return inodes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT groups: Linux")
+def test_concurrent_clients_on_fresh_connections_are_spread_evenly_over_the_workers() -> None:
+    with start("svapp:app", workers=4) as server:
+        pids = worker_pids(server.pid)
+        # Each worker serves a socket of its own (SO_REUSEPORT group on the port).
+        inodes = [_listening_inodes(pid, server.port) for pid in pids]
+        assert all(len(i) == 1 for i in inodes) and len(set().union(*inodes)) == 4, inodes
+        seen: dict[int, int] = {}
+        lock = threading.Lock()
+
+        def client() -> None:
+            for _ in range(40):
+                pid = int(http_get(server.port, "/pid")[1])
+                with lock:
+                    seen[pid] = seen.get(pid, 0) + 1
+
+        threads = [threading.Thread(target=client) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(DEADLINE * 2)
+        assert set(seen) == pids and sum(seen.values()) == 640, seen
+        # Random steering: about 160 each; 2.0 is more than 5 standard deviations away.
+        assert max(seen.values()) / min(seen.values()) < 2.0, seen
+
+
+def test_connections_queued_for_a_hung_worker_are_answered_when_it_is_replaced() -> None:
+    with start("svapp:app", "--timeout", "2", workers=2) as server:
+        pids = worker_pids(server.pid)
+        hung_threads, _ = in_flight(server.port, "/hang?60")
+
+        def hung_worker() -> int | None:
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    if any(c.status == "ESTABLISHED" for c in psutil.Process(pid).net_connections()):
+                        return pid
+            return None
+
+        victim = wait_until(hung_worker, what="the hanging request accepted")
+        threads, results = in_flight(server.port, "/pid", n=20)
+        server.wait_for_line(rf"Worker \d+ \(pid {victim}\) is hung")
+        for thread in threads:
+            thread.join(DEADLINE)
+        assert len(results) == 20 and all(status == 200 for status, _ in results), results
+        assert victim not in {int(body) for _, body in results}
+        for thread in hung_threads:
+            thread.join(DEADLINE)

@@ -53,7 +53,7 @@ from asgictl.supervisor.child import (
     set_title,
 )
 from asgictl.supervisor.control import control_plane
-from asgictl.supervisor.listeners import INHERIT_ENV, Listeners, open_listeners
+from asgictl.supervisor.listeners import INHERIT_ENV, INHERIT_GROUPS_ENV, Listeners, open_listeners
 from asgictl.supervisor.metrics import MetricsTable
 from asgictl.supervisor.reload import reloading
 from asgictl.supervisor.slots import READY, StatsTable
@@ -75,6 +75,9 @@ FAST_STOP_SECONDS = 3.0
 DUMP_GRACE = 0.5
 #: A SIGKILLed process not reaped after this long is forgotten (stuck in the kernel).
 REAP_DEADLINE = 10.0
+#: --balance reuseport: a worker whose event loop has not beaten for this long gets no
+#: new connections until it beats again (or is replaced); workers beat once a second.
+STEER_SILENCE = 3.0
 #: Sampling period of worker RSS for --max-worker-memory.
 MEMORY_SAMPLE_SECONDS = 1.0
 #: Shared-memory cells (processes, not slots: a replacement needs a second cell).
@@ -328,6 +331,7 @@ class Master:
             self._maintain(now)
             self._advance_reload(now)
             self._report_full()
+            self._steer(now)
         self.hooks.tick(self)
         for callback in self._tick_callbacks:
             try:
@@ -432,11 +436,12 @@ class Master:
         # asgictl.pubsub (master backend): a fresh socket pair per worker process, made
         # before forking; the child keeps one end, the broker the other.
         pair = self.broker.prepare() if self.broker is not None else None
+        sockets = self.listeners.for_slot(worker_id)
         ctx = WorkerContext(
             worker_id=worker_id,
             cell=cell,
             stats=self.stats,
-            sockets=self.listeners.sockets,
+            sockets=sockets,
             config=self.child_config,
             app_label=self.app_label,
             close_fds=[
@@ -445,6 +450,9 @@ class Master:
                 *self._loop_fds(),
                 *self._readers,
                 *([pair[0].fileno()] if pair else []),
+                # Other slots' sockets: a copy held here would keep them open (and
+                # queueing) after the master closed its own.
+                *(sock.fileno() for sock in self.listeners.all_sockets() if sock not in sockets),
             ],
             pubsub_socket=pair[1] if pair else None,
             metrics=self.metrics,
@@ -712,6 +720,23 @@ class Master:
             slot.reasons[slot.last_reason] += 1
             self._spawn(w.worker_id, reason)
 
+    def _steer(self, now: float) -> None:
+        """--balance reuseport: new connections go to the slots whose worker serves and
+        beats; a slot above the worker count loses its socket once nobody serves it."""
+        if not self.listeners.groups or self.old_master is not None or self.upgrade_pid is not None:
+            # During a USR2 handover both masters' workers serve the same sockets: the old
+            # master's last steering stands until the new one's workers are all ready.
+            return
+        busy = {w.worker_id for w in self.workers.values()}
+        serving = {
+            w.worker_id
+            for w in self.workers.values()
+            if w.state == RUNNING
+            and w.worker_id <= self.target
+            and now - self.stats.read(w.cell).heartbeat < STEER_SILENCE
+        }
+        self.listeners.steer(serving, self.target, busy)
+
     def _booting_in(self, worker_id: int) -> bool:
         return any(w.worker_id == worker_id and w.state == BOOTING for w in self.workers.values())
 
@@ -793,10 +818,7 @@ class Master:
             return
         if self.stopping:
             return
-        self.listeners.make_inheritable()
-        env = dict(os.environ)
-        env[INHERIT_ENV] = ",".join(str(fd) for fd in self.listeners.fds())
-        env[OLD_MASTER_ENV] = str(os.getpid())
+        env = {**os.environ, **self.listeners.inherit_environ(), OLD_MASTER_ENV: str(os.getpid())}
         argv = [sys.executable, "-m", "asgictl", *sys.argv[1:]]
         try:
             self.upgrade_pid = os.posix_spawn(sys.executable, argv, env)
@@ -804,8 +826,7 @@ class Master:
             logger.error("USR2: cannot start a new master: %s", exc)
             return
         finally:
-            for sock in self.listeners.sockets:
-                sock.set_inheritable(False)
+            self.listeners.uninherit()
         logger.info("USR2: started a new master (pid %d) on the same listeners", self.upgrade_pid)
 
     def _retire_old_master(self) -> None:
@@ -974,7 +995,8 @@ def run_master(config: Config) -> int:
     if pid_file is not None:
         pid_file.check(predecessor=_old_master(pop=False))  # before anything is bound
     listeners = open_listeners(config)
-    os.environ.pop(INHERIT_ENV, None)  # neither workers nor the app need to see it
+    for name in (INHERIT_ENV, INHERIT_GROUPS_ENV):
+        os.environ.pop(name, None)  # neither workers nor the app need to see them
     try:
         import_runtime(config)
         preloaded = preload_app(config) if config.preload else None
