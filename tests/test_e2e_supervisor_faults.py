@@ -35,9 +35,11 @@ import psutil
 import pytest
 import support
 from support import count, run_asgictl, short_uds_path, wait_count, wait_until
-from test_e2e_supervisor import _connections, http_get, start, worker_pids
+from test_e2e_supervisor import http_get, start, worker_pids
 
 DEADLINE = 30.0
+#: What svapp prints when a /slow request has reached the app.
+SLOW_BEGINS = r"svapp: slow request begins"
 
 
 def gone(pid: int) -> bool:
@@ -93,7 +95,7 @@ def test_a_stop_refuses_new_connections_within_a_second_and_in_flight_requests_f
     with start("svapp:app", "--control-socket", control, workers=2) as server:
         pids = worker_pids(server.pid)
         threads, results = in_flight(server.port, "/slow?3", n=4)
-        wait_until(lambda: _connections(server) >= 4, what="4 requests accepted by the workers")
+        wait_count(server, SLOW_BEGINS, 4)  # all 4 in the app
         assert not refused(server.port)
         stopper = None
         began = time.monotonic()
@@ -139,7 +141,7 @@ def test_workers_stop_gracefully_within_two_seconds_of_their_masters_death() -> 
         port = server.port
         try:
             threads, results = in_flight(port, "/slow?1")
-            wait_until(lambda: _connections(server) > 0, what="a request in flight")
+            wait_count(server, SLOW_BEGINS, 1)
             killed = time.monotonic()
             os.kill(server.pid, signal.SIGKILL)
             wait_until(lambda: refused(port), timeout=DEADLINE, what="the port released")
@@ -169,7 +171,7 @@ def _ctrl_c_round() -> str:
     with start("svapp:app", "--control-socket", ctl_path(), workers=2) as server:
         pids = worker_pids(server.pid)
         threads, results = in_flight(server.port, "/slow?3")
-        wait_until(lambda: _connections(server) > 0, what="a request in flight")
+        wait_count(server, SLOW_BEGINS, 1)
         os.killpg(server.pid, signal.SIGINT)  # what a terminal's Ctrl+C does
         threads[0].join(DEADLINE)
         code = server.wait_exit(DEADLINE)
@@ -215,7 +217,7 @@ def test_a_second_ctrl_c_escalates_to_a_fast_stop() -> None:
     with start("svapp:app", workers=2) as server:
         pids = worker_pids(server.pid)
         threads, _ = in_flight(server.port, "/slow?60")
-        wait_until(lambda: _connections(server) > 0, what="a request in flight")
+        wait_count(server, SLOW_BEGINS, 1)
         os.killpg(server.pid, signal.SIGINT)
         server.wait_for_line(r"Stopping gracefully")
         began = time.monotonic()

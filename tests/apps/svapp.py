@@ -2,8 +2,9 @@
 
 Routes: / ("ok"), /pid (the worker's pid), /slow?SECS (async sleep, then answers),
 /hang?SECS (blocks the event loop with time.sleep: a hung worker), /crash (os._exit),
-/grow?MB (keeps MB more of memory: a leak). Its lifespan shutdown prints
-"svapp: lifespan shutdown in PID" (tests count them).
+/grow?MB (keeps MB more of memory: a leak). A slow request prints "svapp: slow request
+begins in PID" and the lifespan shutdown "svapp: lifespan shutdown in PID" (tests wait
+for and count them).
 
 ``slow_startup``: the same app whose lifespan startup awaits 60 s (a worker stuck in its
 boot until a stop cancels it).
@@ -38,6 +39,7 @@ async def app(scope, receive, send):
     if path == "/pid":
         await _text(send, str(os.getpid()).encode())
     elif path == "/slow":
+        print(f"svapp: slow request begins in {os.getpid()}", flush=True)
         await asyncio.sleep(float(arg))
         await _text(send, b"slow done")
     elif path == "/hang":
