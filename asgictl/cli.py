@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Annotated, Any, NoReturn, Optional
 
@@ -80,22 +81,32 @@ def _command(command: str, handler: Callable[[dict[str, Any]], None]) -> Callabl
     return run_command
 
 
-def _exit_with(run: Callable[[], int]) -> NoReturn:
+def _exit_with(
+    run: Callable[[], int], leave: Callable[[int | str | None], NoReturn] | None = None
+) -> NoReturn:
     """Run a server command; bad configuration or an app that does not import is one
-    line on stderr and a non-zero exit, never a traceback."""
+    line on stderr and a non-zero exit, never a traceback. ``leave``, when given, ends
+    the process instead of SystemExit (the master: see ``exit_process``)."""
     from asgictl.worker.loader import AppLoadError
 
     try:
-        code = run()
-    except ConfigError as exc:
-        fail(str(exc), 2)
-    except AppLoadError as exc:
-        fail(str(exc), 1)
-    except ValueError as exc:  # e.g. a --log-config file that does not load
-        if str(exc).startswith("--"):
+        try:
+            code = run()
+        except ConfigError as exc:
             fail(str(exc), 2)
-        raise
-    raise SystemExit(code)
+        except AppLoadError as exc:
+            fail(str(exc), 1)
+        except ValueError as exc:  # e.g. a --log-config file that does not load
+            if str(exc).startswith("--"):
+                fail(str(exc), 2)
+            raise
+        raise SystemExit(code)
+    except BaseException as exc:
+        if leave is None:
+            raise
+        if not isinstance(exc, SystemExit):
+            traceback.print_exc()
+        leave(exc.code if isinstance(exc, SystemExit) else 1)
 
 
 def _serve(values: dict[str, Any]) -> None:
@@ -119,7 +130,7 @@ _COMMANDS[SERVE] = lambda cli: cli.command(
 
 def _start(values: dict[str, Any]) -> None:
     from asgictl.logs import configure_logging
-    from asgictl.supervisor import run_master
+    from asgictl.supervisor import exit_process, run_master
 
     def run() -> int:
         config = resolve(START, values)
@@ -130,7 +141,7 @@ def _start(values: dict[str, Any]) -> None:
         configure_logging(config)
         return run_master(config)
 
-    _exit_with(run)
+    _exit_with(run, leave=exit_process)
 
 
 _COMMANDS[START] = lambda cli: cli.command(

@@ -572,6 +572,18 @@ OPTIONS: tuple[Option, ...] = (
         commands=frozenset({START}),
     ),
     _opt(
+        "balance",
+        choice("reuseport", "shared"),
+        "reuseport",
+        "How new TCP connections are spread over the workers. reuseport: each worker has its"
+        " own SO_REUSEPORT socket on the port and the kernel hands each connection to a random"
+        " ready worker (an even spread whatever the load; a worker busy with a long CPU-bound"
+        " request delays the connections it was given). shared: one socket every worker"
+        " accepts from (the first free worker takes it). Unix sockets, --fd and systemd's"
+        " sockets are always shared; reuseport needs Linux.",
+        commands=frozenset({START}),
+    ),
+    _opt(
         "preload",
         to_bool,
         False,
@@ -846,6 +858,7 @@ class Config:
     max_requests_jitter: int
     max_worker_memory: float | None
     max_worker_lifetime: float | None
+    balance: str
     preload: bool
     pid_file: str | None
     timeout_worker_boot: float

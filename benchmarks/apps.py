@@ -13,6 +13,8 @@ Apps (import as ``apps:NAME``):
 - ``stream`` -- a streaming response of ``STREAM_CHUNKS`` chunks of ``STREAM_CHUNK_SIZE``
   bytes, no content-length (chunked transfer encoding on HTTP/1.1).
 - ``pid``    -- the answering process's PID as the text body (tells the workers apart).
+- ``spin``   -- burns the CPU for ``?MS`` milliseconds (default 200) without yielding,
+  then answers with its PID: a slow, CPU-bound request.
 - ``ws_echo`` -- a WebSocket endpoint that sends every message back as it came.
 
 The FastAPI scenario lives in ``fastapi_app.py`` so that this module never imports FastAPI.
@@ -21,6 +23,7 @@ The FastAPI scenario lives in ``fastapi_app.py`` so that this module never impor
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -106,6 +109,20 @@ async def pid(scope: Scope, receive: Receive, send: Send) -> None:
     """The worker's PID as a text/plain body: which worker answered."""
     if scope["type"] != "http":
         return await lifespan(receive, send)
+    body = str(os.getpid()).encode()
+    headers = [_TEXT_PLAIN, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def spin(scope: Scope, receive: Receive, send: Send) -> None:
+    """Busy-loop for ``?MS`` ms (the event loop is blocked meanwhile), then answer the PID."""
+    if scope["type"] != "http":
+        return await lifespan(receive, send)
+    query = scope["query_string"]
+    end = time.perf_counter() + (int(query) if query.isdigit() else 200) / 1000
+    while time.perf_counter() < end:
+        pass
     body = str(os.getpid()).encode()
     headers = [_TEXT_PLAIN, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -109,6 +110,46 @@ def test_serve_reports_startup_failure() -> None:
     server = asgictl.Server(asgictl.Config(failing, port=0))
     asyncio.run(asyncio.wait_for(server.serve(), 15))
     assert server.exit_code == 3 and not server.started and server.sockets == []
+
+
+def test_a_stop_during_lifespan_startup_cancels_it(caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing to drain yet: the startup is cancelled, no shutdown, exit status 0."""
+    caplog.set_level(logging.INFO, logger="asgictl.error")
+    seen: list[str] = []
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        seen.append("startup")
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        await send({"type": "lifespan.startup.complete"})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    server = asgictl.Server(asgictl.Config(slow, lifespan="on"))
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not seen:
+            await asyncio.sleep(0.01)
+        began = time.monotonic()
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+        assert time.monotonic() - began < 2.0
+
+    try:
+        asyncio.run(main())
+    finally:
+        sock.close()
+    assert seen == ["startup", "cancelled"]
+    assert server.exit_code == 0 and not server.started
+    assert sock.fileno() == -1  # the listener handed in is released at once
+    assert "Stopped during application startup" in caplog.text
+    assert "startup failed" not in caplog.text and "Application shutdown" not in caplog.text
 
 
 @pytest.mark.xfail(

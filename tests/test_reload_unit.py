@@ -51,6 +51,26 @@ def test_an_include_lifts_the_same_default_exclude(tmp_path: Path) -> None:
     assert f.matches(str(tmp_path / ".env"))
 
 
+def test_an_explicit_include_wins_over_the_default_excludes(tmp_path: Path) -> None:
+    f = ChangeFilter([str(tmp_path)], includes=[".env", "*.toml"])
+    assert ".*" in f.excludes  # still excluded for everything else
+    assert f.matches(str(tmp_path / ".env"))
+    assert f.matches(str(tmp_path / "conf" / ".env"))
+    assert f.matches(str(tmp_path / ".config" / "app.toml"))  # a default-excluded folder
+    assert not f.matches(str(tmp_path / ".other"))
+    assert not f.matches(str(tmp_path / ".hidden.py"))  # *.py is a default include only
+    assert not f.matches(str(tmp_path / ".git" / "app.toml"))  # VCS and cache folders: never
+
+
+def test_the_users_own_exclude_still_wins_over_their_include(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    f = ChangeFilter([str(tmp_path)], includes=[".env*"], excludes=[".env.local", str(tmp_path / "secrets")])
+    assert f.matches(str(tmp_path / ".env"))
+    assert f.matches(str(tmp_path / ".env.prod"))
+    assert not f.matches(str(tmp_path / ".env.local"))
+    assert not f.matches(str(tmp_path / "secrets" / ".env"))
+
+
 def test_folders_above_the_watched_directory_do_not_count(tmp_path: Path) -> None:
     root = tmp_path / ".hidden-parent" / "project"
     f = ChangeFilter([str(root)])

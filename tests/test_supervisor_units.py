@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from asgictl.config import Config, ConfigError, resolve
-from asgictl.supervisor import policy
+from asgictl.supervisor import policy, reuseport
 from asgictl.supervisor.child import child_config
 from asgictl.supervisor.listeners import BindSpec, open_listeners, parse_bind, specs_from_config
-from asgictl.supervisor.master import remove_pid_file, write_pid_file
+from asgictl.supervisor.master import PidFile, running_master
+from asgictl.supervisor.reuseport import PortGroup, steering_program
 from asgictl.supervisor.slots import BOOTING, FREE, READY, StatsTable
 
 # ----------------------------------------------------------------------------- policy
@@ -101,23 +106,97 @@ def test_specs_default_to_host_and_port() -> None:
     assert [s.kind for s in specs_from_config(config)] == ["tcp", "unix"]
 
 
-def test_open_listeners_binds_before_anything_and_adopts_inherited(tmp_path: Path) -> None:
+@pytest.mark.parametrize("balance", ["shared", "reuseport"])
+def test_open_listeners_binds_before_anything_and_adopts_inherited(tmp_path: Path, balance: str) -> None:
     path = str(tmp_path / "s.sock")
-    config = Config("m:app", bind=["tcp://127.0.0.1:0", f"unix://{path}"])
+    config = Config("m:app", bind=["tcp://127.0.0.1:0", f"unix://{path}"], balance=balance)
     listeners = open_listeners(config, environ={})
     try:
-        assert len(listeners.sockets) == 2 and listeners.owned_paths == [path]
-        tcp = listeners.sockets[0]
+        if balance == "shared":
+            assert len(listeners.sockets) == 2 and not listeners.groups
+            tcp = listeners.sockets[0]
+        else:  # the TCP address is a group (one socket per slot); the Unix socket is shared
+            assert len(listeners.sockets) == 1 and len(listeners.groups) == 1
+            tcp = listeners.groups[0].sockets[0]
+        assert listeners.owned_paths == [path]
         socket.create_connection(tcp.getsockname(), timeout=5).close()  # listening already
+        slot2 = listeners.for_slot(2)  # binds slot 2's socket in the group
         # Adopted as a re-exec'd master would: same sockets by descriptor number.
-        dups = [os.dup(fd) for fd in listeners.fds()]
-        adopted = open_listeners(config, environ={"_ASGICTL_INHERITED_FDS": ",".join(map(str, dups))})
-        assert [s.getsockname() for s in adopted.sockets] == [s.getsockname() for s in listeners.sockets]
+        environ = listeners.inherit_environ()
+        listeners.uninherit()
+        dups = {fd: os.dup(fd) for sock in listeners.all_sockets() for fd in [sock.fileno()]}
+        for name, value in environ.items():
+            for fd, dup in dups.items():
+                value = re.sub(rf"\b{fd}\b", str(dup), value)
+            environ[name] = value
+        adopted = open_listeners(config, environ=environ)
+        assert [s.getsockname() for s in adopted.all_sockets()] == [
+            s.getsockname() for s in listeners.all_sockets()
+        ]
+        assert [s.getsockname() for s in adopted.for_slot(2)] == [s.getsockname() for s in slot2]
         assert adopted.owned_paths == [path]
         adopted.close(unlink=False)
     finally:
         listeners.close()
     assert not os.path.exists(path)
+
+
+def test_steering_program_picks_among_the_given_indexes() -> None:
+    assert steering_program([]) == [(reuseport.BPF_RET_K, 0, 0, reuseport.KERNEL_HASH)]
+    identity = steering_program([0, 1, 2])
+    assert identity[1] == (reuseport.BPF_ALU_MOD_K, 0, 0, 3) and identity[-1][0] == reuseport.BPF_RET_A
+    chain = steering_program([1, 3])
+    assert chain[1] == (reuseport.BPF_ALU_MOD_K, 0, 0, 2)
+    assert chain[2:] == [
+        (reuseport.BPF_JMP_JEQ_K, 0, 1, 0),
+        (reuseport.BPF_RET_K, 0, 0, 1),
+        (reuseport.BPF_RET_K, 0, 0, 3),
+    ]
+
+
+def _accepted_by_slot(group: PortGroup, connections: int) -> dict[int, int]:
+    """Open ``connections`` to the group's port; how many each slot's socket queued."""
+    clients = [
+        socket.create_connection(group.sockets[0].getsockname(), timeout=5) for _ in range(connections)
+    ]
+    counts: dict[int, int] = {}
+    try:
+        for slot, sock in enumerate(group.sockets, 1):
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                counts[slot] = counts.get(slot, 0) + 1
+    finally:
+        for client in clients:
+            client.close()
+    return counts
+
+
+@pytest.mark.skipif(not reuseport.supported(), reason="SO_REUSEPORT groups spread connections on Linux")
+def test_a_port_group_gives_each_slot_a_socket_and_steers_new_connections() -> None:
+    group = PortGroup.bind("127.0.0.1", 0, 512)
+    try:
+        port = group.sockets[0].getsockname()[1]
+        assert [group.socket_for(k).getsockname()[1] for k in (1, 2, 3)] == [port] * 3
+        assert len({s.fileno() for s in group.sockets}) == 3
+        with socket.socket() as intruder, pytest.raises(OSError):  # the port stays exclusive
+            intruder.bind(("127.0.0.1", port))
+        group.steer({2})
+        assert _accepted_by_slot(group, 30) == {2: 30}
+        group.steer({1, 3})
+        assert set(_accepted_by_slot(group, 60)) == {1, 3}
+        group.steer(set())  # nobody serving: the kernel's hash
+        assert sum(_accepted_by_slot(group, 30).values()) == 30
+        # Slots above the count close from the end, once no process serves them.
+        group.shrink(1, busy={2})
+        assert len(group.sockets) == 2
+        group.shrink(1, busy=set())
+        assert len(group.sockets) == 1
+    finally:
+        group.close()
 
 
 # ----------------------------------------------------------------------------- shared memory
@@ -188,13 +267,79 @@ def test_supervisor_options_exist_only_for_start() -> None:
 def test_pid_file_is_written_atomically_and_removed_only_if_ours(tmp_path: Path) -> None:
     path = tmp_path / "run" / "a.pid"
     path.parent.mkdir()
-    write_pid_file(str(path))
+    pid_file = PidFile(str(path))
+    pid_file.write()
     assert path.read_text() == f"{os.getpid()}\n"
     assert [p.name for p in path.parent.iterdir()] == ["a.pid"]  # no temporary left
     path.write_text("1\n")  # another master (after a USR2 upgrade) owns it now
-    remove_pid_file(str(path))
+    pid_file.remove()
     assert path.exists()
-    write_pid_file(str(path))
-    remove_pid_file(str(path))
+    pid_file.write()
+    pid_file.remove()
     assert not path.exists()
-    remove_pid_file(str(path))  # already gone: no error
+    pid_file.remove()  # already gone: no error
+
+
+def test_pid_file_not_written_by_us_is_never_removed(tmp_path: Path) -> None:
+    path = tmp_path / "a.pid"
+    path.write_text(f"{os.getpid()}\n")  # our pid, but another process wrote it
+    PidFile(str(path)).remove()
+    assert path.exists()
+    # Ours, then replaced by another file that happens to hold the same pid: not ours.
+    pid_file = PidFile(str(path))
+    pid_file.write()
+    replacement = tmp_path / "other"
+    replacement.write_text(f"{os.getpid()}\n")
+    os.replace(replacement, path)
+    pid_file.remove()
+    assert path.exists()
+
+
+@pytest.fixture
+def fake_master() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process titled like a master ("asgictl: master ..."), ended by PID."""
+    code = (
+        "import setproctitle, sys, time\n"
+        "setproctitle.setproctitle('asgictl: master fake:app')\n"
+        "print('titled', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"titled\n"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_pid_file_check_refuses_a_running_master_only(
+    tmp_path: Path, fake_master: subprocess.Popen[bytes]
+) -> None:
+    path = tmp_path / "a.pid"
+    pid_file = PidFile(str(path))
+    pid_file.check()  # no file: fine
+    path.write_text(f"{fake_master.pid}\n")
+    assert running_master(fake_master.pid)
+    with pytest.raises(ConfigError, match=rf"names a running master \(pid {fake_master.pid}\)"):
+        pid_file.check()
+    pid_file.check(predecessor=fake_master.pid)  # USR2: the master that re-executed us
+    assert path.read_text() == f"{fake_master.pid}\n"  # a check writes nothing
+    # A live process that is not a master (a reused pid), and a dead one: stale files.
+    path.write_text(f"{os.getpid()}\n")
+    pid_file.check()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not running_master(sleeper.pid)
+        path.write_text(f"{sleeper.pid}\n")
+        pid_file.check()
+    finally:
+        sleeper.kill()
+        sleeper.wait(10)
+    fake_master.kill()
+    fake_master.wait(10)
+    path.write_text(f"{fake_master.pid}\n")
+    assert not running_master(fake_master.pid)
+    pid_file.check()
+    path.write_text("garbage\n")
+    pid_file.check()

@@ -12,6 +12,6 @@ Layout (the dependency direction is cli -> supervisor -> worker):
 
 from __future__ import annotations
 
-from asgictl.supervisor.master import Master, run_master
+from asgictl.supervisor.master import Master, exit_process, run_master
 
-__all__ = ["Master", "run_master"]
+__all__ = ["Master", "exit_process", "run_master"]

@@ -8,12 +8,19 @@ the master bound. It reports readiness and a heartbeat through its shared-memory
 from inside the event loop: a loop that stops turning stops beating.
 
 The child never returns into the master's code: every path ends in ``os._exit``.
+
+Under a master the master decides: a worker ignores SIGINT (a terminal's Ctrl+C reaches
+the whole process group; the master turns it into the TERM it sends, and a second Ctrl+C
+into a fast stop), and it stops gracefully, releasing the listeners, when its master
+dies (``PR_SET_PDEATHSIG`` on Linux: at once, even during the app's import; elsewhere,
+and as a second line, a ``getppid()`` check on the once-a-second heartbeat).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import faulthandler
 import logging
 import os
@@ -45,9 +52,19 @@ BOOT_FAILURE = STARTUP_FAILURE
 
 # Signals the master handles itself; the child starts from their defaults. TTIN, TTOU
 # and HUP are ignored in a worker: their defaults (stop, hang up) make no sense there,
-# and a `kill -HUP -PGID` aimed at the whole group must not take workers down.
-_RESET_TO_DEFAULT = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR2)
+# and a `kill -HUP -PGID` aimed at the whole group must not take workers down. SIGINT is
+# caught and dropped (see ignore_interrupt).
+_RESET_TO_DEFAULT = (signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR2)
 _IGNORED = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGWINCH)
+#: prctl(2) option: the signal this process gets when its parent dies (Linux).
+PR_SET_PDEATHSIG = 1
+
+
+def ignore_interrupt(signum: int, frame: Any) -> None:
+    """A worker's SIGINT handler: nothing. The terminal's Ctrl+C goes to the whole
+    process group; the master alone acts on it (a TERM to each worker, a QUIT on a
+    second Ctrl+C). Caught rather than SIG_IGN, so the programs the app runs start with
+    the default disposition (an ignored signal would be inherited across exec)."""
 
 
 @dataclass
@@ -66,6 +83,8 @@ class WorkerContext:
     metrics: MetricsTable | None = None
     #: This worker's end of its pub/sub socket pair (``--pubsub master``), else None.
     pubsub_socket: socket.socket | None = None
+    #: The master's pid: a worker whose parent is no longer this process is orphaned.
+    master_pid: int = 0
 
 
 def child_config(config: Config, preloaded: Any = None) -> Config:
@@ -121,6 +140,8 @@ def _reset_process_state(ctx: WorkerContext) -> None:
         signal.signal(sig, signal.SIG_DFL)
     for sig in _IGNORED:
         signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, ignore_interrupt)
+    _follow_master(ctx.master_pid)
     # Until the loop runs, a fast stop is simply an exit (nothing is being served yet).
     signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
     for fd in ctx.close_fds:
@@ -131,6 +152,26 @@ def _reset_process_state(ctx: WorkerContext) -> None:
     with contextlib.suppress(RuntimeError, ValueError, OSError):
         faulthandler.enable(file=sys.stderr, all_threads=True)
         faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
+
+
+def _follow_master(master_pid: int) -> None:
+    """Ask the kernel for a SIGTERM (a graceful stop) when the master dies (Linux)."""
+    if not sys.platform.startswith("linux") or not master_pid:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        failed = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0
+    except (OSError, AttributeError):  # pragma: no cover - no libc prctl: the tick checks
+        return
+    if not failed and os.getppid() != master_pid:
+        # The master died between fork and prctl: no signal will come; nothing is served
+        # yet, so the default action of TERM (exit) is the right one.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def orphaned(master_pid: int) -> bool:
+    """Whether this worker's master is gone (it was re-parented: init, a subreaper)."""
+    return bool(master_pid) and os.getppid() != master_pid
 
 
 def set_title(title: str) -> None:
@@ -174,12 +215,16 @@ def _run(ctx: WorkerContext) -> int:
         # Pinned: the Server keeps it rather than installing the one its Config names.
         pubsub_backends.install(MasterBackend(ctx.pubsub_socket, ctx.config.pubsub_max_queue), pinned=True)
     server = Server(ctx.config)
+    server.handled_signals = (signal.SIGTERM,)  # SIGINT: see ignore_interrupt
     ready = False
 
     def beat() -> None:
         state = server.state
         if state is not None:
             writer.beat(state.total_requests, len(state.connections))
+        if orphaned(ctx.master_pid) and not server.should_exit:
+            logger.warning("The master (pid %d) is gone: stopping gracefully", ctx.master_pid)
+            server.should_exit = True
 
     def fast_stop() -> None:
         server.force_exit = True
@@ -221,6 +266,8 @@ def _run(ctx: WorkerContext) -> int:
         beat()  # the last counts, or the master would see those of up to a second ago
         for publish in publishers:
             publish()
+        if orphaned(ctx.master_pid):
+            logger.warning("Worker stopped: its master (pid %d) is gone", ctx.master_pid)
     except AppLoadError as exc:
         logger.error("Could not load the application: %s", exc)
         return BOOT_FAILURE

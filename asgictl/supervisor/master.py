@@ -1,7 +1,8 @@
 """The master's loop: fork workers, watch them, act on signals. No event loop, no app code.
 
-The master is a plain ``select`` loop over a self-pipe (``signal.set_wakeup_fd``) with a
-short timeout. Signal handlers only queue the signal number; every decision is taken in
+The master is a plain ``selectors`` loop (epoll where there is one: any descriptor number
+works, unlike ``select.select``) over a self-pipe (``signal.set_wakeup_fd``) with a short
+timeout. Signal handlers only queue the signal number; every decision is taken in
 the loop, in one thread, from state that cannot change under it. Each pass:
 
 1. drains the wakeup pipe and handles queued signals and thread-safe callbacks;
@@ -28,25 +29,32 @@ import contextlib
 import errno
 import logging
 import os
-import select
+import selectors
 import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from asgictl import systemd
-from asgictl.config import Config
+from asgictl.config import Config, ConfigError
 from asgictl.logs import plural, reopen_log_files
 from asgictl.pubsub.backends import MASTER as PUBSUB_MASTER
 from asgictl.pubsub.backends import mode as pubsub_mode
 from asgictl.supervisor import policy
 from asgictl.supervisor.broker import Broker
-from asgictl.supervisor.child import DUMP_SIGNAL, WorkerContext, child_config, run_worker, set_title
+from asgictl.supervisor.child import (
+    DUMP_SIGNAL,
+    WorkerContext,
+    child_config,
+    ignore_interrupt,
+    run_worker,
+    set_title,
+)
 from asgictl.supervisor.control import serving_control
-from asgictl.supervisor.listeners import INHERIT_ENV, Listeners, open_listeners
-from asgictl.supervisor.metrics import MetricsServer, MetricsTable, prepare_app_metrics
+from asgictl.supervisor.listeners import INHERIT_ENV, INHERIT_GROUPS_ENV, Listeners, open_listeners
+from asgictl.supervisor.metrics import MetricsServer, MetricsTable, app_metrics_dir
 from asgictl.supervisor.observe import Sampler
 from asgictl.supervisor.reload import reloading
 from asgictl.supervisor.slots import READY, StatsTable
@@ -68,6 +76,9 @@ FAST_STOP_SECONDS = 3.0
 DUMP_GRACE = 0.5
 #: A SIGKILLed process not reaped after this long is forgotten (stuck in the kernel).
 REAP_DEADLINE = 10.0
+#: --balance reuseport: a worker whose event loop has not beaten for this long gets no
+#: new connections until it beats again (or is replaced); workers beat once a second.
+STEER_SILENCE = 3.0
 #: Sampling period of worker RSS for --max-worker-memory.
 MEMORY_SAMPLE_SECONDS = 1.0
 #: Shared-memory cells (processes, not slots: a replacement needs a second cell).
@@ -189,6 +200,7 @@ class Master:
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._readers: dict[int, Callable[[], None]] = {}
         self._writers: dict[int, Callable[[], None]] = {}
+        self._selector = selectors.DefaultSelector()
         # Issue 7 (control.py, metrics.py): per-pass callbacks, reaped-worker callbacks, and
         # the shared per-response counters handed to workers (None: --metrics-bind is off).
         self._tick_callbacks: list[Callable[[], None]] = []
@@ -197,6 +209,7 @@ class Master:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._scheme = "https" if config.is_ssl else "http"
         # Issue 10: asgictl.pubsub's `master` backend relays between workers in this loop.
         self.broker: Broker | None = None
@@ -209,16 +222,20 @@ class Master:
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """Call ``callback`` in the loop when ``fd`` is readable (control socket)."""
         self._readers[fd] = callback
+        self._watch(fd)
 
     def remove_reader(self, fd: int) -> None:
-        self._readers.pop(fd, None)
+        if self._readers.pop(fd, None) is not None:
+            self._watch(fd)
 
     def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
         """Call ``callback`` in the loop when ``fd`` is writable (the pub/sub broker)."""
         self._writers[fd] = callback
+        self._watch(fd)
 
     def remove_writer(self, fd: int) -> None:
-        self._writers.pop(fd, None)
+        if self._writers.pop(fd, None) is not None:
+            self._watch(fd)
 
     def add_tick_callback(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` at the end of every pass of the loop (at least every POLL_INTERVAL)."""
@@ -315,6 +332,7 @@ class Master:
             self._maintain(now)
             self._advance_reload(now)
             self._report_full()
+            self._steer(now)
         self.hooks.tick(self)
         for callback in self._tick_callbacks:
             try:
@@ -322,21 +340,36 @@ class Master:
             except Exception:
                 logger.exception("Error in a master tick callback")
 
+    def _watch(self, fd: int) -> None:
+        """Tell the selector what ``fd`` is watched for now (read, write, both, nothing).
+
+        Registered afresh each time: a descriptor number closed and reused since it was
+        last registered must not be taken for the one the selector knew."""
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(fd)
+        events = (selectors.EVENT_READ if fd in self._readers else 0) | (
+            selectors.EVENT_WRITE if fd in self._writers else 0
+        )
+        if events:
+            self._selector.register(fd, events)
+
+    def _loop_fds(self) -> list[int]:
+        """The selector's own descriptor (epoll), if it has one: a child closes it."""
+        fileno = getattr(self._selector, "fileno", None)
+        return [fileno()] if fileno is not None else []
+
     def _wait(self, timeout: float) -> None:
-        fds = [self._wake_r, *self._readers]
-        try:
-            readable, writable, _ = select.select(fds, list(self._writers), [], timeout)
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
-            return
-        for fd in writable:
-            wcallback = self._writers.get(fd)
+        ready = self._selector.select(timeout)
+        # Writers first: a writer callback may drop a peer whose reader is also ready.
+        for key, events in ready:
+            wcallback = self._writers.get(key.fd) if events & selectors.EVENT_WRITE else None
             if wcallback is not None:
                 try:
                     wcallback()
                 except Exception:
                     logger.exception("Error in a writer callback")
-        for fd in readable:
-            callback = self._readers.get(fd)
+        for key, events in ready:
+            callback = self._readers.get(key.fd) if events & selectors.EVENT_READ else None
             if callback is not None:
                 try:
                     callback()
@@ -404,16 +437,27 @@ class Master:
         # asgictl.pubsub (master backend): a fresh socket pair per worker process, made
         # before forking; the child keeps one end, the broker the other.
         pair = self.broker.prepare() if self.broker is not None else None
+        sockets = self.listeners.for_slot(worker_id)
         ctx = WorkerContext(
             worker_id=worker_id,
             cell=cell,
             stats=self.stats,
-            sockets=self.listeners.sockets,
+            sockets=sockets,
             config=self.child_config,
             app_label=self.app_label,
-            close_fds=[self._wake_r, self._wake_w, *self._readers, *([pair[0].fileno()] if pair else [])],
+            close_fds=[
+                self._wake_r,
+                self._wake_w,
+                *self._loop_fds(),
+                *self._readers,
+                *([pair[0].fileno()] if pair else []),
+                # Other slots' sockets: a copy held here would keep them open (and
+                # queueing) after the master closed its own.
+                *(sock.fileno() for sock in self.listeners.all_sockets() if sock not in sockets),
+            ],
             pubsub_socket=pair[1] if pair else None,
             metrics=self.metrics,
+            master_pid=os.getpid(),
         )
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
@@ -633,6 +677,13 @@ class Master:
             logger.info(
                 "Stopping %s (%s)", "fast" if fast else "gracefully", plural(len(self.workers), "worker")
             )
+            # New connections are refused from now on, so that a load balancer fails over
+            # at once: the workers close their copies of the listeners as their stop
+            # begins, and ours go now, not when the last worker has exited. Exceptions:
+            # after a USR2 handover the new master holds its own copies (and the Unix
+            # socket files are its); with socket activation systemd holds the socket and
+            # connections queue for the next instance.
+            self.listeners.close(unlink=self.upgrade_pid is None)
             self.hooks.stopping(self)
         elif fast and not self.fast:
             logger.info("Stop escalated: fast")
@@ -671,6 +722,23 @@ class Master:
             slot.last_reason = reason
             slot.reasons[slot.last_reason] += 1
             self._spawn(w.worker_id, reason)
+
+    def _steer(self, now: float) -> None:
+        """--balance reuseport: new connections go to the slots whose worker serves and
+        beats; a slot above the worker count loses its socket once nobody serves it."""
+        if not self.listeners.groups or self.old_master is not None or self.upgrade_pid is not None:
+            # During a USR2 handover both masters' workers serve the same sockets: the old
+            # master's last steering stands until the new one's workers are all ready.
+            return
+        busy = {w.worker_id for w in self.workers.values()}
+        serving = {
+            w.worker_id
+            for w in self.workers.values()
+            if w.state == RUNNING
+            and w.worker_id <= self.target
+            and now - self.stats.read(w.cell).heartbeat < STEER_SILENCE
+        }
+        self.listeners.steer(serving, self.target, busy)
 
     def _booting_in(self, worker_id: int) -> bool:
         return any(w.worker_id == worker_id and w.state == BOOTING for w in self.workers.values())
@@ -753,10 +821,7 @@ class Master:
             return
         if self.stopping:
             return
-        self.listeners.make_inheritable()
-        env = dict(os.environ)
-        env[INHERIT_ENV] = ",".join(str(fd) for fd in self.listeners.fds())
-        env[OLD_MASTER_ENV] = str(os.getpid())
+        env = {**os.environ, **self.listeners.inherit_environ(), OLD_MASTER_ENV: str(os.getpid())}
         argv = [sys.executable, "-m", "asgictl", *sys.argv[1:]]
         try:
             self.upgrade_pid = os.posix_spawn(sys.executable, argv, env)
@@ -764,8 +829,7 @@ class Master:
             logger.error("USR2: cannot start a new master: %s", exc)
             return
         finally:
-            for sock in self.listeners.sockets:
-                sock.set_inheritable(False)
+            self.listeners.uninherit()
         logger.info("USR2: started a new master (pid %d) on the same listeners", self.upgrade_pid)
 
     def _retire_old_master(self) -> None:
@@ -791,6 +855,7 @@ class Master:
             signal.set_wakeup_fd(-1)
         for sig in SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        self._selector.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -802,14 +867,15 @@ class Master:
 
 def _child_reset_signals() -> None:
     # Minimal, right after fork, while signals are still blocked: child.py does the rest.
+    # SIGINT is the master's to act on from the first instant (a Ctrl+C to the group).
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
     for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
+        signal.signal(sig, ignore_interrupt if sig == signal.SIGINT else signal.SIG_DFL)
 
 
-def _old_master() -> int | None:
-    value = os.environ.pop(OLD_MASTER_ENV, None)
+def _old_master(pop: bool = True) -> int | None:
+    value = os.environ.pop(OLD_MASTER_ENV, None) if pop else os.environ.get(OLD_MASTER_ENV)
     return int(value) if value and value.isdigit() else None
 
 
@@ -835,27 +901,83 @@ def _rss(w: Worker) -> int | None:
         return None
 
 
-def write_pid_file(path: str) -> None:
-    """Write our pid atomically: a temporary file in the same directory, then rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="ascii") as fh:
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+class PidFile:
+    """``--pid-file``: our pid, for ``kill``, systemd's ``PIDFile=`` and logrotate.
+
+    A start that is refused must never harm the master already running: :meth:`check`
+    (before anything is bound or written) refuses a file that names a running master;
+    :meth:`write` comes last, once every resource (listeners, control socket, metrics) is
+    held; :meth:`remove` removes the file only if this process wrote it and it is still
+    that file with our pid (after a USR2 upgrade it is the new master's).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._written: tuple[int, int] | None = None  # (st_dev, st_ino) of our file
+
+    def read(self) -> int | None:
+        """The pid the file names, or None (absent, unreadable, not a number)."""
+        try:
+            with open(self.path, encoding="ascii") as fh:
+                text = fh.read(32).strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isdigit() else None
+
+    def check(self, predecessor: int | None = None) -> None:
+        """ConfigError if the file names a running master other than ``predecessor`` (the
+        one that re-executed us with USR2). A stale file is left for :meth:`write`."""
+        pid = self.read()
+        if pid is None or pid in (os.getpid(), predecessor) or not running_master(pid):
+            return
+        raise ConfigError(
+            f"--pid-file: {self.path} names a running master (pid {pid}); stop it first or use"
+            " another pid file"
+        )
+
+    def write(self) -> None:
+        """Write our pid atomically: a temporary file in the same directory, then rename."""
+        directory = os.path.dirname(self.path)
+        tmp = os.path.join(directory, f".{os.path.basename(self.path)}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            info = os.fstat(fh.fileno())
+        os.replace(tmp, self.path)
+        self._written = (info.st_dev, info.st_ino)
+
+    def remove(self) -> None:
+        """Remove the file if it is still the one we wrote, naming us; else leave it."""
+        if self._written is None:
+            return
+        try:
+            info = os.stat(self.path)
+            if (info.st_dev, info.st_ino) == self._written and self.read() == os.getpid():
+                os.unlink(self.path)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                logger.warning("Could not remove the pid file %s: %s", self.path, exc)
+        self._written = None
 
 
-def remove_pid_file(path: str) -> None:
-    """Remove the pid file, unless it now names another master (after a USR2 upgrade)."""
+def running_master(pid: int) -> bool:
+    """Whether ``pid`` is a live asgictl master (by its title or command line); a pid
+    reused by another program is not. Another user's process counts (we cannot tell)."""
+    import psutil
+
     try:
-        with open(path, encoding="ascii") as fh:
-            if fh.read().strip() != str(os.getpid()):
-                return
-        os.unlink(path)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            logger.warning("Could not remove the pid file %s: %s", path, exc)
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        argv = process.cmdline()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+    return bool(argv) and (
+        argv[0].startswith("asgictl: master") or ("asgictl" in " ".join(argv) and "start" in argv)
+    )
 
 
 def preload_app(config: Config) -> Any:
@@ -881,38 +1003,65 @@ def _serve_metrics(master: Master, sampler: Sampler, stack: contextlib.ExitStack
 def run_master(config: Config) -> int:
     """``asgictl start``: bind, (preload), supervise until stopped; returns the exit code.
 
-    Raises ConfigError (bad listener) and AppLoadError (--preload) for the CLI to print.
+    Raises ConfigError (bad listener, a running master's pid file, a control socket in
+    use) and AppLoadError (--preload) for the CLI to print. The CLI then ends the process
+    with :func:`exit_process`.
     """
+    pid_file = PidFile(config.pid_file) if config.pid_file else None
+    if pid_file is not None:
+        pid_file.check(predecessor=_old_master(pop=False))  # before anything is bound
     listeners = open_listeners(config)
-    os.environ.pop(INHERIT_ENV, None)  # neither workers nor the app need to see it
+    for name in (INHERIT_ENV, INHERIT_GROUPS_ENV):
+        os.environ.pop(name, None)  # neither workers nor the app need to see them
     try:
         import_runtime(config)
         # --metrics-bind: the app's prometheus_client metrics go to a directory shared by
         # the workers, set before anything imports the library (a preloaded app included).
-        prepare_app_metrics(config)
-        preloaded = preload_app(config) if config.preload else None
-        set_title(f"asgictl: master {config.app if isinstance(config.app, str) else 'app'}")
-        if config.pid_file:
-            write_pid_file(config.pid_file)
-        try:
-            master = Master(config, listeners, preloaded)
-            # sd_notify when NOTIFY_SOCKET is set (systemd Type=notify): READY, RELOADING...
-            notify_hooks = systemd.SystemdHooks.from_environ(old_master=master.old_master)
-            if notify_hooks is not None:
-                master.hooks = notify_hooks  # type: ignore[assignment]  # duck-typed MasterHooks
-            sampler = Sampler(master)  # psutil and req/s samples, for status and metrics
-            master.add_exit_callback(sampler.worker_exited)
-            master.add_tick_callback(lambda: sampler.tick(time.monotonic()))
-            # The control socket (and --metrics-bind) first: bound before anything else runs.
-            with contextlib.ExitStack() as stack:
-                control = stack.enter_context(serving_control(master, sampler))
-                if config.metrics_bind:
-                    control.metrics_url = _serve_metrics(master, sampler, stack)
-                stack.enter_context(reloading(master))  # --reload's file watcher
-                return master.run()
-        finally:
-            if config.pid_file:
-                remove_pid_file(config.pid_file)
+        with app_metrics_dir(config):
+            return _supervise(config, listeners, pid_file)
     except BaseException:
         listeners.close()
         raise
+
+
+def _supervise(config: Config, listeners: Listeners, pid_file: PidFile | None) -> int:
+    """The master's life once the listeners are held: preload, wire, run."""
+    preloaded = preload_app(config) if config.preload else None
+    set_title(f"asgictl: master {config.app if isinstance(config.app, str) else 'app'}")
+    try:
+        master = Master(config, listeners, preloaded)
+        # sd_notify when NOTIFY_SOCKET is set (systemd Type=notify): READY, RELOADING...
+        notify_hooks = systemd.SystemdHooks.from_environ(old_master=master.old_master)
+        if notify_hooks is not None:
+            master.hooks = notify_hooks  # type: ignore[assignment]  # duck-typed MasterHooks
+        sampler = Sampler(master)  # psutil and req/s samples, for status and metrics
+        master.add_exit_callback(sampler.worker_exited)
+        master.add_tick_callback(lambda: sampler.tick(time.monotonic()))
+        # The control socket (and --metrics-bind) first: bound before anything else runs.
+        with contextlib.ExitStack() as stack:
+            control = stack.enter_context(serving_control(master, sampler))
+            if config.metrics_bind:
+                control.metrics_url = _serve_metrics(master, sampler, stack)
+            stack.enter_context(reloading(master))  # --reload's file watcher
+            if pid_file is not None:
+                pid_file.write()  # last: every resource is held
+            return master.run()
+    finally:
+        if pid_file is not None:
+            pid_file.remove()
+
+
+def exit_process(code: int | str | None) -> NoReturn:
+    """End ``asgictl start``'s process once the master's work is done (or it was refused).
+
+    Flushes the logs and the standard streams, then ``os._exit``: a non-daemon thread the
+    app started at import (``--preload`` runs the import in the master) would otherwise
+    keep the process alive after its "exits" line, the interpreter waiting for it. As in
+    the workers, atexit handlers do not run: the master's own cleanup is explicit.
+    """
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))

@@ -21,8 +21,8 @@ Two halves, both off unless ``--metrics-bind HOST:PORT`` is given:
 
 from __future__ import annotations
 
-import atexit
 import bisect
+import contextlib
 import logging
 import mmap
 import os
@@ -236,31 +236,34 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _OWNER_ENV = "_ASGICTL_PROMETHEUS_OWNER"
 
 
-def prepare_app_metrics(config: Config) -> str | None:
+@contextlib.contextmanager
+def app_metrics_dir(config: Config) -> Iterator[str | None]:
     """With ``--metrics-bind``: a private, empty multiprocess directory for the app's
     prometheus_client metrics, in ``PROMETHEUS_MULTIPROC_DIR`` before anything imports
     prometheus_client (the app under ``--preload``, every forked worker), removed when the
-    master exits. A directory the user set already is used as it is and left alone.
-    Returns the directory (None without ``--metrics-bind``).
+    block ends. A directory the user set already is used as it is and left alone.
+    Yields the directory (None without ``--metrics-bind``).
+
+    The removal is explicit, not an atexit handler: the master ends with ``os._exit``.
     """
     if not config.metrics_bind:
-        return None
+        yield None
+        return
     inherited = os.environ.get(MULTIPROC_ENV)
     if inherited and os.environ.get(_OWNER_ENV) is None:
         logger.info("The app's Prometheus metrics: %s=%s (set by the user)", MULTIPROC_ENV, inherited)
-        return inherited
+        yield inherited
+        return
     path = tempfile.mkdtemp(prefix="asgictl-prometheus-")
     os.environ[MULTIPROC_ENV] = path
     os.environ[_OWNER_ENV] = str(os.getpid())
     logger.info("The app's Prometheus metrics: %s=%s", MULTIPROC_ENV, path)
     owner = os.getpid()
-
-    def remove() -> None:
-        if os.getpid() == owner:  # never from a forked child that happens to run atexit
+    try:
+        yield path
+    finally:
+        if os.getpid() == owner:  # never from a forked child unwinding this frame
             shutil.rmtree(path, ignore_errors=True)
-
-    atexit.register(remove)
-    return path
 
 
 # ------------------------------------------------------------------------------ health

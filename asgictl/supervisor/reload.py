@@ -92,7 +92,10 @@ class ChangeFilter:
     A path counts when its name (or, for a glob with a ``/``, its path) matches an
     include glob and neither its name nor any folder between the watched directory and
     it matches an exclude glob. An exclude naming an existing directory excludes
-    everything under it. An include equal to a default exclude lifts that exclude.
+    everything under it. What the user names wins over the defaults: a path matched by a
+    ``--reload-include`` glob is excluded only by the user's own ``--reload-exclude``
+    globs (``--reload-include .env`` watches ``.env`` although the default ``.*``
+    matches it), never by a default exclude. :data:`IGNORED_DIRS` always apply.
     """
 
     def __init__(
@@ -100,25 +103,39 @@ class ChangeFilter:
     ) -> None:
         self.dirs = [os.path.abspath(d) for d in dirs]
         self.includes = list(dict.fromkeys([*DEFAULT_INCLUDES, *includes]))
+        self.user_includes = list(dict.fromkeys(includes))
         excluded = [p for p in DEFAULT_EXCLUDES if p not in includes]
         self.excludes = list(dict.fromkeys([*excluded, *excludes]))
-        self.excluded_dirs = [os.path.abspath(p) + os.sep for p in self.excludes if os.path.isdir(p)]
+        self.user_excludes = list(dict.fromkeys(excludes))
+        # Exclude globs that name an existing directory: everything under it is excluded.
+        self.excluded_dirs = {p: os.path.abspath(p) + os.sep for p in self.excludes if os.path.isdir(p)}
 
     def __call__(self, change: Any, path: str) -> bool:
         return self.matches(path)
 
     def matches(self, path: str) -> bool:
         path = os.path.abspath(path)
-        if any(path.startswith(d) for d in self.excluded_dirs):
-            return False
         folders = self._folders(path)
         if any(part in IGNORED_DIRS for part in folders):
             return False
-        if any(_glob(part, pattern) for part in folders for pattern in self.excludes if "/" not in pattern):
-            return False
+        if any(self._match(path, pattern) for pattern in self.user_includes):
+            return not self._excluded(path, folders, self.user_excludes)
         if not any(self._match(path, pattern) for pattern in self.includes):
             return False
-        return not any(self._match(path, pattern) for pattern in self.excludes)
+        return not self._excluded(path, folders, self.excludes)
+
+    def _excluded(self, path: str, folders: Sequence[str], excludes: Sequence[str]) -> bool:
+        """Whether an exclude glob matches the path, its name or a folder on the way to it
+        (a glob naming an existing directory excludes everything under it)."""
+        for pattern in excludes:
+            directory = self.excluded_dirs.get(pattern)
+            if directory is not None and path.startswith(directory):
+                return True
+            if "/" not in pattern and any(_glob(part, pattern) for part in folders):
+                return True
+            if self._match(path, pattern):
+                return True
+        return False
 
     def _folders(self, path: str) -> list[str]:
         """The folder names between the watched directory holding ``path`` and it."""

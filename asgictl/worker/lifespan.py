@@ -28,6 +28,8 @@ class Lifespan:
         self.shutdown_done: asyncio.Future[None] | None = None
         #: Why startup failed, for the log and the exit; None on success.
         self.failure: str | None = None
+        #: The server stopped before the startup ended (see :meth:`cancel_startup`).
+        self.cancelled = False
 
     async def startup(self) -> bool:
         """Run the startup half. False means the server must not start."""
@@ -45,6 +47,20 @@ class Lifespan:
         if self.supported:
             logger.info("Application startup complete.")
         return True
+
+    async def cancel_startup(self, timeout: float) -> None:
+        """Cancel a startup in progress: the server stops before it ever served.
+
+        The app's lifespan coroutine gets CancelledError where it awaits; that is not a
+        failure (nothing is logged) and no shutdown follows. Waits up to ``timeout``
+        seconds for the coroutine to unwind.
+        """
+        task = self.task
+        if task is None or task.done():
+            return
+        self.cancelled = True
+        task.cancel()
+        await asyncio.wait((task,), timeout=timeout)
 
     async def shutdown(self) -> None:
         if not self.supported or self.task is None or self.task.done():
@@ -65,6 +81,8 @@ class Lifespan:
         try:
             await self.app(scope, self._receive, self._send)
         except BaseException as exc:
+            if self.cancelled and isinstance(exc, asyncio.CancelledError):
+                raise
             if self.startup_done is not None and not self.startup_done.done():
                 if self.received_once or self.mode == "on":
                     self.failure = f"{type(exc).__name__}: {exc}"

@@ -7,7 +7,9 @@ runs in each forked worker (on listening sockets bound by the master and passed 
 
 Stopping: listeners close first, idle keep-alive connections close at once, requests in
 flight finish (their connections close after the response), then lifespan shutdown; past
-``--timeout-graceful-shutdown`` what is left is cancelled and closed.
+``--timeout-graceful-shutdown`` what is left is cancelled and closed. A stop that comes
+while the server boots cancels the boot (there is nothing to drain yet): a stop signal
+interrupts the app's import, and a lifespan startup in progress is cancelled.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ TICK_SECONDS = 1.0
 #: On shutdown, how long an idle connection may still deliver a request.
 IDLE_GRACE_SECONDS = 0.25
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: How long a cancelled lifespan startup may take to unwind before the server leaves.
+STARTUP_CANCEL_SECONDS = 1.0
+
+
+class BootCancelled(BaseException):
+    """A stop signal arrived while the app was being imported (raised by the handler)."""
 
 
 class Server:
@@ -59,6 +67,9 @@ class Server:
         self.sockets: list[socket.socket] = []
         #: Called once the server accepts connections (the supervisor's readiness seam).
         self.on_ready: Callable[[Server], None] | None = None
+        #: The signals that stop this server. A supervised worker obeys its master only
+        #: and drops SIGINT (a terminal's Ctrl+C reaches the whole process group).
+        self.handled_signals: tuple[int, ...] = HANDLED_SIGNALS
         self._should_exit = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exit_waiter: asyncio.Future[None] | None = None
@@ -116,12 +127,27 @@ class Server:
         loop = asyncio.get_running_loop()
         logger.info("Started server process [%d]", os.getpid())
         ssl_context = create_ssl_context(config)
-        app = load_app(config)
+        self._exit_waiter = loop.create_future()
+        try:
+            with self._stop_interrupts():
+                app = load_app(config)
+        except BootCancelled:
+            logger.info("Stopped while importing the application")
+            self._close_sockets(sockets)
+            return
+        if self.should_exit:
+            self._close_sockets(sockets)
+            return
         state = self.state = ServerState(config, app, loop)
         lifespan = Lifespan(app, config.lifespan, state.lifespan_state)
         # asgictl.pubsub's backend before lifespan startup: the app may publish there.
         self._pubsub = pubsub_backends.setup_for_server(config)
-        if not await lifespan.startup():
+        started = await self._startup(lifespan)
+        if started is None:
+            logger.info("Stopped during application startup")
+            self._close_sockets(sockets)
+            return
+        if not started:
             self.exit_code = STARTUP_FAILURE
             return
         # The app may have set a task factory on the loop during its startup.
@@ -139,12 +165,30 @@ class Server:
         self.started = True
         if self.on_ready is not None:
             self.on_ready(self)
-        self._exit_waiter = loop.create_future()
         self._schedule_tick()
         if not self.should_exit:
             await self._exit_waiter
         await self._shutdown(lifespan)
         logger.info("Finished server process [%d]", os.getpid())
+
+    async def _startup(self, lifespan: Lifespan) -> bool | None:
+        """The lifespan startup, unless a stop comes first: then it is cancelled (None)."""
+        startup = asyncio.ensure_future(lifespan.startup())
+        assert self._exit_waiter is not None
+        await asyncio.wait((startup, self._exit_waiter), return_when=asyncio.FIRST_COMPLETED)
+        if startup.done():
+            return startup.result()
+        await lifespan.cancel_startup(STARTUP_CANCEL_SECONDS)
+        startup.cancel()
+        await asyncio.wait((startup,), timeout=STARTUP_CANCEL_SECONDS)
+        return None
+
+    @staticmethod
+    def _close_sockets(sockets: list[socket.socket] | None) -> None:
+        # A boot given up: the listeners handed to us are released now, not at exit.
+        for sock in sockets or ():
+            with contextlib.suppress(OSError):
+                sock.close()
 
     async def _start_listening(self, sockets: list[socket.socket] | None, ssl_context: Any) -> None:
         config = self.config
@@ -261,13 +305,33 @@ class Server:
         self.should_exit = True
 
     @contextlib.contextmanager
+    def _stop_interrupts(self) -> Iterator[None]:
+        """While the app is imported (synchronous: the loop cannot run its handlers), a
+        stop signal raises :class:`BootCancelled` where the import is. The loop's own
+        handling of the signal is kept, through its wakeup descriptor."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def interrupt(signum: int, frame: Any) -> None:
+            self._should_exit = True
+            raise BootCancelled(signum)
+
+        previous = {sig: signal.signal(sig, interrupt) for sig in self.handled_signals}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
     def _capture_signals(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
         loop = asyncio.get_running_loop()
         installed = []
-        for sig in HANDLED_SIGNALS:
+        for sig in self.handled_signals:
             try:
                 loop.add_signal_handler(sig, self.handle_exit, sig)
                 installed.append(sig)

@@ -11,6 +11,7 @@ import errno
 import os
 import socket
 import stat
+from typing import Any
 
 from asgictl import systemd
 from asgictl.config import Config, ConfigError
@@ -20,7 +21,13 @@ class BindError(ConfigError):
     """A listener could not be created: one line naming the address and the reason."""
 
 
-def bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
+def bind_tcp(host: str, port: int, backlog: int, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket; BindError (one line) if the address cannot be had.
+
+    ``reuse_port``: SO_REUSEPORT is set after the bind and before ``listen``: the bind
+    itself stays exclusive (a port held by anyone, another SO_REUSEPORT group included,
+    is refused), and sockets made by :func:`join_tcp` can then share the port with it.
+    """
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -30,11 +37,29 @@ def bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         raise BindError(f"--host/--port: cannot bind {where}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def join_tcp(first: socket.socket, backlog: int) -> socket.socket:
+    """One more listening socket on ``first``'s address, in its SO_REUSEPORT group (the
+    kernel hands each new connection to one socket of the group). Raises OSError."""
+    sock = socket.socket(first.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(first.getsockname())
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 
@@ -103,9 +128,14 @@ def bind_from_config(config: Config) -> list[socket.socket]:
 
 def describe(sock: socket.socket, scheme: str) -> str:
     """The URL a person can open for a listener (the real port when 0 was asked)."""
-    if sock.family == socket.AF_UNIX:
-        return f"{scheme}+unix://{sock.getsockname() or '(unnamed)'}"
-    host, port = sock.getsockname()[:2]
-    if sock.family == socket.AF_INET6:
+    return describe_address(sock.family, sock.getsockname(), scheme)
+
+
+def describe_address(family: int, address: Any, scheme: str) -> str:
+    """:func:`describe` for a socket's family and ``getsockname()`` (kept after it closed)."""
+    if family == socket.AF_UNIX:
+        return f"{scheme}+unix://{address or '(unnamed)'}"
+    host, port = address[:2]
+    if family == socket.AF_INET6:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}"

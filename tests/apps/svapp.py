@@ -2,7 +2,12 @@
 
 Routes: / ("ok"), /pid (the worker's pid), /slow?SECS (async sleep, then answers),
 /hang?SECS (blocks the event loop with time.sleep: a hung worker), /crash (os._exit),
-/grow?MB (keeps MB more of memory: a leak).
+/grow?MB (keeps MB more of memory: a leak). A slow request prints "svapp: slow request
+begins in PID" and the lifespan shutdown "svapp: lifespan shutdown in PID" (tests wait
+for and count them).
+
+``slow_startup``: the same app whose lifespan startup awaits 60 s (a worker stuck in its
+boot until a stop cancels it).
 """
 
 import asyncio
@@ -26,6 +31,7 @@ async def app(scope, receive, send):
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                print(f"svapp: lifespan shutdown in {os.getpid()}", flush=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     path = scope["path"]
@@ -33,6 +39,7 @@ async def app(scope, receive, send):
     if path == "/pid":
         await _text(send, str(os.getpid()).encode())
     elif path == "/slow":
+        print(f"svapp: slow request begins in {os.getpid()}", flush=True)
         await asyncio.sleep(float(arg))
         await _text(send, b"slow done")
     elif path == "/hang":
@@ -45,3 +52,15 @@ async def app(scope, receive, send):
         os._exit(7)
     else:
         await _text(send, b"ok")
+
+
+async def slow_startup(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        print(f"svapp: slow startup begins in {os.getpid()}", flush=True)
+        await asyncio.sleep(60)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await app(scope, receive, send)
