@@ -17,16 +17,24 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from asgictl.protocols.http.response import (
+from asgictl.protocols.http.fields import (
     CONNECTION,
     CONTENT_LENGTH,
+    KNOWN_NAMES,
+    TRANSFER_ENCODING,
+    InvalidField,
+    check_trailer_name,
+    count_line_breaks,
+    invalid_block,
+    learn_name,
+    list_tokens,
+)
+from asgictl.protocols.http.response import (
     CONTINUE_100,
     CRLF,
     LAST_CHUNK,
     NO_BODY_STATUSES,
-    SPECIAL_HEADERS,
     STATUS_LINES,
-    TRANSFER_ENCODING,
     chunk,
     status_line,
 )
@@ -196,29 +204,52 @@ class HTTPCycle:
         length: int | None = None
         chunked = False
         keep_alive = self.keep_alive
+        known = KNOWN_NAMES
         for name, value in message.get("headers", ()):
-            if name in SPECIAL_HEADERS or (not name.islower() and name.lower() in SPECIAL_HEADERS):
-                lname = name.lower()
-                if lname == CONTENT_LENGTH:
-                    if no_body:
+            # Every name is a token (RFC 9110 5.1): a cached one costs this lookup only.
+            kind = known.get(name)
+            if kind is None:
+                kind = learn_name(name)
+            if kind:
+                if kind == CONTENT_LENGTH:
+                    # 1*DIGIT and one value (RFC 9110 8.6): "+2", "1_0" or "2, 3" would be
+                    # read differently by each client; an identical repeat is folded.
+                    if not value.isdigit():
+                        raise InvalidField(f"Invalid Content-Length {value!r}: not 1*DIGIT (RFC 9110 8.6)")
+                    if length is not None:
+                        if int(value) != length:
+                            raise InvalidField("Differing Content-Length values (RFC 9110 8.6)")
                         continue
                     length = int(value)
-                elif lname == TRANSFER_ENCODING:
-                    # The server does the chunking; an app's chunked header is honoured,
-                    # any other coding of its own is left to the app (RFC 9112 6.1).
-                    if value.lower() == b"chunked":
-                        chunked = True
+                    if no_body:
                         continue
-                elif lname == CONNECTION:
-                    if value.lower() == b"close":
+                elif kind == TRANSFER_ENCODING:
+                    # The server does the chunking (RFC 9112 6.1): an app's "chunked" asks
+                    # for it; any other coding could not be framed honestly.
+                    if list_tokens(value) != [b"chunked"]:
+                        raise InvalidField(f"Unsupported response Transfer-Encoding {value!r}")
+                    chunked = True
+                    continue
+                elif kind == CONNECTION:
+                    if b"close" in list_tokens(value):
                         keep_alive = False
                     continue
                 else:  # server or date: the app's replaces the default one
-                    default_headers = head[1] = _without(head[1], lname)
+                    default_headers = head[1] = _without(head[1], name.lower())
             head += (name, b": ", value, CRLF)
+        if chunked and length is not None:
+            raise InvalidField("Content-Length and Transfer-Encoding in one response (RFC 9112 6.2)")
+        if no_body:
+            length = None
         # Lines the head has so far; _write_body checks the joined bytes against it.
-        self.head_lines = 1 + (len(head) - 2) // 4 + (
-            state.default_lines if default_headers is state.default_headers else default_headers.count(b"\n")
+        self.head_lines = (
+            1
+            + (len(head) - 2) // 4
+            + (
+                state.default_lines
+                if default_headers is state.default_headers
+                else default_headers.count(b"\n")
+            )
         )
         self.status = status
         self.no_body = no_body or self.scope["method"] == "HEAD"
@@ -263,16 +294,16 @@ class HTTPCycle:
             elif http10:
                 head.append(_KEEP_ALIVE_LINE)
             head.append(CRLF)
-            # One scan of the head for the whole header block instead of a check per
-            # header: a CR or LF inside a name or value (response splitting) shows up
-            # as a line break too many. The head's lines: the app's headers and the
-            # default ones counted in _start, plus one per piece added just above.
+            # The head's lines: the app's headers and the default ones counted in
+            # _start, plus one per piece added just above (the blank line included).
             lines = self.head_lines + len(head) - pieces
         if self.no_body:
             data = b""
         elif self.length_left is not None:
             self.length_left -= len(data)
             if self.length_left < 0:
+                if head is not None:
+                    self.response_started = False  # nothing was written: the app gets its 500
                 raise RuntimeError("Response content longer than Content-Length")
         if self.chunked and not self.no_body:
             framed = chunk(data) if data else b""
@@ -280,13 +311,14 @@ class HTTPCycle:
                 framed += LAST_CHUNK
             data = framed
         if head is not None:
-            head.append(data)
-            payload = b"".join(head)
-            end = len(payload) - len(data)
-            if payload.count(b"\n", 0, end) != lines or payload.count(b"\r", 0, end) != lines:
+            block = b"".join(head)
+            # One C-level scan of the whole block instead of a check per field: a CR,
+            # LF or other control byte in a value (RFC 9110 5.5) is one more than the
+            # CR and LF that end each of the block's lines.
+            if count_line_breaks(block) != 2 * lines:
                 self.response_started = False  # nothing was written: the app gets its 500
-                raise RuntimeError("Invalid HTTP header: CR or LF in a response header")
-            data = payload
+                raise invalid_block(block)
+            data = block + data if data else block
         if more:
             if data:
                 self._buffer(data)
@@ -334,11 +366,13 @@ class HTTPCycle:
             self.trailers = 2
             lines = [b"0\r\n"] if first else []
             for name, value in message.get("headers", ()):
+                if KNOWN_NAMES.get(name) is None:
+                    learn_name(name)
+                check_trailer_name(name)
                 lines += (name, b": ", value, CRLF)
             block = b"".join(lines)
-            expected = len(lines) // 4 + first
-            if block.count(b"\n") != expected or block.count(b"\r") != expected:
-                raise RuntimeError("Invalid HTTP trailer: CR or LF in a trailer field")
+            if count_line_breaks(block) != 2 * (len(lines) // 4 + first):
+                raise invalid_block(block)
             self.flush(block + CRLF if not more else block)
         # Without chunked framing (HTTP/1.0, or a Content-Length of the app's) there is
         # no place for trailers on the wire: they are dropped, as RFC 9110 6.5 allows.

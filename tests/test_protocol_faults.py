@@ -1,0 +1,605 @@
+"""The kinds of protocol fault found in the field (issue reports of peers replayed, real
+apps under real clients), each as a class of inputs over the in-memory transport, for
+both parsers (and both WebSocket backends where one is involved).
+
+Kinds 7, 8 and 9 (shutdown, a client that leaves, deadlines) have their end-to-end half
+in test_e2e_faults.py.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from memory import PARSERS, Harness, responses
+from recorder import app as recorder
+
+
+@pytest.fixture(params=PARSERS)
+def http(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def served(http: str, *reads: bytes, app: Any = recorder, eof: bool = False, **options: Any) -> Harness:
+    """A harness fed ``reads`` one by one, settled after each."""
+    h = Harness(app, http=http, **options)
+    for data in reads:
+        h.feed(data)
+        h.settle(0.5)
+    if eof and not h.transport.closed:
+        h.protocol.eof_received()
+        h.settle(0.5)
+    return h
+
+
+def records(h: Harness) -> list[dict[str, Any]]:
+    """The recorder app's JSON records, in the order the responses were written."""
+    out = []
+    for response in responses(h.transport.data.replace(b"HTTP/1.1 100 Continue\r\n\r\n", b"")):
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), response
+        out.append(json.loads(body))
+    return out
+
+
+def status_of(h: Harness) -> int:
+    return int(h.transport.data.split(b" ", 2)[1])
+
+
+GET_NEXT = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+# ------------------------------------------- kind 1: an Upgrade the server does not do
+
+H2C = (
+    b"POST /x HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+    b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [H2C + b"Content-Length: 5\r\n\r\nhello" + GET_NEXT],
+        [H2C + b"Content-Length: 5\r\n\r\n", b"hello" + GET_NEXT],
+        [H2C + b"Content-Length: 5\r\n\r\nhe", b"llo", GET_NEXT],
+        [H2C + b"Transfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n" + GET_NEXT],
+        [
+            H2C + b"Transfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n",
+            b"2\r\nlo\r\n0\r\nX-T: 1\r\n\r\n",
+            GET_NEXT,
+        ],
+        [H2C + b"Transfer-Encoding: gzip, chunked\r\n\r\n"],  # refused alike (501) as without Upgrade
+    ],
+    ids=["same-read", "body-later", "body-split", "chunked", "chunked-later-trailer", "gzip"],
+)
+def test_declined_upgrade_is_plain_http_with_its_body(http: str, reads: list[bytes]) -> None:
+    h = served(http, *reads)
+    if b"gzip" in reads[0]:
+        assert status_of(h) == 501 and h.transport.closed
+        h.close()
+        return
+    got = records(h)
+    assert [(r["target"], r["body"]) for r in got] == [("/x", "hello"), ("/next", "")]
+    assert b"connection: close" not in h.transport.data
+    assert not h.transport.closed
+    h.close()
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        H2C[H2C.index(b"Upgrade") :],
+        b"Upgrade: foo/2\r\nConnection: upgrade\r\n",
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n",  # a POST is no WebSocket handshake
+        b"Upgrade: TLS/1.2\r\nConnection: Upgrade\r\n",
+        b"Upgrade: websocket\r\n",  # no Connection: upgrade (h11 pauses, llhttp does not)
+    ],
+)
+def test_every_declined_upgrade_keeps_the_pipeline_in_order(http: str, upgrade: bytes) -> None:
+    request = b"POST /u HTTP/1.1\r\nHost: a\r\n" + upgrade + b"Content-Length: 2\r\n\r\nok"
+    h = served(http, b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n" + request + request + GET_NEXT)
+    got = records(h)
+    assert [(r["target"], r["body"]) for r in got] == [
+        ("/first", ""),
+        ("/u", "ok"),
+        ("/u", "ok"),
+        ("/next", ""),
+    ]
+    assert not h.transport.closed
+    h.close()
+
+
+def test_many_declined_upgrades_in_one_read(http: str) -> None:
+    one = b"GET /u HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n"
+    h = Harness(recorder, http=http)
+    h.feed(one * 300 + GET_NEXT)
+    for _ in range(400):
+        h.settle(0.2)
+        if h.transport.data.count(b"HTTP/1.1 200 ") == 301:
+            break
+    got = records(h)
+    assert len(got) == 301 and got[-1]["target"] == "/next"
+    h.close()
+
+
+def test_declined_upgrade_with_connection_close_says_so(http: str) -> None:
+    h = served(
+        http, b"GET /u HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade, close\r\n\r\n" + GET_NEXT
+    )
+    assert [r["target"] for r in records(h)] == ["/u"]
+    assert b"connection: close" in h.transport.data and h.transport.closed
+    h.close()
+
+
+def test_connect_is_answered_and_nothing_after_it_is_http(http: str) -> None:
+    h = served(http, b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n" + GET_NEXT)
+    assert [r["target"] for r in records(h)] == ["a:443"]
+    assert b"connection: close" in h.transport.data and h.transport.closed
+    h.close()
+
+
+def test_pipelined_head_split_across_reads_is_answered(http: str) -> None:
+    # The second head begins in the read that ends the first request: the request-line
+    # check must not look at a read that does not start with it.
+    h = served(
+        http,
+        b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nUser-Agent: x y z\r\n",
+        b"Host: a\r\n\r\n",
+    )
+    assert [r["target"] for r in records(h)] == ["/a", "/b"]
+    h.close()
+
+
+# ------------------------------------------- kinds 2 and 3: the app's response fields
+
+
+def answering(headers: list[tuple[bytes, bytes]], trailers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": headers,
+                "trailers": trailers is not None,
+            }
+        )
+        if trailers is None:
+            await send({"type": "http.response.body", "body": b"ok"})
+        else:
+            await send({"type": "http.response.body", "body": b"ok", "more_body": False})
+            await send({"type": "http.response.trailers", "headers": trailers})
+
+    return app
+
+
+BAD_NAMES = [
+    b"x-a: injected",
+    b"x injected",
+    b"",
+    b"x:a",
+    b"x\ta",
+    b"x(a)",
+    b'x"a',
+    b"x/a",
+    b"x@a",
+    b"x\x00a",
+    b"x\x7fa",
+    b"x\xe9a",
+    b"x\r\ny",
+]
+BAD_VALUES = [
+    b"a\x00b",
+    b"a\x01b",
+    b"a\x08b",
+    b"a\x0bb",
+    b"a\x0cb",
+    b"a\x1fb",
+    b"a\x7fb",
+    b"a\rb",
+    b"a\nb",
+    b"a\r\nset-cookie: evil",
+]
+
+
+@pytest.mark.parametrize(
+    "field", [(n, b"v") for n in BAD_NAMES] + [(b"x-a", v) for v in BAD_VALUES], ids=repr
+)
+def test_response_field_outside_the_grammar_is_500_before_anything(
+    http: str, field: tuple[bytes, bytes], caplog: Any
+) -> None:
+    h = served(
+        http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", app=answering([(b"content-type", b"text/plain"), field])
+    )
+    assert h.transport.writes and h.transport.writes[0].startswith(b"HTTP/1.1 500 "), h.transport.data
+    assert len(h.transport.writes) == 1 and h.transport.closed
+    assert b"injected" not in h.transport.data and b"evil" not in h.transport.data
+    assert sum(r.levelname == "ERROR" for r in caplog.records) == 1
+    h.close()
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        (b"X-Fine", b"a b\tc"),
+        (b"x-obs", b"caf\xe9"),
+        (b"x-empty", b""),
+        (b"!#$%&'*+-.^_`|~09azAZ", b"~!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}"),
+        (b"X-Leading", b" padded\t"),
+    ],
+    ids=repr,
+)
+def test_response_fields_inside_the_grammar_are_written(http: str, field: tuple[bytes, bytes]) -> None:
+    h = served(http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", app=answering([field]))
+    assert h.transport.data.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\n" + field[0] + b": " + field[1] + b"\r\n" in h.transport.data
+    h.close()
+
+
+@pytest.mark.parametrize(
+    "trailer",
+    [(n, b"v") for n in (b"x-a: injected", b"x y", b"")]
+    + [(b"x-t", v) for v in (b"a\x00b", b"a\r\nx: y", b"a\x7f")]
+    + [(b"content-length", b"5"), (b"Transfer-Encoding", b"chunked")],
+    ids=repr,
+)
+def test_bad_trailer_cuts_the_response(http: str, trailer: tuple[bytes, bytes]) -> None:
+    h = served(
+        http,
+        b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+        app=answering([(b"trailer", b"x-t")], [trailer]),
+    )
+    data = h.transport.data
+    assert data.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in data
+    # The head and body went out: the only signal left is a cut connection, without the
+    # chunked message's end.
+    assert h.transport.closed and not data.endswith(b"\r\n\r\n")
+    assert b"injected" not in data and b"x: y" not in data
+    h.close()
+
+
+def test_good_trailer_is_written(http: str) -> None:
+    h = served(
+        http,
+        b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+        app=answering([(b"trailer", b"x-checksum")], [(b"x-checksum", b"abc def")]),
+    )
+    assert h.transport.data.endswith(b"0\r\nx-checksum: abc def\r\n\r\n")
+    assert not h.transport.closed
+    h.close()
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [
+        [b"2", b"3"],
+        [b"+2"],
+        [b"1_0"],
+        [b"-1"],
+        [b" 2"],
+        [b"2 "],
+        [b"2, 2"],
+        [b"0x2"],
+        [b""],
+        [b"\xd9\xa2"],  # an Arabic-Indic digit: int() would read it
+        [b"2", b"02", b"3"],
+    ],
+    ids=repr,
+)
+def test_app_content_length_must_be_one_number(http: str, lengths: list[bytes]) -> None:
+    headers = [(b"content-length", v) for v in lengths]
+    h = served(http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", app=answering(headers))
+    assert h.transport.data.startswith(b"HTTP/1.1 500 ") and h.transport.closed
+    assert len(h.transport.writes) == 1
+    h.close()
+
+
+def test_identical_content_lengths_fold_into_one(http: str) -> None:
+    h = served(
+        http,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + GET_NEXT,
+        app=answering([(b"content-length", b"2"), (b"Content-Length", b"2")]),
+    )
+    assert h.transport.data.count(b"HTTP/1.1 200 ") == 2
+    assert h.transport.data.lower().count(b"content-length: 2\r\n") == 2  # one per response
+    assert not h.transport.closed
+    h.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"content-length", b"2"), (b"transfer-encoding", b"chunked")],
+        [(b"transfer-encoding", b"gzip")],
+        [(b"transfer-encoding", b"gzip, chunked")],
+        [(b"transfer-encoding", b"chunked, chunked")],
+    ],
+    ids=repr,
+)
+def test_app_framing_the_server_cannot_honour_is_refused(
+    http: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    h = served(http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", app=answering(headers))
+    assert h.transport.data.startswith(b"HTTP/1.1 500 ") and h.transport.closed
+    h.close()
+
+
+def test_app_chunked_and_connection_close_with_whitespace(http: str) -> None:
+    headers = [(b"Transfer-Encoding", b" Chunked\t"), (b"Connection", b"keep-alive ,\tClose")]
+    h = served(http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", app=answering(headers))
+    data = h.transport.data
+    assert data.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked\r\n" in data
+    assert data.endswith(b"2\r\nok\r\n0\r\n\r\n") and b"connection: close\r\n" in data
+    assert h.transport.closed
+    h.close()
+
+
+def test_body_longer_than_the_apps_content_length_cuts_the_connection(http: str) -> None:
+    h = served(
+        http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + GET_NEXT, app=answering([(b"content-length", b"1")])
+    )
+    assert h.transport.data.startswith(b"HTTP/1.1 500 ") and h.transport.closed
+    h.close()
+
+
+# --------------------------------------------------------- kind 4: Host is validated
+
+BAD_HOSTS = [
+    b"exa mple.org",
+    b"exa\tmple.org",
+    b"a/b",
+    b"a?b",
+    b"a#b",
+    b"a@b",
+    b"user@a",
+    b"a:b",
+    b"a:80:80",
+    b"a:-1",
+    b"a:65536",
+    b"a:8x",
+    b"[::1",
+    b"::1",
+    b"[::g]",
+    b"[1.2.3.4]",
+    b"[::1]x",
+    b"[::1]:x",
+    b"a%zz",
+    b"a%2",
+    b"caf\xe9.example",
+    b'a"b',
+    b"a<b>",
+    b"a\\b",
+    b"a{b}",
+    b"a|b",
+    b"a^b",
+    b"a`b",
+]
+GOOD_HOSTS = [
+    b"example.org",
+    b"example.org:8080",
+    b"EXAMPLE.org.",
+    b"127.0.0.1",
+    b"127.0.0.1:80",
+    b"[::1]",
+    b"[::1]:8000",
+    b"[2001:db8::ff00:42:8329]",
+    b"[::ffff:192.0.2.1]:443",
+    b"[v1.fe80::a+en1]",
+    b"xn--caf-dma.example",
+    b"a_b-c~d",
+    b"a%20b",
+    b"a!$&'()*+,;=b",
+    b"example.org:",
+    b"",
+]
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS, ids=repr)
+def test_invalid_host_is_400_and_nothing_after_it(http: str, host: bytes) -> None:
+    bad = b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    h = served(http, bad + GET_NEXT)
+    assert status_of(h) == 400 and h.transport.closed
+    assert h.transport.data.count(b"HTTP/1.1 ") == 1
+    h.close()
+    # Behind a good request: that one is answered (as the last), nothing after the bad one.
+    h = served(http, b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n" + bad + GET_NEXT)
+    assert h.transport.data.startswith(b"HTTP/1.1 200 ") and h.transport.closed
+    assert b'"/next"' not in h.transport.data and b"HTTP/1.1 200 " not in h.transport.data[12:]
+    h.close()
+
+
+@pytest.mark.parametrize("host", GOOD_HOSTS, ids=repr)
+def test_valid_host_forms_are_served(http: str, host: bytes) -> None:
+    h = served(http, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert records(h)[0]["headers"] == [["host", host.decode("latin-1")]]
+    h.close()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"http://example.org/p",
+        b"http://example.org:8080/p?q",
+        b"https://[::1]:8443/",
+        b"http://u:p@example.org/",
+    ],
+)
+def test_absolute_form_with_any_valid_host(http: str, target: bytes) -> None:
+    for host in (b"", b"other.example", b"[::1]"):
+        h = served(http, b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        assert status_of(h) == 200, (target, host, h.transport.data)
+        h.close()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"http://exa%zzmple/",
+        b"http:///p",
+        b"http://:80/p",
+        b"http://[::1/p",
+        b"http://a:99999/",
+        b"http://a:b/",
+        b"ftp://example.org/",
+        b"http://a{b}/",
+    ],
+)
+def test_absolute_form_with_a_bad_authority_is_400(http: str, target: bytes) -> None:
+    h = served(http, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n" + GET_NEXT)
+    assert status_of(h) == 400 and h.transport.closed and h.transport.data.count(b"HTTP/1.1 ") == 1
+    h.close()
+
+
+@pytest.mark.parametrize("target", [b"a b:443", b":443", b"a:", b"a", b"/path", b"[::1]:x", b"a:70000"])
+def test_connect_with_a_bad_authority_is_400(http: str, target: bytes) -> None:
+    if b" " in target:
+        target = target.replace(b" ", b"%")  # a space would break the request line itself
+    h = served(http, b"CONNECT " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status_of(h) == 400 and h.transport.closed
+    h.close()
+
+
+# ----------------------------------------- kind 5: optional whitespace, both parsers
+
+OWS = [b" ", b"\t", b" \t", b"\t \t", b""]
+
+
+@pytest.mark.parametrize("before", OWS, ids=repr)
+@pytest.mark.parametrize("after", OWS, ids=repr)
+def test_transfer_encoding_with_ows(http: str, before: bytes, after: bytes) -> None:
+    head = b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:" + before + b"chunked" + after + b"\r\n\r\n"
+    body = b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    for reads in ([head + body + GET_NEXT], [head, body + GET_NEXT], [head + body[:4], body[4:], GET_NEXT]):
+        h = served(http, *reads)
+        assert [(r["target"], r["body"]) for r in records(h)] == [("/c", "abcde"), ("/next", "")], reads
+        h.close()
+
+
+@pytest.mark.parametrize("before", OWS, ids=repr)
+@pytest.mark.parametrize("after", OWS, ids=repr)
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        (b"Content-Length", b"3"),
+        (b"Host", b"example.org:80"),
+        (b"Connection", b"keep-alive"),
+        (b"Expect", b"100-continue"),
+        (b"Transfer-Encoding", b"gzip ,\tchunked"),
+    ],
+)
+def test_every_policy_field_is_trimmed_alike(
+    http: str, before: bytes, after: bytes, field: bytes, value: bytes
+) -> None:
+    host = b"" if field == b"Host" else b"Host: a\r\n"
+    body = b"abc" if field in (b"Content-Length", b"Expect") else b""
+    extra = b"Content-Length: 3\r\n" if field == b"Expect" else b""
+    h = served(
+        http,
+        b"POST /f HTTP/1.1\r\n"
+        + host
+        + extra
+        + field
+        + b":"
+        + before
+        + value
+        + after
+        + b"\r\n\r\n"
+        + body
+        + GET_NEXT,
+    )
+    data = h.transport.data
+    if field == b"Transfer-Encoding":  # trimmed, it is a coding the server does not decode
+        assert status_of(h) == 501 and h.transport.closed
+    else:
+        got = records(h)
+        assert [(r["target"], r["body"]) for r in got] == [("/f", body.decode()), ("/next", "")], data
+        headers = dict(got[0]["headers"])
+        assert headers[field.decode().lower()] == value.decode()  # the app sees it trimmed too
+    h.close()
+
+
+@pytest.mark.parametrize("before", OWS, ids=repr)
+@pytest.mark.parametrize("after", OWS, ids=repr)
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+def test_connection_close_and_keep_alive_with_ows(
+    http: str, before: bytes, after: bytes, version: bytes
+) -> None:
+    close = (
+        b"GET /c HTTP/"
+        + version
+        + b"\r\nHost: a\r\nConnection:"
+        + before
+        + b"foo ,\tClose"
+        + after
+        + b"\r\n\r\n"
+    )
+    h = served(http, close + GET_NEXT)
+    assert [r["target"] for r in records(h)] == ["/c"] and h.transport.closed
+    h.close()
+    keep = (
+        b"GET /k HTTP/"
+        + version
+        + b"\r\nHost: a\r\nConnection:"
+        + before
+        + b"Keep-Alive"
+        + after
+        + b"\r\n\r\n"
+    )
+    h = served(http, keep + GET_NEXT)
+    assert [r["target"] for r in records(h)] == ["/k", "/next"] and not h.transport.closed
+    h.close()
+
+
+@pytest.mark.parametrize("token", [b"x-close", b"closed", b"close-ish", b"keep-alive-x"])
+def test_connection_tokens_are_whole_tokens(http: str, token: bytes) -> None:
+    h = served(http, b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: " + token + b"\r\n\r\n" + GET_NEXT)
+    assert [r["target"] for r in records(h)] == ["/t", "/next"] and not h.transport.closed
+    h.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        (b"chunked, chunked", 400),
+        (b"chunked ,\tchunked", 400),
+        (b"gzip, chunked", 501),
+        (b",chunked", 400),
+        (b"gzip,,chunked", 400),
+        (b"chunked,", 400),
+        (b"gzip\t,  chunked", 501),
+    ],
+)
+def test_transfer_encoding_lists_are_judged_alike(http: str, value: bytes, status: int) -> None:
+    h = served(http, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: " + value + b"\r\n\r\n0\r\n\r\n")
+    assert status_of(h) == status, h.transport.data
+    h.close()
+
+
+# ------------------------------------------------- kind 10: HTTP/2's connection preface
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"],
+        [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00"],
+        [b"PRI * HTTP/2.0\r\n", b"\r\nSM\r\n\r\n"],
+        [b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"],
+        [b"PRI * HTTP/2.0\r\nHost: a\r\n\r\n"],
+        [b"PRI * HTTP/1.1\r\nHost: a\r\n\r\n"],
+    ],
+    ids=["preface", "preface+settings", "split", "bad-preface", "with-host", "pri-1.1"],
+)
+def test_http2_preface_gets_one_answer(http: str, reads: list[bytes]) -> None:
+    h = served(http, *reads)
+    data = h.transport.data
+    assert data.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), data
+    assert data.endswith(b"HTTP/2 is not served here: use HTTP/1.1\n") and h.transport.closed
+    h.close()
+
+
+def test_other_http2_requests_are_505_too(http: str) -> None:
+    h = served(http, b"GET / HTTP/2.0\r\nHost: a\r\n\r\n")
+    assert status_of(h) == 505 and h.transport.closed
+    h.close()
