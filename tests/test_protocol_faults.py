@@ -8,12 +8,14 @@ in test_e2e_faults.py.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import pytest
 from memory import PARSERS, Harness, responses
 from recorder import app as recorder
+from ws_support import KEY, WS_IMPLS, WSHarness
 
 
 @pytest.fixture(params=PARSERS)
@@ -603,3 +605,129 @@ def test_other_http2_requests_are_505_too(http: str) -> None:
     h = served(http, b"GET / HTTP/2.0\r\nHost: a\r\n\r\n")
     assert status_of(h) == 505 and h.transport.closed
     h.close()
+
+
+# ------------------------------ kind 6: one judge of the WebSocket opening handshake
+
+WS_HEAD = b"GET /ws HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+VERSION_13 = b"Sec-WebSocket-Version: 13\r\n"
+KEY_LINE = b"Sec-WebSocket-Key: " + KEY + b"\r\n"
+
+
+def ws_answer(ws: str, http: str, fields: bytes, app: Any = None) -> tuple[bytes, list[Any]]:
+    """The head of the server's answer to ``WS_HEAD + fields`` and the scopes the app saw."""
+    scopes: list[Any] = []
+
+    async def accepting(scope: Any, receive: Any, send: Any) -> None:
+        scopes.append(scope)
+        await receive()
+        await send({"type": "websocket.accept"})
+        await receive()
+
+    h = WSHarness(app or accepting, ws, http=http)
+    h.feed(WS_HEAD + fields + b"\r\n")
+    h.run_until(lambda: b"\r\n\r\n" in h.transport.data)
+    head = h.transport.data.partition(b"\r\n\r\n")[0]
+    h.close()
+    return head, scopes
+
+
+REFUSED_HANDSHAKES = [
+    (VERSION_13, 400),  # no key
+    (VERSION_13 + KEY_LINE + KEY_LINE, 400),
+    (VERSION_13 + b"Sec-WebSocket-Key: " + base64.b64encode(b"12345") + b"\r\n", 400),
+    (VERSION_13 + b"Sec-WebSocket-Key: " + base64.b64encode(b"x" * 17) + b"\r\n", 400),
+    (VERSION_13 + b"Sec-WebSocket-Key: " + base64.b64encode(b"x" * 16).rstrip(b"=") + b"\r\n", 400),
+    (VERSION_13 + b"Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!==\r\n", 400),
+    (VERSION_13 + b"Sec-WebSocket-Key: \r\n", 400),
+    (KEY_LINE, 426),  # no version
+    (KEY_LINE + b"Sec-WebSocket-Version: 8\r\n", 426),
+    (KEY_LINE + b"Sec-WebSocket-Version: 14\r\n", 426),
+    (KEY_LINE + b"Sec-WebSocket-Version: 13, 8\r\n", 426),
+    (KEY_LINE + b"Sec-WebSocket-Version: thirteen\r\n", 426),
+    (KEY_LINE + VERSION_13 + VERSION_13, 400),
+    (KEY_LINE + VERSION_13 + b"Sec-WebSocket-Protocol: chat room\r\n", 400),
+    (KEY_LINE + VERSION_13 + b"Sec-WebSocket-Protocol: chat, [x]\r\n", 400),
+    (KEY_LINE + VERSION_13 + b"Sec-WebSocket-Protocol: ,\r\n", 400),
+    (KEY_LINE + VERSION_13 + b"Sec-WebSocket-Extensions: permessage-deflate;\r\n", 400),
+    (KEY_LINE + VERSION_13 + b"Sec-WebSocket-Extensions: ; x\r\n", 400),
+    (KEY_LINE + VERSION_13 + b"Sec-WebSocket-Extensions: permessage-deflate; a=b=c\r\n", 400),
+    (KEY_LINE + VERSION_13 + b'Sec-WebSocket-Extensions: permessage-deflate; a="b\r\n', 400),
+    (KEY_LINE + VERSION_13 + b"Sec-WebSocket-Extensions: x y\r\n", 400),
+]
+
+
+@pytest.mark.parametrize("ws", WS_IMPLS)
+@pytest.mark.parametrize(("fields", "status"), REFUSED_HANDSHAKES, ids=repr)
+def test_bad_handshakes_are_refused_alike(http: str, ws: str, fields: bytes, status: int) -> None:
+    head, scopes = ws_answer(ws, http, fields)
+    assert head.startswith(b"HTTP/1.1 %d " % status), head
+    assert (b"\r\nsec-websocket-version: 13" in head.lower()) is (status == 426)
+    assert not scopes  # refused before the app (and the library) saw it
+
+
+ACCEPTED_HANDSHAKES = [
+    KEY_LINE + VERSION_13,
+    b"Sec-WebSocket-Key:\t " + KEY + b" \t\r\nSec-WebSocket-Version: \t13\t\r\n",
+    KEY_LINE + VERSION_13 + b"Sec-WebSocket-Protocol: chat, , superchat\r\nSec-WebSocket-Protocol: x\r\n",
+    KEY_LINE + VERSION_13 + b"Origin: http://elsewhere.example\r\n",
+    KEY_LINE + VERSION_13 + b"Sec-WebSocket-Extensions: x-unknown; a=1; b, other\r\n",
+    KEY_LINE + VERSION_13 + b'Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits="10"\r\n',
+]
+
+
+@pytest.mark.parametrize("ws", WS_IMPLS)
+@pytest.mark.parametrize("fields", ACCEPTED_HANDSHAKES, ids=repr)
+def test_valid_handshakes_are_accepted_alike(http: str, ws: str, fields: bytes) -> None:
+    head, scopes = ws_answer(ws, http, fields)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert len(scopes) == 1
+
+
+@pytest.mark.parametrize("ws", WS_IMPLS)
+@pytest.mark.parametrize(
+    ("offer", "negotiated"),
+    [
+        (b"permessage-deflate", True),
+        (b"permessage-deflate; client_max_window_bits", True),
+        (b"permessage-deflate; server_max_window_bits=10; client_no_context_takeover", True),
+        (b'permessage-deflate; client_max_window_bits="12"', True),
+        (b"permessage-deflate; server_max_window_bits", False),
+        (b"permessage-deflate; server_max_window_bits=8", False),
+        (b"permessage-deflate; client_max_window_bits=abc", False),
+        (b"permessage-deflate; client_max_window_bits=16", False),
+        (b"permessage-deflate; server_no_context_takeover=1", False),
+        (b"permessage-deflate; unknown", False),
+        (b"permessage-deflate; server_no_context_takeover; server_no_context_takeover", False),
+        (b"x-other, permessage-deflate; client_max_window_bits=abc", False),
+    ],
+)
+def test_deflate_offers_are_judged_alike(http: str, ws: str, offer: bytes, negotiated: bool) -> None:
+    head, _ = ws_answer(ws, http, KEY_LINE + VERSION_13 + b"Sec-WebSocket-Extensions: " + offer + b"\r\n")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert (b"permessage-deflate" in head.lower()) is negotiated, head
+
+
+@pytest.mark.parametrize("ws", WS_IMPLS)
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "websocket.accept", "subprotocol": "not-offered"},
+        {"type": "websocket.accept", "headers": [(b"x-a: injected", b"v")]},
+        {"type": "websocket.accept", "headers": [(b"x-a", b"v\r\nx-b: injected")]},
+        {"type": "websocket.accept", "headers": [(b"x-a", b"v\x00")]},
+        {"type": "websocket.http.response.start", "status": 403, "headers": [(b"x-a", b"\r\ninjected: 1")]},
+        {"type": "websocket.http.response.start", "status": 403, "headers": [(b"content-length", b"+1")]},
+    ],
+    ids=repr,
+)
+def test_the_apps_handshake_answer_is_held_to_the_grammar(
+    http: str, ws: str, message: dict[str, Any]
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send(message)
+        await send({"type": "websocket.http.response.body", "body": b"x"})
+
+    head, _ = ws_answer(ws, http, KEY_LINE + VERSION_13 + b"Sec-WebSocket-Protocol: chat\r\n", app=app)
+    assert head.startswith(b"HTTP/1.1 500 ") and b"injected" not in head, head
