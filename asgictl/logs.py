@@ -66,6 +66,9 @@ ACCESS_FORMAT = "%(levelprefix)s %(message)s"
 # The message the server logs for each request, with args (client_addr, method, full_path,
 # http_version, status_code, duration_ms). AccessFormatter recognises records by it.
 ACCESS_MESSAGE = '%s - "%s %s HTTP/%s" %d %.1fms'
+# A request whose client left before the response was complete carries the record
+# attribute ``disconnected=True``; the default line then ends with this mark.
+DISCONNECTED_MARK = " (client disconnected)"
 
 
 class LoggingOptions(Protocol):
@@ -178,7 +181,9 @@ class AccessFormatter(_LevelPrefixFormatter):
     For such records this formatter sets ``%(client_addr)s``, ``%(request_line)s``,
     ``%(status_code)s`` and ``%(duration_ms)s`` for use in custom formats, and with colors on it
     bolds the request line and colors the status code by class. Any other record is formatted
-    as-is, and the four fields are ``"-"`` (unless given via ``extra=``).
+    as-is, and the four fields are ``"-"`` (unless given via ``extra=``). A record of a request
+    whose client left before the response was complete has ``disconnected=True``: its message
+    ends with " (client disconnected)" (``%(disconnected)s`` is True/False in custom formats).
 
     ``use_colors=None`` means: colors when stdout is a terminal.
     """
@@ -188,6 +193,8 @@ class AccessFormatter(_LevelPrefixFormatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         record = copy(record)
         record.levelprefix = self._levelprefix(record)
+        disconnected = getattr(record, "disconnected", False)
+        record.disconnected = disconnected
         fields = self._access_fields(record.args)
         if fields is None:
             for name in ("client_addr", "request_line", "status_code", "duration_ms"):
@@ -208,6 +215,8 @@ class AccessFormatter(_LevelPrefixFormatter):
             record.status_code = status_code
             # Rounded like the message: "%(duration_ms)s" then prints "12.3", not "12.345678901".
             record.duration_ms = round(duration_ms, 1)
+            if disconnected and record.msg == ACCESS_MESSAGE:
+                record.message += DISCONNECTED_MARK
         # Skip _LevelPrefixFormatter.formatMessage: the record is already copied and prefixed.
         return logging.Formatter.formatMessage(self, record)
 
@@ -230,8 +239,9 @@ class JsonFormatter(logging.Formatter):
 
     Every line has ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message`` and ``pid``;
     lines of a supervised worker add ``worker`` (its id, see :func:`set_worker_id`);
-    access lines add ``client``, ``method``, ``path``, ``http_version``, ``status`` and
-    ``duration_ms``; a logged exception adds ``exc_info`` (the traceback as text).
+    access lines add ``client``, ``method``, ``path``, ``http_version``, ``status``,
+    ``duration_ms`` and ``disconnected`` (the client left before the response was
+    complete); a logged exception adds ``exc_info`` (the traceback as text).
     """
 
     def format(self, record: logging.LogRecord) -> str:
@@ -255,6 +265,7 @@ class JsonFormatter(logging.Formatter):
                 http_version=version,
                 status=status,
                 duration_ms=round(float(duration), 1),  # type: ignore[arg-type]
+                disconnected=bool(getattr(record, "disconnected", False)),
             )
         if record.exc_info:
             data["exc_info"] = self.formatException(record.exc_info)

@@ -25,6 +25,8 @@ class MemoryTransport(asyncio.Transport):
         self.closed = False
         self.aborted = False
         self.reading = True
+        #: what get_write_buffer_size() answers: bytes "not yet taken by the client"
+        self.buffered = 0
         self._extra = {"peername": peer, "sockname": sock}
         self.protocol: asyncio.Protocol | None = None
 
@@ -56,6 +58,9 @@ class MemoryTransport(asyncio.Transport):
 
     def is_reading(self) -> bool:
         return self.reading
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     @property
     def data(self) -> bytes:

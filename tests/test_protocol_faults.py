@@ -8,7 +8,9 @@ in test_e2e_faults.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import builtins
 import json
 from typing import Any
 
@@ -731,3 +733,257 @@ def test_the_apps_handshake_answer_is_held_to_the_grammar(
 
     head, _ = ws_answer(ws, http, KEY_LINE + VERSION_13 + b"Sec-WebSocket-Protocol: chat\r\n", app=app)
     assert head.startswith(b"HTTP/1.1 500 ") and b"injected" not in head, head
+
+
+# ------------------------------------ kind 7: the server going away ends a stream
+
+
+async def sse(scope: Any, receive: Any, send: Any) -> None:
+    """Head, one event, then wait for the end: what an SSE endpoint does."""
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+    )
+    await send({"type": "http.response.body", "body": b"data: one\n\n", "more_body": True})
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    heard.append("disconnect")
+
+
+heard: list[str] = []
+
+
+def going_away(h: Harness) -> None:
+    """What the Server does to a busy connection when it stops (TERM, HUP, max requests)."""
+    h.state.shutting_down = True
+    h.protocol.shutdown()
+
+
+def test_shutdown_tells_a_waiting_stream_at_once(http: str, caplog: Any) -> None:
+    caplog.set_level("INFO", logger="asgictl")
+    heard.clear()
+    h = served(http, b"GET /events HTTP/1.1\r\nHost: a\r\n\r\n", app=sse, access_log=True)
+    assert h.transport.data.endswith(b"data: one\n\n\r\n") and not h.transport.closed
+    going_away(h)
+    h.settle(0.5)
+    assert heard == ["disconnect"] and h.state.active_requests == 0
+    assert h.transport.closed  # the stream is cut where it is: no last chunk
+    assert not h.transport.data.endswith(b"0\r\n\r\n")
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    access = [r for r in caplog.records if r.name == "asgictl.access"]
+    assert len(access) == 1 and access[0].args[4] == 200 and not getattr(access[0], "disconnected", False)
+    h.close()
+
+
+def test_shutdown_after_the_body_then_a_later_receive(http: str) -> None:
+    seen: list[str] = []
+
+    async def reader(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        seen.append(message["body"].decode())
+        while message.get("more_body"):
+            message = await receive()
+            seen.append(message["body"].decode())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        await asyncio.sleep(0.05)  # the stop happens now
+        seen.append((await receive())["type"])
+
+    h = served(http, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc", app=reader)
+    going_away(h)  # the body is not complete yet: the app must still get the rest
+    h.feed(b"def")
+    h.settle(1.0)
+    assert seen == ["abc", "def", "http.disconnect"]
+    h.close()
+
+
+def test_shutdown_does_not_disturb_a_response_in_progress(http: str) -> None:
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(0.1)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"complete"})
+
+    h = Harness(slow, http=http)
+    h.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    going_away(h)
+    h.settle(1.0)
+    assert h.transport.data.endswith(b"\r\n\r\ncomplete") and b"connection: close" in h.transport.data
+    h.close()
+
+
+def test_shutdown_before_any_response_is_503(http: str) -> None:
+    async def long_poll(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    h = served(http, b"GET /poll HTTP/1.1\r\nHost: a\r\n\r\n", app=long_poll)
+    going_away(h)
+    h.settle(0.5)
+    assert h.transport.data.startswith(b"HTTP/1.1 503 ") and h.transport.closed
+    h.close()
+
+
+# -------------------------------------------- kind 8: a client that leaves is no error
+
+
+def observed(h: Harness) -> list[tuple[Any, ...]]:
+    calls: list[tuple[Any, ...]] = []
+    h.state.observe_responses(lambda *args: calls.append(args))
+    return calls
+
+
+async def streams_until_told(scope: Any, receive: Any, send: Any) -> None:
+    """Starlette's StreamingResponse: a stream, and a receive() waiting for the end."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"part", "more_body": True})
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+@pytest.mark.parametrize("how", ["eof", "lost"])
+def test_client_leaving_a_stream_is_one_access_line(http: str, how: str, caplog: Any) -> None:
+    caplog.set_level("DEBUG", logger="asgictl")
+    h = served(http, b"GET /s HTTP/1.1\r\nHost: a\r\n\r\n", app=streams_until_told, access_log=True)
+    calls = observed(h)
+    if how == "eof":
+        h.protocol.eof_received()  # curl --max-time: FIN first
+    else:
+        h.protocol.connection_lost(ConnectionResetError())
+    h.settle(0.5)
+    assert not [r for r in caplog.records if r.levelno >= 30]
+    access = [r for r in caplog.records if r.name == "asgictl.access"]
+    assert len(access) == 1 and access[0].args[4] == 200 and access[0].disconnected is True
+    assert [(c[0], c[2]) for c in calls] == [(200, True)]
+    assert h.state.active_requests == 0 and h.transport.closed
+    h.close()
+
+
+@pytest.mark.parametrize("shape", ["plain", "resend", "group"])
+def test_disconnect_escaping_the_app_is_one_debug_line(http: str, shape: str, caplog: Any) -> None:
+    caplog.set_level("DEBUG", logger="asgictl")
+
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(1000):
+            try:
+                await send({"type": "http.response.body", "body": b"row\n", "more_body": True})
+            except OSError as exc:
+                if shape == "resend":  # Datasette: write the error into the stream
+                    await send({"type": "http.response.body", "body": str(exc).encode()})
+                if shape == "group" and hasattr(builtins, "ExceptionGroup"):
+                    raise builtins.ExceptionGroup("task group", [exc]) from None
+                raise
+            await asyncio.sleep(0.01)
+
+    h = Harness(stream, http=http, access_log=True)
+    h.feed(b"GET /t.csv HTTP/1.1\r\nHost: a\r\n\r\n")
+    h.settle(0.05)
+    h.protocol.connection_lost(ConnectionResetError())
+    h.settle(1.0)
+    records = [r for r in caplog.records if r.name == "asgictl.error"]
+    assert [r.levelname for r in records] == ["DEBUG"] and not records[0].exc_info
+    assert "client disconnected" in records[0].getMessage()
+    access = [r for r in caplog.records if r.name == "asgictl.access"]
+    assert len(access) == 1 and access[0].args[4] == 200 and access[0].disconnected is True
+    h.close()
+
+
+def test_client_leaving_before_any_response_is_499(http: str, caplog: Any) -> None:
+    async def long_poll(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    caplog.set_level("INFO", logger="asgictl")
+    h = served(http, b"GET /poll HTTP/1.1\r\nHost: a\r\n\r\n", app=long_poll, access_log=True)
+    calls = observed(h)
+    h.protocol.connection_lost(None)
+    h.settle(0.5)
+    access = [r for r in caplog.records if r.name == "asgictl.access"]
+    assert len(access) == 1 and access[0].args[4] == 499 and access[0].disconnected is True
+    assert [(c[0], c[2]) for c in calls] == [(499, True)]
+    assert not [r for r in caplog.records if r.levelno >= 30]
+    h.close()
+
+
+def test_an_incomplete_response_with_the_client_there_is_still_an_error(http: str, caplog: Any) -> None:
+    async def forgetful(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+
+    h = served(http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", app=forgetful)
+    assert any(
+        "without completing response" in r.getMessage() for r in caplog.records if r.levelname == "ERROR"
+    )
+    assert h.transport.closed
+    h.close()
+
+
+# ------------------------------------------- kind 9: deadlines, a reader that stalls
+
+
+def test_a_client_that_stops_reading_is_cut_and_send_raises(http: str) -> None:
+    errors: list[BaseException] = []
+
+    async def big(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            for _ in range(100):
+                await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+        except OSError as exc:
+            errors.append(exc)
+            raise
+
+    h = Harness(big, http=http, timeout_send=5)
+    h.transport.buffered = 10_000_000  # the client stopped reading: the buffer is full
+    h.protocol.pause_writing()
+    h.feed(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+    h.settle(0.2)
+    assert h.state.active_requests == 1  # the app waits in send()
+    start = h.loop.time()
+    for second in range(1, 5):
+        h.protocol.check_idle(start + second)
+        h.transport.buffered -= 1000  # it still takes a little: no deadline yet
+    assert not h.transport.aborted
+    for second in range(5, 11):
+        h.protocol.check_idle(start + second)  # it took nothing since
+    assert h.transport.aborted
+    h.settle(1.0)
+    assert len(errors) == 1 and h.state.active_requests == 0
+    h.close()
+
+
+def test_send_deadline_zero_waits_forever(http: str) -> None:
+    h = served(http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", timeout_send=0)
+    h.transport.buffered = 100
+    start = h.loop.time()
+    for second in range(1, 100, 10):
+        h.protocol.check_idle(start + second)
+    assert not h.transport.aborted
+    h.close()
+
+
+def test_first_head_deadline_runs_from_accept(http: str) -> None:
+    h = Harness(recorder, http=http, timeout_header_read=5, timeout_keep_alive=100)
+    accepted = h.loop.time()  # the protocol was made at accept (before a TLS handshake)
+    h.protocol.check_idle(accepted + 4)
+    h.feed(b"GET / HTTP/1.1\r\n")  # the head starts 4 s after accept
+    h.protocol.check_idle(accepted + 5)
+    assert h.transport.closed and status_of(h) == 408
+    h.close()
+
+
+@pytest.mark.parametrize("ws", WS_IMPLS)
+def test_a_websocket_peer_that_stops_reading_is_cut(ws: str) -> None:
+    async def pusher(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await receive()
+
+    h = WSHarness(pusher, ws, timeout_send=3)
+    h.feed(WS_HEAD + KEY_LINE + VERSION_13 + b"\r\n")
+    h.run_until(lambda: h.transport.data.startswith(b"HTTP/1.1 101 "))
+    h.transport.buffered = 1_000_000
+    start = h.loop.time()
+    for second in range(1, 5):
+        h.ws.check_idle(start + second)
+    assert h.transport.aborted
+    h.close()

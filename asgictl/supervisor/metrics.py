@@ -40,11 +40,13 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 # Layout of one cell, in 8-byte signed words: status classes, histogram buckets (the
-# last one is +Inf; counts per bucket, not cumulative), the duration sum in microseconds.
+# last one is +Inf; counts per bucket, not cumulative), the duration sum in microseconds,
+# the responses the client did not wait for.
 _CLASS0 = 0
 _BUCKET0 = len(STATUS_CLASSES)
 _SUM = _BUCKET0 + len(BUCKETS) + 1
-WORDS = _SUM + 1
+_DISCONNECTS = _SUM + 1
+WORDS = _DISCONNECTS + 1
 #: Padded to whole cache lines, so two workers never write into the same line.
 CELL_WORDS = 32
 assert WORDS <= CELL_WORDS
@@ -67,10 +69,12 @@ class MetricsTable:
     def recorder(self, cell: int) -> tuple[Callable[[int, float], None], Callable[[], None]]:
         """The worker's ``(observe, publish)`` pair for its cell.
 
-        ``observe(status, seconds)`` is the per-response hook: three increments in a
-        preallocated list (about 0.2 us; a memoryview over the shared map costs twice
-        that). ``publish()`` copies the totals into the shared cell: the worker calls it
-        on its once-a-second tick and on exit, so the master is at most a second behind.
+        ``observe(status, seconds, disconnected=False)`` is the per-response hook: three
+        increments in a preallocated list (about 0.2 us; a memoryview over the shared
+        map costs twice that), a fourth for a response the client left before it was
+        complete (or before one was started: status 499). ``publish()`` copies the
+        totals into the shared cell: the worker calls it on its once-a-second tick and
+        on exit, so the master is at most a second behind.
         """
         counts: list[float] = [0] * WORDS
         bounds = BUCKETS
@@ -79,11 +83,13 @@ class MetricsTable:
         offset = cell * CELL_WORDS * 8
         pack = _CELL.pack_into
 
-        def observe(status: int, seconds: float) -> None:
+        def observe(status: int, seconds: float, disconnected: bool = False) -> None:
             cls = status // 100
             counts[cls if 0 < cls < 6 else 0] += 1
             counts[_BUCKET0 + find(bounds, seconds)] += 1
             counts[_SUM] += seconds
+            if disconnected:
+                counts[_DISCONNECTS] += 1
 
         def publish() -> None:
             values = [int(v) for v in counts]
@@ -163,6 +169,14 @@ def exposition(master: Master, table: MetricsTable, sampler: Sampler) -> str:
             out.append(f"asgictl_request_duration_seconds_bucket{_labels(worker=wid, le=le)} {cumulative}")
         out.append(f"asgictl_request_duration_seconds_sum{_labels(worker=wid)} {values[_SUM] / 1e6!r}")
         out.append(f"asgictl_request_duration_seconds_count{_labels(worker=wid)} {cumulative}")
+
+    family(
+        "asgictl_client_disconnects_total",
+        "counter",
+        "Requests whose client left before the response was complete (counted in requests_total too).",
+    )
+    for wid in ids:
+        out.append(f"asgictl_client_disconnects_total{_labels(worker=wid)} {totals[wid][_DISCONNECTS]}")
 
     connections: dict[int, int] = {}
     rss: dict[int, int] = {}

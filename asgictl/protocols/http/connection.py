@@ -124,11 +124,14 @@ class HTTPConnection(FlowControlled):
         self.closing = False
         #: the client half-closed: answer what was received, then close
         self.read_eof = False
-        self.idle_since: float | None = None
         #: bytes of the request head received so far (0 between requests)
         self.head_bytes = 0
+        # A protocol is made when the connection is accepted, before a TLS handshake
+        # (connection_made comes after it): the first head's clock starts here.
+        accepted = state.loop.time()
+        self.idle_since: float | None = accepted
         #: when the clock first saw a partial head (for --timeout-header-read)
-        self.head_since: float | None = None
+        self.head_since: float | None = accepted
         #: request body bytes received, and the count the clock saw last with its time
         self.body_seen = 0
         self.body_mark: tuple[int, float] | None = None
@@ -148,7 +151,6 @@ class HTTPConnection(FlowControlled):
             # Unix-socket peers have no address; the socket path is what may be trusted.
             peer = self.client[0] if self.client else (self.server[0] if self.server else None)
             self.trusted = peer in state.trusted
-        self.idle_since = self.loop.time()
         if state.shutting_down:
             self.closing = True
         if state.trace:
@@ -454,10 +456,15 @@ class HTTPConnection(FlowControlled):
 
         - keep-alive: no byte of a new request within --timeout-keep-alive;
         - header read: a head started but not complete within --timeout-header-read,
-          however the bytes trickle in (slowloris);
-        - body read: no new body bytes within --timeout-body-read.
+          however the bytes trickle in (slowloris); for a connection's first request
+          the clock runs from accept, the TLS handshake included;
+        - body read: no new body bytes within --timeout-body-read;
+        - send: response bytes waiting for --timeout-send without the client taking
+          any (a client that stopped reading; FlowControlled.check_send).
         """
         state = self.state
+        if self.check_send(now, state.timeout_send):
+            return
         if self.head_bytes:
             if self.head_since is None:
                 self.head_since = now
@@ -491,7 +498,10 @@ class HTTPConnection(FlowControlled):
         self.transport.close()
 
     def shutdown(self) -> None:
-        """Graceful stop: close if idle, else close after the response in progress."""
+        """Graceful stop (``state.shutting_down`` is set): close if idle, else close
+        after the response in progress. An app waiting in ``receive()`` for the end of
+        a request it has read whole (a streaming response) hears http.disconnect now
+        (see HTTPCycle.receive); one still producing its response is not disturbed."""
         self.closing = True
         if self.cycle is None and not self.pipeline:
             self.transport.close()
@@ -499,6 +509,8 @@ class HTTPConnection(FlowControlled):
             for cycle in (self.cycle, *self.pipeline):
                 if cycle is not None:
                     cycle.keep_alive = False
+            if self.cycle is not None:
+                self.cycle.wake()
 
     # ----------------------------------------------------------------------- helpers
 

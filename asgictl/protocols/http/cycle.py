@@ -13,6 +13,7 @@ given one when its body is complete in the first message; otherwise it is sent c
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ from asgictl.protocols.http.response import (
     NO_BODY_STATUSES,
     STATUS_LINES,
     chunk,
+    simple_response,
     status_line,
 )
 
@@ -48,6 +50,12 @@ logger = logging.getLogger("asgictl.error")
 access_logger = logging.getLogger("asgictl.access")
 
 _DISCONNECT = {"type": "http.disconnect"}
+#: The access-log record's extra for a response the client did not wait for.
+_DISCONNECTED = {"disconnected": True}
+#: The status logged for a request whose client left before any response was started
+#: (nginx's "client closed request"; nothing was sent).
+CLIENT_CLOSED_REQUEST = 499
+_EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())
 _KEEP_ALIVE_LINE = b"connection: keep-alive\r\n"
 _CLOSE_LINE = b"connection: close\r\n"
 _CHUNKED_LINE = b"transfer-encoding: chunked\r\n"
@@ -73,6 +81,7 @@ class HTTPCycle:
         "expect_continue",
         "waiter",
         "disconnected",
+        "told_disconnect",
         # response side
         "status",
         "head",
@@ -106,6 +115,8 @@ class HTTPCycle:
         self.expect_continue = expect_continue
         self.waiter: asyncio.Future[None] | None = None
         self.disconnected = False
+        #: receive() gave the app http.disconnect (it may then stop mid-response)
+        self.told_disconnect = False
         self.response_started = False
         self.response_complete = False
         #: the head block, held back until the first body message (None once written)
@@ -146,14 +157,19 @@ class HTTPCycle:
         while not (self.disconnected or self.response_complete):
             if self.body or (self.more_body is False and not self.body_delivered):
                 break
-            if conn.read_eof:
+            if conn.read_eof or (self.more_body is False and conn.state.shutting_down):
                 # The client sent EOF: nothing more can arrive, so it has gone (or
-                # half-closed; the response can still be written either way).
+                # half-closed; the response can still be written either way). Or the
+                # server is going away (stop, reload, recycle) and the request is all
+                # read: what the app waits for now, as a streaming response does, is
+                # the end, so it hears it now rather than at the shutdown deadline.
+                self.told_disconnect = True
                 return _DISCONNECT
             conn.resume_reading()
             self.waiter = conn.loop.create_future()
             await self.waiter
         if self.disconnected or self.response_complete:
+            self.told_disconnect = True
             return _DISCONNECT
         body = self.body
         self.body = b""
@@ -180,6 +196,8 @@ class HTTPCycle:
                 self._finish()
             elif self.conn.write_paused and not self.disconnected:
                 await self.conn.drain()
+                if self.disconnected:  # cut while waiting (the client left, or --timeout-send)
+                    raise ClientDisconnected("the client has disconnected")
         elif kind == "http.response.start":
             if self.response_started:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
@@ -416,13 +434,15 @@ class HTTPCycle:
             self.wake()
         state = self.conn.state
         if state.access_log:
-            self._log_access()
+            self._log_access(self.status)
         observe = state.on_response
         if observe is not None:
             observe(self.status, self.conn.loop.time() - self.started_at)
         self.conn.cycle_done(self)
 
-    def _log_access(self) -> None:
+    def _log_access(self, status: int, disconnected: bool = False) -> None:
+        """One access line; ``disconnected``: the client left before the response was
+        complete (the record carries ``disconnected=True`` for formatters)."""
         scope = self.scope
         client = scope.get("client")
         client_addr = f"{client[0]}:{client[1]}" if client else "-"
@@ -437,31 +457,82 @@ class HTTPCycle:
             scope["method"],
             path,
             scope["http_version"],
-            self.status,
+            status,
             duration_ms,
+            extra=_DISCONNECTED if disconnected else None,
         )
+
+    def _abandoned(self) -> None:
+        """The app stopped before its response was complete because the connection is
+        over for it: the client left (or half-closed), or the server is going away and
+        told it so. Not an error of the app: the response is cut where it is (if none
+        was started while the server goes away, the client gets 503), and the access
+        line and the metrics record it, as disconnected when the client left."""
+        if self.response_complete:
+            return
+        conn = self.conn
+        transport = conn.transport
+        client_left = self.disconnected or conn.read_eof or transport.is_closing()
+        self.response_complete = True
+        if self.response_started:
+            status = self.status
+            self.flush()
+        elif client_left:
+            status = CLIENT_CLOSED_REQUEST
+        else:
+            status = 503
+            self.response_started = True
+            transport.write(simple_response(503, b"Service Unavailable", conn.state.default_headers))
+        state = conn.state
+        if state.access_log:
+            self._log_access(status, client_left)
+        observe = state.on_response
+        if observe is not None:
+            observe(status, conn.loop.time() - self.started_at, client_left)
+        conn.closing = True
+        transport.close()
 
     # -------------------------------------------------------------------------- running
 
     async def run(self, app: Any) -> None:
         try:
             await app(self.scope, self.receive, self.send)
-        except ClientDisconnected:
-            pass  # the app stopped because the client left: nothing to report
         except BaseException as exc:
-            self.conn.app_failed(self, exc)
-            if not isinstance(exc, Exception):
-                raise
+            if _only_disconnects(exc):
+                # The app let send()'s ClientDisconnected escape (ASGI 2.4): the client
+                # left, which is no error of the app's nor the server's.
+                logger.debug(
+                    'ASGI app stopped: the client disconnected ("%s %s")',
+                    self.scope["method"],
+                    self.scope["path"],
+                )
+                self._abandoned()
+            else:
+                self.conn.app_failed(self, exc)
+                if not isinstance(exc, Exception):
+                    raise
         else:
-            if not self.response_started:
-                if not self.disconnected:
+            if not self.response_complete:
+                if self.told_disconnect or self.disconnected:
+                    self._abandoned()  # it stopped because it heard http.disconnect
+                elif not self.response_started:
                     logger.error("ASGI callable returned without starting response.")
                     self.conn.app_failed(self, None)
-            elif not self.response_complete and not self.disconnected:
-                logger.error("ASGI callable returned without completing response.")
-                self.conn.app_failed(self, None)
+                else:
+                    logger.error("ASGI callable returned without completing response.")
+                    self.conn.app_failed(self, None)
         finally:
             self.conn.state.active_requests -= 1
+
+
+def _only_disconnects(exc: BaseException) -> bool:
+    """``exc`` is send()'s ClientDisconnected, or a group of nothing else (a task group
+    around the app's streaming, e.g. anyio's)."""
+    if isinstance(exc, ClientDisconnected):
+        return True
+    if isinstance(exc, _EXCEPTION_GROUP):
+        return all(_only_disconnects(inner) for inner in exc.exceptions)  # type: ignore[attr-defined]
+    return False
 
 
 def _without(block: bytes, name: bytes) -> bytes:

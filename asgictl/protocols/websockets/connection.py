@@ -410,10 +410,10 @@ class WSConnection(FlowControlled):
         # CLOSING: the close handshake is under way.
 
     def check_idle(self, now: float) -> None:
-        """Keepalive, from the worker's once-a-second clock."""
-        if self.phase is not OPEN:
-            return
+        """Keepalive and the send deadline, from the worker's once-a-second clock."""
         state = self.state
+        if self.check_send(now, state.timeout_send) or self.phase is not OPEN:
+            return
         interval = state.ws_ping_interval
         if not interval:
             return
