@@ -107,6 +107,19 @@ class Harness:
         asyncio.set_event_loop(None)
 
 
+def serve(app: Any, http: str, *reads: bytes, eof: bool = False, **options: Any) -> Harness:
+    """A harness for ``app`` fed ``reads`` one by one, settled after each, then an EOF
+    from the client if ``eof`` (and the connection is still open)."""
+    h = Harness(app, http=http, **options)
+    for data in reads:
+        h.feed(data)
+        h.settle(0.5)
+    if eof and not h.transport.closed:
+        h.protocol.eof_received()
+        h.settle(0.5)
+    return h
+
+
 def responses(data: bytes) -> list[bytes]:
     """Split a byte stream of Content-Length framed responses into status lines + bodies."""
     out = []

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 import pytest
-from memory import PARSERS, Harness, responses
+from memory import PARSERS, Harness, responses, serve
 from recorder import app as recorder
 from ws_support import KEY, WS_IMPLS, WSHarness
 
@@ -25,16 +25,9 @@ def http(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def served(http: str, *reads: bytes, app: Any = recorder, eof: bool = False, **options: Any) -> Harness:
+def served(http: str, *reads: bytes, app: Any = recorder, **options: Any) -> Harness:
     """A harness fed ``reads`` one by one, settled after each."""
-    h = Harness(app, http=http, **options)
-    for data in reads:
-        h.feed(data)
-        h.settle(0.5)
-    if eof and not h.transport.closed:
-        h.protocol.eof_received()
-        h.settle(0.5)
-    return h
+    return serve(app, http, *reads, **options)
 
 
 def records(h: Harness) -> list[dict[str, Any]]:
@@ -816,6 +809,20 @@ def test_shutdown_before_any_response_is_503(http: str) -> None:
             pass
 
     h = served(http, b"GET /poll HTTP/1.1\r\nHost: a\r\n\r\n", app=long_poll)
+    going_away(h)
+    h.settle(0.5)
+    assert h.transport.data.startswith(b"HTTP/1.1 503 ") and h.transport.closed
+    h.close()
+
+
+def test_shutdown_with_only_a_start_held_back_is_503(http: str) -> None:
+    async def started(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # held back
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    h = served(http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", app=started)
+    assert h.transport.data == b""
     going_away(h)
     h.settle(0.5)
     assert h.transport.data.startswith(b"HTTP/1.1 503 ") and h.transport.closed

@@ -10,15 +10,7 @@ prints one line when it stops, for the tests to wait on.
 
 import asyncio
 
-
-async def _lifespan(receive, send):
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+from basic import _lifespan
 
 
 async def _start(send, content_type=b"text/plain"):

@@ -474,7 +474,7 @@ class HTTPCycle:
         transport = conn.transport
         client_left = self.disconnected or conn.read_eof or transport.is_closing()
         self.response_complete = True
-        if self.response_started:
+        if self.response_started and self.head is None:  # the head went out
             status = self.status
             self.flush()
         elif client_left:
