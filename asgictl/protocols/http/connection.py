@@ -543,7 +543,7 @@ def _is_websocket_handshake(scope: dict[str, Any]) -> bool:
             upgrade = upgrade or b"websocket" in list_tokens(value)
         elif name == b"connection":
             connection = connection or b"upgrade" in list_tokens(value)
-        elif (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+        elif (name == b"content-length" and value.lstrip(b"0")) or name == b"transfer-encoding":
             return False
     return upgrade and connection
 
