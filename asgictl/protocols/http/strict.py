@@ -57,7 +57,6 @@ FORWARDED = 2
 KEEP_ALIVE = 4
 
 #: The answer to HTTP/2's connection preface (RFC 9113 3.4) while HTTP/2 is not served.
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HTTP2_STATUS = 505
 HTTP2_REASON = "HTTP/2 is not served here: use HTTP/1.1"
 #: Header names that need a look; every other header costs one dict lookup.
