@@ -437,6 +437,13 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds the server waits for the next piece of a request body before closing.",
     ),
     _opt(
+        "timeout_send",
+        non_negative(to_float),
+        60.0,
+        "Close a connection whose client has taken none of the response bytes waiting for it"
+        " for this many seconds (a client that stopped reading; nginx's send_timeout). 0: never.",
+    ),
+    _opt(
         "proxy_headers",
         to_bool,
         True,
@@ -832,6 +839,7 @@ class Config:
     limit_request_body: int | None
     timeout_header_read: float
     timeout_body_read: float
+    timeout_send: float
     root_path: str
     proxy_headers: bool
     forwarded_allow_ips: str

@@ -208,7 +208,7 @@ class AccessFormatter(_LevelPrefixFormatter):
                 if not hasattr(record, name):
                     setattr(record, name, "-")
         else:
-            client_addr, method, full_path, http_version, status, duration_ms, _ = fields
+            client_addr, method, full_path, http_version, status, duration_ms, disconnected = fields
             request_line = f"{method} {full_path} HTTP/{http_version}"
             status_code = str(status)
             if self.use_colors:
@@ -227,6 +227,7 @@ class AccessFormatter(_LevelPrefixFormatter):
             record.status_code = status_code
             # Rounded like the message: "%(duration_ms)s" then prints "12.3", not "12.345678901".
             record.duration_ms = round(duration_ms, 1)
+            record.disconnected = disconnected
         # Skip _LevelPrefixFormatter.formatMessage: the record is already copied and prefixed.
         return logging.Formatter.formatMessage(self, record)
 

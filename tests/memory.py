@@ -25,6 +25,8 @@ class MemoryTransport(asyncio.Transport):
         self.closed = False
         self.aborted = False
         self.reading = True
+        #: what get_write_buffer_size() answers: bytes "not yet taken by the client"
+        self.buffered = 0
         self._extra = {"peername": peer, "sockname": sock}
         self.protocol: asyncio.Protocol | None = None
 
@@ -63,6 +65,9 @@ class MemoryTransport(asyncio.Transport):
 
     def is_reading(self) -> bool:
         return self.reading
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     @property
     def data(self) -> bytes:
@@ -110,6 +115,19 @@ class Harness:
         self.settle(1.0)
         self.loop.close()
         asyncio.set_event_loop(None)
+
+
+def serve(app: Any, http: str, *reads: bytes, eof: bool = False, **options: Any) -> Harness:
+    """A harness for ``app`` fed ``reads`` one by one, settled after each, then an EOF
+    from the client if ``eof`` (and the connection is still open)."""
+    h = Harness(app, http=http, **options)
+    for data in reads:
+        h.feed(data)
+        h.settle(0.5)
+    if eof and not h.transport.closed:
+        h.protocol.eof_received()
+        h.settle(0.5)
+    return h
 
 
 def responses(data: bytes) -> list[bytes]:

@@ -48,15 +48,17 @@ def test_recorder_counts_classes_buckets_and_sum() -> None:
     observe, publish = table.recorder(1)
     for status, seconds in ((200, 0.001), (204, 0.005), (404, 0.2), (503, 20.0), (101, 0.0), (99, 0.0)):
         observe(status, seconds)
+    observe(200, 0.001, True)  # the client left before the response was complete
     assert table.read(1) == (0,) * len(table.read(1))  # the master sees counts once published
     publish()
     values = table.read(1)
-    assert values[:6] == (1, 1, 2, 0, 1, 1)  # other, 1xx, 2xx, 3xx, 4xx, 5xx
+    assert values[:6] == (1, 1, 3, 0, 1, 1)  # other, 1xx, 2xx, 3xx, 4xx, 5xx
     buckets = values[6 : 6 + len(BUCKETS) + 1]
-    assert buckets[0] == 4  # 0, 0, 0.001 and 0.005 (le is inclusive)
+    assert buckets[0] == 5  # 0, 0, 0.001 (twice) and 0.005 (le is inclusive)
     assert buckets[BUCKETS.index(0.25)] == 1
     assert buckets[-1] == 1  # 20 s: +Inf
-    assert values[-1] == 1_000 + 5_000 + 200_000 + 20_000_000
+    assert values[6 + len(BUCKETS) + 1] == 2_000 + 5_000 + 200_000 + 20_000_000
+    assert values[-1] == 1  # responses the client left
     assert table.read(0) == (0,) * len(values)  # other cells untouched
 
 
@@ -83,6 +85,7 @@ def test_exposition_parses_as_prometheus_text() -> None:
     observe, publish = table.recorder(0)
     for _ in range(3):
         observe(200, 0.02)
+    observe(200, 0.02, True)
     publish()
     _record(table, 1, 404, 0.3)
     master = _fake_master({0: 1, 1: 2}, stats)
@@ -92,12 +95,14 @@ def test_exposition_parses_as_prometheus_text() -> None:
     requests = {
         (s.labels["worker"], s.labels["status_class"]): s.value for s in families["asgictl_requests"].samples
     }
-    assert requests[("1", "2xx")] == 3 and requests[("2", "4xx")] == 1
+    assert requests[("1", "2xx")] == 4 and requests[("2", "4xx")] == 1
+    disconnects = {s.labels["worker"]: s.value for s in families["asgictl_client_disconnects"].samples}
+    assert disconnects == {"1": 1, "2": 0}
     hist = families["asgictl_request_duration_seconds"]
     count = {s.labels["worker"]: s.value for s in hist.samples if s.name.endswith("_count")}
-    assert count == {"1": 3, "2": 1}
+    assert count == {"1": 4, "2": 1}
     le_025 = [s.value for s in hist.samples if s.labels.get("le") == "0.025" and s.labels["worker"] == "1"]
-    assert le_025 == [3]
+    assert le_025 == [4]
     restarts = {
         (s.labels["worker"], s.labels["reason"]): s.value for s in families["asgictl_worker_restarts"].samples
     }

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from memory import PARSERS, Harness
+from memory import PARSERS, Harness, serve
 from recorder import app as recorder
 from support import read_all, run_asgictl
 
@@ -26,13 +26,7 @@ def status_of(h: Harness) -> int:
 
 
 def answer(http: str, data: bytes, eof: bool = False, **options: Any) -> Harness:
-    h = Harness(recorder, http=http, **options)
-    h.feed(data)
-    h.settle(0.5)
-    if eof and not h.transport.closed:
-        h.protocol.eof_received()
-        h.settle(0.5)
-    return h
+    return serve(recorder, http, data, eof=eof, **options)
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,12 @@ from support import Collect
 from asgictl import logs
 from asgictl.logs import (
     ACCESS_LOGGER,
+    ACCESS_MESSAGE_DISCONNECTED,
     ERROR_LOGGER,
     TRACE_LEVEL,
     AccessFormatter,
     DefaultFormatter,
+    JsonFormatter,
     configure_logging,
     reopen_log_files,
 )
@@ -408,6 +410,18 @@ def test_access_formatter_status_colors(status: int, color: str) -> None:
         f"127.0.0.1:5000|{BOLD}GET /a?b=1 HTTP/1.1{RESET}|{color}{status}{RESET}|12.3"
     )
     assert AccessFormatter(use_colors=False).format(record).endswith(f'HTTP/1.1" {status} 12.3ms')
+
+
+def test_access_line_of_a_client_that_left_has_a_mark() -> None:
+    record = access_record(msg=ACCESS_MESSAGE_DISCONNECTED)
+    for colors in (False, True):
+        line = AccessFormatter(use_colors=colors).format(record)
+        assert line.endswith("1.2ms (client disconnected)"), line
+    assert AccessFormatter("%(disconnected)s", use_colors=False).format(record) == "True"
+    assert AccessFormatter("%(disconnected)s", use_colors=False).format(access_record()) == "False"
+    assert not AccessFormatter(use_colors=False).format(access_record()).endswith(")")
+    assert json.loads(JsonFormatter().format(record))["disconnected"] is True
+    assert json.loads(JsonFormatter().format(access_record()))["disconnected"] is False
 
 
 def test_access_formatter_falls_back_for_other_records() -> None:

@@ -298,9 +298,14 @@ def test_ws_none_answers_as_plain_http(http: str) -> None:
 
     h = WSHarness(app, "none", http=http)
     h.feed(handshake())
-    h.run_until(lambda: h.transport.closed)
+    h.run_until(lambda: h.transport.data.endswith(b"plain"))
     assert scopes[0]["type"] == "http"
-    assert h.transport.data.startswith(b"HTTP/1.1 200 ") and h.transport.data.endswith(b"plain")
+    assert h.transport.data.startswith(b"HTTP/1.1 200 ")
+    # A declined upgrade is plain HTTP/1.1 (RFC 9110 7.8): the connection persists.
+    assert not h.transport.closed and b"connection: close" not in h.transport.data
+    h.feed(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    h.run_until(lambda: len(scopes) == 2 and h.transport.data.count(b"plain") == 2)
+    assert scopes[1]["path"] == "/next"
     h.close()
 
 

@@ -4,15 +4,23 @@ Reading: the protocol pauses the transport when the app falls behind (unread bod
 queued requests or messages) and resumes it when the app catches up. Writing: asyncio
 calls ``pause_writing`` when the transport's buffer passes its high-water mark, and the
 app's ``send`` then awaits :meth:`FlowControlled.drain` until ``resume_writing``.
+
+A client that stops reading would hold its connection, the bytes buffered for it and
+the app's task forever: :meth:`FlowControlled.check_send` (from the once-a-second
+clock) aborts a connection whose write buffer has not shrunk for ``--timeout-send``
+seconds (nginx's ``send_timeout``), and the app's ``send`` then raises the disconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+
+logger = logging.getLogger("asgictl.error")
 
 
 class FlowControlled(asyncio.Protocol):
-    __slots__ = ("drain_waiter", "loop", "read_paused", "transport", "write_paused")
+    __slots__ = ("drain_waiter", "loop", "read_paused", "send_mark", "transport", "write_paused")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -20,6 +28,32 @@ class FlowControlled(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
+        #: (write buffer size, since when it has not shrunk), while bytes wait
+        self.send_mark: tuple[int, float] | None = None
+
+    def check_send(self, now: float, timeout: float) -> bool:
+        """The send deadline, once a second: True if the connection was aborted because
+        bytes have waited in its write buffer for ``timeout`` seconds (0: never) without
+        the buffer shrinking once, i.e. without the client taking any.
+
+        While the buffer is past its high-water mark the app waits in ``drain`` and
+        adds nothing, so a buffer that does not shrink means a client that does not
+        read; below the mark the app may add to it, but only until it reaches the mark.
+        """
+        size = self.transport.get_write_buffer_size()
+        mark = self.send_mark
+        if not size or not timeout:
+            self.send_mark = None
+        elif mark is None or size < mark[0]:
+            self.send_mark = (size, now)
+        elif now - mark[1] >= timeout:
+            logger.debug("Closing connection: the client took no bytes in %.0f s (--timeout-send)", timeout)
+            self.send_mark = None
+            self.transport.abort()
+            return True
+        else:
+            self.send_mark = (size, mark[1])  # it grew: what counts is the next shrink
+        return False
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -74,6 +74,7 @@ class ServerState:
         "limit_head",
         "timeout_header_read",
         "timeout_body_read",
+        "timeout_send",
         "is_ssl",
         "trace",
         "keep_alive_timeout",
@@ -133,6 +134,7 @@ class ServerState:
         self.limit_head = max(64 * 1024, config.limit_request_line + config.limit_request_field_size + 4)
         self.timeout_header_read = config.timeout_header_read
         self.timeout_body_read = config.timeout_body_read
+        self.timeout_send = config.timeout_send
         self.shutting_down = False
         self.is_ssl = config.is_ssl
         #: --log-level trace: connection events are logged (checked once, not per call)
@@ -153,15 +155,17 @@ class ServerState:
         #: The close code open WebSockets get on shutdown: 1001 (going away) on a stop,
         #: 1012 (service restart) when the worker is reloaded or recycled.
         self.close_code = 1001
-        #: Called as ``on_response(status, seconds)`` when a response completes (the
+        #: Called as ``on_response(status, seconds)`` when a response completes, and
+        #: ``on_response(status, seconds, True)`` when the client left first (the
         #: supervisor's metrics, set through observe_responses); None costs one check.
-        self.on_response: Callable[[int, float], None] | None = None
+        self.on_response: Callable[..., None] | None = None
         #: Requests get a start time (access log or on_response need the duration).
         self.timed = self.access_log is not None
         self.update_date()
 
-    def observe_responses(self, callback: Callable[[int, float], None]) -> None:
-        """Have ``callback(status, seconds)`` called for every completed HTTP response."""
+    def observe_responses(self, callback: Callable[..., None]) -> None:
+        """Have ``callback(status, seconds[, disconnected])`` called for every HTTP
+        response, complete or cut short by a client that left."""
         self.on_response = callback
         self.timed = True
 

@@ -49,11 +49,13 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 # Layout of one cell, in 8-byte signed words: status classes, histogram buckets (the
-# last one is +Inf; counts per bucket, not cumulative), the duration sum in microseconds.
+# last one is +Inf; counts per bucket, not cumulative), the duration sum in microseconds,
+# the responses the client did not wait for.
 _CLASS0 = 0
 _BUCKET0 = len(STATUS_CLASSES)
 _SUM = _BUCKET0 + len(BUCKETS) + 1
-WORDS = _SUM + 1
+_DISCONNECTS = _SUM + 1
+WORDS = _DISCONNECTS + 1
 #: Padded to whole cache lines, so two workers never write into the same line.
 CELL_WORDS = 32
 assert WORDS <= CELL_WORDS
@@ -74,10 +76,12 @@ class MetricsTable:
     def recorder(self, cell: int) -> tuple[Callable[[int, float], None], Callable[[], None]]:
         """The worker's ``(observe, publish)`` pair for its cell.
 
-        ``observe(status, seconds)`` is the per-response hook: three increments in a
-        preallocated list (about 0.2 us; a memoryview over the shared map costs twice
-        that). ``publish()`` copies the totals into the shared cell: the worker calls it
-        on its once-a-second tick and on exit, so the master is at most a second behind.
+        ``observe(status, seconds, disconnected=False)`` is the per-response hook: three
+        increments in a preallocated list (about 0.2 us; a memoryview over the shared
+        map costs twice that), a fourth for a response the client left before it was
+        complete (or before one was started: status 499). ``publish()`` copies the
+        totals into the shared cell: the worker calls it on its once-a-second tick and
+        on exit, so the master is at most a second behind.
         """
         counts: list[float] = [0] * WORDS
         bounds = BUCKETS
@@ -86,11 +90,13 @@ class MetricsTable:
         offset = cell * CELL_WORDS * 8
         pack = _CELL.pack_into
 
-        def observe(status: int, seconds: float) -> None:
+        def observe(status: int, seconds: float, disconnected: bool = False) -> None:
             cls = status // 100
             counts[cls if 0 < cls < 6 else 0] += 1
             counts[_BUCKET0 + find(bounds, seconds)] += 1
             counts[_SUM] += seconds
+            if disconnected:
+                counts[_DISCONNECTS] += 1
 
         def publish() -> None:
             values = [int(v) for v in counts]
@@ -168,8 +174,16 @@ class AsgictlCollector:
                 cumulative += values[_BUCKET0 + i]
                 buckets.append((repr(bound) if bound != float("inf") else "+Inf", cumulative))
             durations.add_metric([str(wid)], buckets, values[_SUM] / 1e6)
+        disconnects = CounterMetricFamily(
+            "asgictl_client_disconnects",
+            "Requests whose client left before the response was complete (counted in requests_total too).",
+            labels=["worker"],
+        )
+        for wid in ids:
+            disconnects.add_metric([str(wid)], totals[wid][_DISCONNECTS])
         yield requests
         yield durations
+        yield disconnects
 
         connections: dict[int, int] = {}
         rss: dict[int, int] = {}

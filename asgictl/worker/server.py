@@ -197,8 +197,14 @@ class Server:
         self.sockets = list(sockets) if sockets is not None else bind_from_config(config)
         factory = connection_factory(state)
         loop = asyncio.get_running_loop()
+        # The TLS handshake is part of the time a client has to send its first request
+        # head: it is bounded by the same deadline (and the head's clock runs from
+        # accept), not by the event loop's default of 60 s.
+        tls = {"ssl_handshake_timeout": config.timeout_header_read} if ssl_context else {}
         for sock in self.sockets:
-            server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=config.backlog)
+            server = await loop.create_server(
+                factory, sock=sock, ssl=ssl_context, backlog=config.backlog, **tls
+            )
             self.servers.append(server)
         scheme = "https" if ssl_context else "http"
         for sock in self.sockets:

@@ -22,8 +22,16 @@ from urllib.parse import unquote
 
 from asgictl.protocols.flow import FlowControlled
 from asgictl.protocols.http.cycle import HTTPCycle
+from asgictl.protocols.http.fields import list_tokens
 from asgictl.protocols.http.response import simple_response
-from asgictl.protocols.http.strict import EXPECT_CONTINUE, FORWARDED, check_head
+from asgictl.protocols.http.strict import (
+    EXPECT_CONTINUE,
+    FORWARDED,
+    HTTP2_REASON,
+    HTTP2_STATUS,
+    KEEP_ALIVE,
+    check_head,
+)
 from asgictl.protocols.proxy import parse_forwarded_proto
 from asgictl.protocols.state import ServerState
 
@@ -117,11 +125,14 @@ class HTTPConnection(FlowControlled):
         self.closing = False
         #: the client half-closed: answer what was received, then close
         self.read_eof = False
-        self.idle_since: float | None = None
         #: bytes of the request head received so far (0 between requests)
         self.head_bytes = 0
+        # A protocol is made when the connection is accepted, before a TLS handshake
+        # (connection_made comes after it): the first head's clock starts here.
+        accepted = state.loop.time()
+        self.idle_since: float | None = accepted
         #: when the clock first saw a partial head (for --timeout-header-read)
-        self.head_since: float | None = None
+        self.head_since: float | None = accepted
         #: request body bytes received, and the count the clock saw last with its time
         self.body_seen = 0
         self.body_mark: tuple[int, float] | None = None
@@ -141,7 +152,6 @@ class HTTPConnection(FlowControlled):
             # Unix-socket peers have no address; the socket path is what may be trusted.
             peer = self.client[0] if self.client else (self.server[0] if self.server else None)
             self.trusted = peer in state.trusted
-        self.idle_since = self.loop.time()
         if state.shutting_down:
             self.closing = True
         if state.trace:
@@ -186,11 +196,12 @@ class HTTPConnection(FlowControlled):
         target: bytes,
         http_version: str,
         headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
     ) -> None:
         """A request head is complete: check it, build its scope and queue its cycle.
 
-        Raises InvalidRequest for a head the policy refuses (see strict.py).
+        Raises InvalidRequest for a head the policy refuses (see strict.py). Whether the
+        connection persists after it is the policy's decision (its Connection tokens),
+        the same for both parsers.
         """
         state = self.state
         flags = check_head(method, target, http_version, headers, state)
@@ -225,6 +236,7 @@ class HTTPConnection(FlowControlled):
         scope["state"] = state.lifespan_state.copy()
         if flags & FORWARDED and self.trusted:
             scope["client"], scope["scheme"] = self._forwarded(headers, self.client, self.scheme)
+        keep_alive = (flags & KEEP_ALIVE) != 0
         if self.closing:
             keep_alive = False
         elif not keep_alive:
@@ -298,17 +310,32 @@ class HTTPConnection(FlowControlled):
             self.transport.close()
 
     def upgrade(self, trailing: bytes) -> bool:
-        """The parser stopped after a request asking to switch protocols (Upgrade).
+        """The request just parsed asks to switch protocols (Upgrade, RFC 9110 7.8):
+        the one place where the server accepts or declines that.
 
-        If it is a WebSocket handshake and ``--ws`` is not none, the transport is handed
-        to the WebSocket protocol with the request's scope and ``trailing`` (the bytes
-        that followed the head), and True is returned: the adapter must not touch the
-        connection again. Otherwise (another protocol, --ws none, requests still queued
-        before it, shutting down) False: the adapter answers it as plain HTTP and reads
-        no more.
+        Accepted (a WebSocket handshake, ``--ws`` not none, nothing queued before it, not
+        shutting down): the transport is handed to the WebSocket protocol with the
+        request's scope and ``trailing`` (the bytes that followed the head), and True is
+        returned: the adapter must not touch the connection again.
+
+        Declined (any other protocol, ``h2c`` included): False. The request is then
+        plain HTTP/1.1, as RFC 9110 7.8 lets a server ignore Upgrade: its body (if it
+        has one) reaches the app, and the adapter goes on parsing what follows as
+        HTTP/1.1, unless the connection is closing (Connection: close). Both parsers
+        stop after a CONNECT too: it is answered, and closes the connection, for what
+        follows it is a tunnel's bytes, never HTTP (RFC 9110 9.3.6).
         """
         ws_protocol = self.state.ws_protocol
         pipeline = self.pipeline
+        if pipeline and pipeline[-1].scope["method"] == "CONNECT":
+            connect = pipeline[-1]
+            self.closing = True
+            if connect.scope["raw_path"][:1] == b"/":  # not authority-form (RFC 9112 3.2.3)
+                pipeline.pop()
+                self.parse_error(400, "CONNECT needs a host:port target")
+            else:
+                connect.keep_alive = False
+            return False
         if (
             ws_protocol is None
             or self.cycle is not None
@@ -334,6 +361,13 @@ class HTTPConnection(FlowControlled):
             transport.resume_reading()
         protocol.handshake(trailing)
         return True
+
+    def http2_preface(self) -> None:
+        """The client opened with HTTP/2's connection preface (``PRI * HTTP/2.0``, RFC
+        9113 3.4), or sent any request with the PRI method, reserved for it: while HTTP/2
+        is not served it is answered with 505 and the connection closes, whichever
+        parser saw it."""
+        self.parse_error(HTTP2_STATUS, HTTP2_REASON)
 
     # --------------------------------------------------------------------- the cycles
 
@@ -427,10 +461,15 @@ class HTTPConnection(FlowControlled):
 
         - keep-alive: no byte of a new request within --timeout-keep-alive;
         - header read: a head started but not complete within --timeout-header-read,
-          however the bytes trickle in (slowloris);
-        - body read: no new body bytes within --timeout-body-read.
+          however the bytes trickle in (slowloris); for a connection's first request
+          the clock runs from accept, the TLS handshake included;
+        - body read: no new body bytes within --timeout-body-read;
+        - send: response bytes waiting for --timeout-send without the client taking
+          any (a client that stopped reading; FlowControlled.check_send).
         """
         state = self.state
+        if self.check_send(now, state.timeout_send):
+            return
         if self.head_bytes:
             if self.head_since is None:
                 self.head_since = now
@@ -464,7 +503,10 @@ class HTTPConnection(FlowControlled):
         self.transport.close()
 
     def shutdown(self) -> None:
-        """Graceful stop: close if idle, else close after the response in progress."""
+        """Graceful stop (``state.shutting_down`` is set): close if idle, else close
+        after the response in progress. An app waiting in ``receive()`` for the end of
+        a request it has read whole (a streaming response) hears http.disconnect now
+        (see HTTPCycle.receive); one still producing its response is not disturbed."""
         self.closing = True
         if self.cycle is None and not self.pipeline:
             self.transport.close()
@@ -472,6 +514,8 @@ class HTTPConnection(FlowControlled):
             for cycle in (self.cycle, *self.pipeline):
                 if cycle is not None:
                     cycle.keep_alive = False
+            if self.cycle is not None:
+                self.cycle.wake()
 
     # ----------------------------------------------------------------------- helpers
 
@@ -493,15 +537,19 @@ class HTTPConnection(FlowControlled):
 
 
 def _is_websocket_handshake(scope: dict[str, Any]) -> bool:
-    """GET, HTTP/1.1, ``Upgrade: websocket`` and ``Connection: upgrade`` (RFC 6455 4.1)."""
+    """GET, HTTP/1.1, ``Upgrade: websocket`` and ``Connection: upgrade`` (RFC 6455 4.1),
+    without a body (one would be read as frames by one parser and as a body by the
+    other: such a request stays plain HTTP)."""
     if scope["method"] != "GET" or scope["http_version"] != "1.1":
         return False
     upgrade = connection = False
     for name, value in scope["headers"]:
         if name == b"upgrade":
-            upgrade = upgrade or any(t.strip() == b"websocket" for t in value.lower().split(b","))
+            upgrade = upgrade or b"websocket" in list_tokens(value)
         elif name == b"connection":
-            connection = connection or any(t.strip() == b"upgrade" for t in value.lower().split(b","))
+            connection = connection or b"upgrade" in list_tokens(value)
+        elif (name == b"content-length" and value.lstrip(b"0")) or name == b"transfer-encoding":
+            return False
     return upgrade and connection
 
 

@@ -13,22 +13,32 @@ given one when its body is complete in the first message; otherwise it is sent c
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from asgictl.protocols.http.response import (
+from asgictl.protocols.http.fields import (
     CONNECTION,
     CONTENT_LENGTH,
+    KNOWN_NAMES,
+    TRANSFER_ENCODING,
+    InvalidField,
+    check_trailer_name,
+    count_line_breaks,
+    invalid_block,
+    learn_name,
+    list_tokens,
+)
+from asgictl.protocols.http.response import (
     CONTINUE_100,
     CRLF,
     LAST_CHUNK,
     NO_BODY_STATUSES,
-    SPECIAL_HEADERS,
     STATUS_LINES,
-    TRANSFER_ENCODING,
     chunk,
+    simple_response,
     status_line,
 )
 
@@ -40,6 +50,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asgictl.error")
 
 _DISCONNECT = {"type": "http.disconnect"}
+#: The access-log record's extra for a response the client did not wait for.
+#: The status logged for a request whose client left before any response was started
+#: (nginx's "client closed request"; nothing was sent).
+CLIENT_CLOSED_REQUEST = 499
+_EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())
 _KEEP_ALIVE_LINE = b"connection: keep-alive\r\n"
 _CLOSE_LINE = b"connection: close\r\n"
 _CHUNKED_LINE = b"transfer-encoding: chunked\r\n"
@@ -65,6 +80,7 @@ class HTTPCycle:
         "expect_continue",
         "waiter",
         "disconnected",
+        "told_disconnect",
         # response side
         "status",
         "head",
@@ -98,6 +114,8 @@ class HTTPCycle:
         self.expect_continue = expect_continue
         self.waiter: asyncio.Future[None] | None = None
         self.disconnected = False
+        #: receive() gave the app http.disconnect (it may then stop mid-response)
+        self.told_disconnect = False
         self.response_started = False
         self.response_complete = False
         #: the head block, held back until the first body message (None once written)
@@ -139,14 +157,19 @@ class HTTPCycle:
         while not (self.disconnected or self.response_complete):
             if self.body or (self.more_body is False and not self.body_delivered):
                 break
-            if conn.read_eof:
+            if conn.read_eof or (self.more_body is False and conn.state.shutting_down):
                 # The client sent EOF: nothing more can arrive, so it has gone (or
-                # half-closed; the response can still be written either way).
+                # half-closed; the response can still be written either way). Or the
+                # server is going away (stop, reload, recycle) and the request is all
+                # read: what the app waits for now, as a streaming response does, is
+                # the end, so it hears it now rather than at the shutdown deadline.
+                self.told_disconnect = True
                 return _DISCONNECT
             conn.resume_reading()
             self.waiter = conn.loop.create_future()
             await self.waiter
         if self.disconnected or self.response_complete:
+            self.told_disconnect = True
             return _DISCONNECT
         body = self.body
         self.body = b""
@@ -173,6 +196,8 @@ class HTTPCycle:
                 self._finish()
             elif self.conn.write_paused and not self.disconnected:
                 await self.conn.drain()
+                if self.disconnected:  # cut while waiting (the client left, or --timeout-send)
+                    raise ClientDisconnected("the client has disconnected")
         elif kind == "http.response.start":
             if self.response_started:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
@@ -197,26 +222,43 @@ class HTTPCycle:
         length: int | None = None
         chunked = False
         keep_alive = self.keep_alive
+        known = KNOWN_NAMES
         for name, value in message.get("headers", ()):
-            if name in SPECIAL_HEADERS or (not name.islower() and name.lower() in SPECIAL_HEADERS):
-                lname = name.lower()
-                if lname == CONTENT_LENGTH:
-                    if no_body:
+            # Every name is a token (RFC 9110 5.1): a cached one costs this lookup only.
+            kind = known.get(name)
+            if kind is None:
+                kind = learn_name(name)
+            if kind:
+                if kind == CONTENT_LENGTH:
+                    # 1*DIGIT and one value (RFC 9110 8.6): "+2", "1_0" or "2, 3" would be
+                    # read differently by each client; an identical repeat is folded.
+                    if not value.isdigit():
+                        raise InvalidField(f"Invalid Content-Length {value!r}: not 1*DIGIT (RFC 9110 8.6)")
+                    if length is not None:
+                        if int(value) != length:
+                            raise InvalidField("Differing Content-Length values (RFC 9110 8.6)")
                         continue
                     length = int(value)
-                elif lname == TRANSFER_ENCODING:
-                    # The server does the chunking; an app's chunked header is honoured,
-                    # any other coding of its own is left to the app (RFC 9112 6.1).
-                    if value.lower() == b"chunked":
-                        chunked = True
+                    if no_body:
                         continue
-                elif lname == CONNECTION:
-                    if value.lower() == b"close":
+                elif kind == TRANSFER_ENCODING:
+                    # The server does the chunking (RFC 9112 6.1): an app's "chunked" asks
+                    # for it; any other coding could not be framed honestly.
+                    if list_tokens(value) != [b"chunked"]:
+                        raise InvalidField(f"Unsupported response Transfer-Encoding {value!r}")
+                    chunked = True
+                    continue
+                elif kind == CONNECTION:
+                    if b"close" in list_tokens(value):
                         keep_alive = False
                     continue
                 else:  # server or date: the app's replaces the default one
-                    default_headers = head[1] = _without(head[1], lname)
+                    default_headers = head[1] = _without(head[1], name.lower())
             head += (name, b": ", value, CRLF)
+        if chunked and length is not None:
+            raise InvalidField("Content-Length and Transfer-Encoding in one response (RFC 9112 6.2)")
+        if no_body:
+            length = None
         # Lines the head has so far; _write_body checks the joined bytes against it.
         self.head_lines = (
             1
@@ -270,16 +312,16 @@ class HTTPCycle:
             elif http10:
                 head.append(_KEEP_ALIVE_LINE)
             head.append(CRLF)
-            # One scan of the head for the whole header block instead of a check per
-            # header: a CR or LF inside a name or value (response splitting) shows up
-            # as a line break too many. The head's lines: the app's headers and the
-            # default ones counted in _start, plus one per piece added just above.
+            # The head's lines: the app's headers and the default ones counted in
+            # _start, plus one per piece added just above (the blank line included).
             lines = self.head_lines + len(head) - pieces
         if self.no_body:
             data = b""
         elif self.length_left is not None:
             self.length_left -= len(data)
             if self.length_left < 0:
+                if head is not None:
+                    self.response_started = False  # nothing was written: the app gets its 500
                 raise RuntimeError("Response content longer than Content-Length")
         if self.chunked and not self.no_body:
             framed = chunk(data) if data else b""
@@ -287,13 +329,14 @@ class HTTPCycle:
                 framed += LAST_CHUNK
             data = framed
         if head is not None:
-            head.append(data)
-            payload = b"".join(head)
-            end = len(payload) - len(data)
-            if payload.count(b"\n", 0, end) != lines or payload.count(b"\r", 0, end) != lines:
+            block = b"".join(head)
+            # One C-level scan of the whole block instead of a check per field: a CR,
+            # LF or other control byte in a value (RFC 9110 5.5) is one more than the
+            # CR and LF that end each of the block's lines.
+            if count_line_breaks(block) != 2 * lines:
                 self.response_started = False  # nothing was written: the app gets its 500
-                raise RuntimeError("Invalid HTTP header: CR or LF in a response header")
-            data = payload
+                raise invalid_block(block)
+            data = block + data if data else block
         if more:
             if data:
                 self._buffer(data)
@@ -341,11 +384,13 @@ class HTTPCycle:
             self.trailers = 2
             lines = [b"0\r\n"] if first else []
             for name, value in message.get("headers", ()):
+                if KNOWN_NAMES.get(name) is None:
+                    learn_name(name)
+                check_trailer_name(name)
                 lines += (name, b": ", value, CRLF)
             block = b"".join(lines)
-            expected = len(lines) // 4 + first
-            if block.count(b"\n") != expected or block.count(b"\r") != expected:
-                raise RuntimeError("Invalid HTTP trailer: CR or LF in a trailer field")
+            if count_line_breaks(block) != 2 * (len(lines) // 4 + first):
+                raise invalid_block(block)
             self.flush(block + CRLF if not more else block)
         # Without chunked framing (HTTP/1.0, or a Content-Length of the app's) there is
         # no place for trailers on the wire: they are dropped, as RFC 9110 6.5 allows.
@@ -396,27 +441,78 @@ class HTTPCycle:
             observe(self.status, perf_counter() - self.started_at)
         self.conn.cycle_done(self)
 
+    def _abandoned(self) -> None:
+        """The app stopped before its response was complete because the connection is
+        over for it: the client left (or half-closed), or the server is going away and
+        told it so. Not an error of the app: the response is cut where it is (if none
+        was started while the server goes away, the client gets 503), and the access
+        line and the metrics record it, as disconnected when the client left."""
+        if self.response_complete:
+            return
+        conn = self.conn
+        transport = conn.transport
+        client_left = self.disconnected or conn.read_eof or transport.is_closing()
+        self.response_complete = True
+        if self.response_started and self.head is None:  # the head went out
+            status = self.status
+            self.flush()
+        elif client_left:
+            status = CLIENT_CLOSED_REQUEST
+        else:
+            status = 503
+            self.response_started = True
+            transport.write(simple_response(503, b"Service Unavailable", conn.state.default_headers))
+        state = conn.state
+        access = state.access_log
+        if access is not None:
+            access.response(self.scope, status, self.started_at, False, client_left)
+        observe = state.on_response
+        if observe is not None:
+            observe(status, perf_counter() - self.started_at, client_left)
+        conn.closing = True
+        transport.close()
+
     # -------------------------------------------------------------------------- running
 
     async def run(self, app: Any) -> None:
         try:
             await app(self.scope, self.receive, self.send)
-        except ClientDisconnected:
-            pass  # the app stopped because the client left: nothing to report
         except BaseException as exc:
-            self.conn.app_failed(self, exc)
-            if not isinstance(exc, Exception):
-                raise
+            if _only_disconnects(exc):
+                # The app let send()'s ClientDisconnected escape (ASGI 2.4): the client
+                # left, which is no error of the app's nor the server's.
+                logger.debug(
+                    'ASGI app stopped: the client disconnected ("%s %s")',
+                    self.scope["method"],
+                    self.scope["path"],
+                )
+                self._abandoned()
+            else:
+                self.conn.app_failed(self, exc)
+                if not isinstance(exc, Exception):
+                    raise
         else:
-            if not self.response_started:
-                if not self.disconnected:
+            if not self.response_complete:
+                if self.told_disconnect or self.disconnected:
+                    self._abandoned()  # it stopped because it heard http.disconnect
+                elif not self.response_started:
                     logger.error("ASGI callable returned without starting response.")
                     self.conn.app_failed(self, None)
-            elif not self.response_complete and not self.disconnected:
-                logger.error("ASGI callable returned without completing response.")
-                self.conn.app_failed(self, None)
+                else:
+                    logger.error("ASGI callable returned without completing response.")
+                    self.conn.app_failed(self, None)
         finally:
             self.conn.state.active_requests -= 1
+
+
+def _only_disconnects(exc: BaseException) -> bool:
+    """``exc`` is send()'s ClientDisconnected, or a group of nothing else (a task group
+    around the app's streaming, e.g. anyio's)."""
+    if isinstance(exc, ClientDisconnected):
+        return True
+    if isinstance(exc, _EXCEPTION_GROUP):
+        return all(_only_disconnects(inner) for inner in exc.exceptions)  # type: ignore[attr-defined]
+    return False
 
 
 def _without(block: bytes, name: bytes) -> bytes:

@@ -6,7 +6,9 @@ request a fresh one takes over the bytes that followed it (``trailing_data``).
 
 h11 is lenient where the policy is not (bare LF, obs-fold, control bytes): the raw
 bytes of each head are kept until h11 has parsed it and checked with
-``strict.check_raw_head`` first.
+``strict.check_raw_head`` first. h11 stops after any request with an Upgrade field;
+one the server declines is plain HTTP/1.1, and a fresh parser takes over the bytes
+after it as after any other request.
 """
 
 from __future__ import annotations
@@ -92,13 +94,13 @@ class H11Connection(HTTPConnection):
                     for name, _ in event.headers:  # type: ignore[union-attr]
                         check_trailer(name)
                     self.end_of_request()
-                    if self.parser.their_state is h11.MIGHT_SWITCH_PROTOCOL:
-                        # A request asking to switch protocols (Upgrade, CONNECT): what
-                        # follows it is not HTTP/1.1. A WebSocket handshake is handed
-                        # over; anything else is answered as plain HTTP, reading stops.
+                    if self.parser.their_state is h11.MIGHT_SWITCH_PROTOCOL and self.upgrade(
+                        self.parser.trailing_data[0]
+                    ):
+                        # A WebSocket handshake was handed over: what follows is not
+                        # HTTP/1.1. A declined upgrade is plain HTTP/1.1 and parsing
+                        # goes on below (a CONNECT has closing set: nothing follows).
                         self.stopped = True
-                        if not self.upgrade(self.parser.trailing_data[0]):
-                            self.closing = True
                         return
                     if self.closing:
                         # Bytes after a request that closes the connection are never parsed.
@@ -113,25 +115,19 @@ class H11Connection(HTTPConnection):
                         self.parser.receive_data(data)
                     if closed:
                         self.parser.receive_data(b"")
-                elif event is h11.NEED_DATA or kind is h11.ConnectionClosed:
-                    return
-                elif event is h11.PAUSED:
-                    # h11 pauses after a request that switches protocols (Upgrade,
-                    # CONNECT): it was answered as plain HTTP; read nothing more.
-                    self.end_of_request()
-                    self.stopped = True
-                    self.closing = True
+                elif event is h11.NEED_DATA or kind is h11.ConnectionClosed or event is h11.PAUSED:
+                    # (h11 pauses only after a complete request, which is replaced above.)
                     return
             except InvalidRequest as exc:
                 self._refuse(exc)
                 return
 
     def _on_request(self, event: h11.Request) -> None:
-        headers = list(event.headers)  # lower-cased names, as ASGI wants
-        version = event.http_version.decode("ascii")
-        connection_tokens = b",".join(v for n, v in headers if n == b"connection").lower()
-        if version == "1.1":
-            keep_alive = b"close" not in connection_tokens
-        else:
-            keep_alive = b"keep-alive" in connection_tokens
-        self.begin_request(event.method.decode("ascii"), event.target, version, headers, keep_alive)
+        if event.method == b"PRI":  # reserved for HTTP/2's preface (RFC 9113 3.4)
+            self.stopped = True
+            self.http2_preface()
+            return
+        headers = list(event.headers)  # lower-cased names, trimmed values, as ASGI wants
+        self.begin_request(
+            event.method.decode("ascii"), event.target, event.http_version.decode("ascii"), headers
+        )

@@ -4,6 +4,19 @@ llhttp is strict about line endings, folding and control bytes; what it lets thr
 that the policy refuses is checked by the shared ``strict.check_head``. Trailer fields
 arrive through ``on_header`` after the head is complete: they are checked and dropped
 (ASGI has no request trailers).
+
+Two places where llhttp stops and the policy does not, and parsing is resumed with a
+fresh parser that is first fed a made-up head carrying only the request's framing
+(``Content-Length: N`` or ``Transfer-Encoding: chunked``), so that llhttp reads the rest
+of that request's body and then whatever follows it:
+
+- an Upgrade the server declines (anything but a WebSocket handshake it accepts):
+  llhttp skips the body of any request asking to switch protocols and pauses, but the
+  request is plain HTTP/1.1 (RFC 9110 7.8): its body goes to the app and pipelined
+  requests behind it are answered;
+- ``Transfer-Encoding: chunked`` followed by an HTAB (optional whitespace, RFC 9110
+  5.6.3): llhttp reads the HTAB as part of a coding and refuses the request after the
+  head, where h11 and the policy read ``chunked``.
 """
 
 from __future__ import annotations
@@ -11,12 +24,21 @@ from __future__ import annotations
 import httptools
 
 from asgictl.protocols.http.connection import HTTPConnection
-from asgictl.protocols.http.strict import InvalidRequest, check_request_line, check_trailer
+from asgictl.protocols.http.cycle import HTTPCycle
+from asgictl.protocols.http.strict import (
+    InvalidRequest,
+    check_request_line,
+    check_trailer,
+    framing_of,
+)
 from asgictl.protocols.state import ServerState
 
 #: Decoded once instead of per request.
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _OWS = b" \t"
+_TE_REFUSED = "Request has invalid `Transfer-Encoding`"
+#: What feed_data raises when llhttp stops (an upgrade pause is no HttpParserError).
+_STOPS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 
 class HttpToolsConnection(HTTPConnection):
@@ -26,7 +48,7 @@ class HttpToolsConnection(HTTPConnection):
         super().__init__(state)
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
-        #: the read a request head started in, until the head is parsed
+        #: the read a request head started in, until its message ends
         self.first_read = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.in_trailers = False
@@ -53,27 +75,98 @@ class HttpToolsConnection(HTTPConnection):
             self.head_bytes = head_bytes
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.stopped = True
-            # The head ended at offset exc.args[0] of this chunk; what follows is the
-            # new protocol's. A WebSocket handshake is handed over; any other upgrade
-            # is answered as plain HTTP and nothing more is read.
-            if self.upgrade(data[exc.args[0] :] if exc.args else b""):
-                return
-            self.closing = True
-        except httptools.HttpParserCallbackError as exc:
-            self.stopped = True
-            refused = exc.__context__
-            if not isinstance(refused, InvalidRequest):
-                raise
-            self.parse_error(refused.status, refused.reason)
-        except httptools.HttpParserError as exc:
-            self.stopped = True
-            reason = _reason(exc)
-            # A well-formed but unsupported version is 505, as the shared check says.
-            self.parse_error(505 if "Invalid HTTP version" in reason else 400, reason)
+        except _STOPS as exc:
+            self._stopped(data, exc)
         if self.cycle is None and self.pipeline:
             self.start_next()
+
+    def _stopped(self, data: bytes, exc: Exception) -> None:
+        """llhttp stopped in ``data``: answer, or resume with a fresh parser (as many
+        times as the rest of ``data`` makes it stop again)."""
+        while True:
+            resumed = self._after_stop(data, exc)
+            if resumed is None:
+                return
+            data = resumed
+            try:
+                self.parser.feed_data(data)
+                return
+            except _STOPS as again:
+                exc = again
+
+    def _after_stop(self, data: bytes, exc: Exception) -> bytes | None:
+        """The bytes a fresh parser must be fed to go on, or None (handed over, or
+        answered and stopped)."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            # The head ended at offset exc.args[0] of this chunk; llhttp skipped its
+            # body. A WebSocket handshake is handed over; a declined upgrade is plain
+            # HTTP/1.1 and parsing goes on (upgrade()).
+            rest = data[exc.args[0] :] if exc.args else b""
+            if self.upgrade(rest):
+                self.stopped = True
+                return None
+            return self._resume(rest)
+        self.stopped = True
+        if isinstance(exc, httptools.HttpParserCallbackError):
+            refused = exc.__context__
+            if not isinstance(refused, InvalidRequest):
+                raise exc
+            self.parse_error(refused.status, refused.reason)
+            return None
+        reason = _reason(exc)
+        resumed = self._after_refused_head(data, reason)
+        if resumed is not None:
+            self.stopped = False
+            return resumed
+        if "PRI/Upgrade" in reason or "HTTP/2 Connection Preface" in reason:
+            self.http2_preface()  # llhttp knows the preface (and the PRI method)
+        else:
+            # A well-formed but unsupported version is 505, as the shared check says.
+            self.parse_error(505 if "Invalid HTTP version" in reason else 400, reason)
+        return None
+
+    def _resume(self, rest: bytes) -> bytes | None:
+        """After a declined upgrade: the bytes a fresh parser must be fed (the made-up
+        head for the request's body, then ``rest``), or None to read nothing more."""
+        if self.closing or not self.pipeline:
+            self.stopped = True
+            return None
+        cycle = self.pipeline[-1]  # the upgrade request: llhttp paused right after it
+        self.parser = httptools.HttpRequestParser(self)
+        return self._body_of(cycle) + rest
+
+    def _after_refused_head(self, data: bytes, reason: str) -> bytes | None:
+        """llhttp refused, after the head, a ``Transfer-Encoding`` the policy read as
+        ``chunked`` (with an HTAB after it): the bytes to resume with, or None (any
+        other error, or a head whose start in ``data`` is not known exactly)."""
+        cycle = self.parsing
+        if (
+            cycle is None
+            or reason.find(_TE_REFUSED) < 0
+            or self.first_read is not data
+            or not data.startswith(cycle.scope["method"].encode("ascii") + b" ")
+        ):
+            return None
+        # No other head completed in this read before this one, and the read opens
+        # with its request line (or, had the head begun in an earlier read, at least
+        # inside it and not in the middle of its final CRLF CRLF). llhttp allows no
+        # empty line inside a head: the first one in the read ends it.
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        self.parser = httptools.HttpRequestParser(self)
+        return self._body_of(cycle) + data[end + 4 :]
+
+    def _body_of(self, cycle: HTTPCycle) -> bytes:
+        """The made-up head that has a fresh parser read the rest of ``cycle``'s body
+        (b"" when it has none); its callbacks are ignored (see on_headers_complete)."""
+        framing = framing_of(cycle.scope["headers"])
+        if framing is None:
+            return b""
+        cycle.more_body = True
+        self.parsing = cycle
+        self.in_trailers = False
+        return b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n"
 
     # ------------------------------------------------------------- parser callbacks
 
@@ -92,6 +185,12 @@ class HttpToolsConnection(HTTPConnection):
         self.headers.append((name, value.rstrip(_OWS)))
 
     def on_headers_complete(self) -> None:
+        if self.parsing is not None:
+            # The made-up head of a resumed body (_body_of): nothing to begin.
+            self.headers = []
+            self.url = b""
+            self.in_trailers = True
+            return
         parser = self.parser
         method = parser.get_method()
         headers = self.headers
@@ -102,17 +201,18 @@ class HttpToolsConnection(HTTPConnection):
         # llhttp accepts runs of spaces in the request line where h11 and RFC 9112's
         # grammar do not: refuse them alike. With single spaces the line's CR sits
         # right after "METHOD SP target SP HTTP/x.y"; only when it does not is the
-        # line looked at closely (also when it was split over reads).
-        first, self.first_read = self.first_read, b""
+        # line looked at closely, if the read the head started in opens with it (a
+        # read that began inside the head of a request pipelined behind another
+        # does not, and is left alone).
+        first = self.first_read  # cleared when the message ends (on_message_complete)
         end = len(method) + len(url) + 10
         if len(first) <= end or first[end] != 13:
-            check_request_line(first)
+            check_request_line(first if first.startswith(method) else b"")
         self.begin_request(
             _METHODS.get(method) or method.decode("ascii"),
             url,
             parser.get_http_version(),
             headers,
-            parser.should_keep_alive(),
         )
 
     def on_body(self, body: bytes) -> None:
@@ -120,6 +220,7 @@ class HttpToolsConnection(HTTPConnection):
 
     def on_message_complete(self) -> None:
         self.in_trailers = False
+        self.first_read = b""
         self.end_of_request()
 
 

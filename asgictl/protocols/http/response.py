@@ -18,12 +18,6 @@ CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: Statuses whose responses never carry a body (RFC 9110 6.4.1).
 NO_BODY_STATUSES = frozenset({*range(100, 200), 204, 304})
 
-#: Response header names the server must see to frame the response.
-CONTENT_LENGTH = b"content-length"
-TRANSFER_ENCODING = b"transfer-encoding"
-CONNECTION = b"connection"
-SPECIAL_HEADERS = frozenset({CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, b"server", b"date"})
-
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 

@@ -8,6 +8,11 @@ another thing here (request smuggling). The adapters call :func:`check_head` on 
 parsed head, and the h11 adapter also runs :func:`check_raw_head` on the bytes of the head,
 so both parsers refuse the same requests with the same answers.
 
+The fields the policy reads (Host, Content-Length, Transfer-Encoding, Connection,
+Expect) are judged after optional whitespace (SP and HTAB, RFC 9110 5.6.3) is trimmed
+around the value and around each list element, whichever parser read them; whether the
+connection persists is decided here from the Connection tokens, not by either parser.
+
 Refusals raise :class:`InvalidRequest` with the status to answer (400, 414, 431, 501,
 505) and a short reason; the connection then answers and closes, and nothing after the
 bad request is parsed.
@@ -15,9 +20,11 @@ bad request is parsed.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
-from urllib.parse import urlsplit
+
+from asgictl.protocols.http.fields import FORBIDDEN_TRAILERS, TCHAR, list_tokens
 
 
 class InvalidRequest(Exception):
@@ -41,10 +48,17 @@ _CONTENT_TYPE = 4
 _EXPECT = 5
 _FRAMING_ALIAS = 6
 _FORWARDED = 7
+_CONNECTION = 8
 
 #: check_head's result bits
 EXPECT_CONTINUE = 1
 FORWARDED = 2
+#: the connection may carry another request after this one (RFC 9112 9.3)
+KEEP_ALIVE = 4
+
+#: The answer to HTTP/2's connection preface (RFC 9113 3.4) while HTTP/2 is not served.
+HTTP2_STATUS = 505
+HTTP2_REASON = "HTTP/2 is not served here: use HTTP/1.1"
 #: Header names that need a look; every other header costs one dict lookup.
 _SPECIAL = {
     b"host": _HOST,
@@ -58,47 +72,20 @@ _SPECIAL = {
     b"transfer_encoding": _FRAMING_ALIAS,
     b"x-forwarded-for": _FORWARDED,
     b"x-forwarded-proto": _FORWARDED,
+    b"connection": _CONNECTION,
 }
-
-#: Fields a sender must not put in a trailer section (RFC 9110 6.5.1): framing, routing,
-#: request modifiers, authentication, content handling.
-FORBIDDEN_TRAILERS = frozenset(
-    {
-        b"content-length",
-        b"transfer-encoding",
-        b"host",
-        b"content-type",
-        b"content-encoding",
-        b"content-range",
-        b"trailer",
-        b"te",
-        b"expect",
-        b"connection",
-        b"keep-alive",
-        b"upgrade",
-        b"authorization",
-        b"proxy-authorization",
-        b"cookie",
-        b"set-cookie",
-        b"max-forwards",
-        b"cache-control",
-        b"range",
-        b"if-match",
-        b"if-none-match",
-        b"if-modified-since",
-        b"if-unmodified-since",
-        b"if-range",
-    }
-)
 
 
 def check_head(
     method: str, target: bytes, version: str, headers: list[tuple[bytes, bytes]], limits: Any
 ) -> int:
     """Refuse a head the policy forbids, else return bits: EXPECT_CONTINUE when the
-    client waits for ``100 Continue``, FORWARDED when proxy headers are present.
+    client waits for ``100 Continue``, FORWARDED when proxy headers are present,
+    KEEP_ALIVE when the connection may carry another request.
 
-    ``limits`` has the ``limit_*`` attributes of the ServerState.
+    ``headers`` are (lower-cased name, value) pairs whose values the parser trimmed of
+    leading and trailing SP/HTAB. ``limits`` has the ``limit_*`` attributes of the
+    ServerState.
     """
     if len(target) + len(method) + 10 > limits.limit_line:
         raise InvalidRequest(414, "request line too long")
@@ -110,9 +97,9 @@ def check_head(
         raise InvalidRequest(505, f"HTTP/{version} is not supported")
     if method not in KNOWN_METHODS:
         raise InvalidRequest(400, "unknown method")
-    host = length = encoding = content_type = 0
-    flags = 0
-    length_value = encoding_value = b""
+    host = length = encoding = content_type = closed = 0
+    flags = KEEP_ALIVE if version == "1.1" else 0
+    length_value = encoding_value = host_value = b""
     max_field = limits.limit_field_size - 4  # the field line counts ": " and its CRLF
     for name, value in headers:
         if len(name) + len(value) > max_field:
@@ -122,6 +109,7 @@ def check_head(
             continue
         if kind == _HOST:
             host += 1
+            host_value = value
         elif kind == _CONTENT_LENGTH:
             length += 1
             length_value = value
@@ -135,10 +123,19 @@ def check_head(
                 flags |= EXPECT_CONTINUE
         elif kind == _FORWARDED:
             flags |= FORWARDED
+        elif kind == _CONNECTION:
+            tokens = list_tokens(value)
+            if b"close" in tokens:
+                closed = 1
+                flags &= ~KEEP_ALIVE
+            elif b"keep-alive" in tokens and not closed:
+                flags |= KEEP_ALIVE
         else:
             raise InvalidRequest(400, f"ambiguous header name {name.decode('latin-1')!r}")
     if host != 1 and (host or version == "1.1"):
         raise InvalidRequest(400, "exactly one Host header is required" if host else "missing Host header")
+    if host and host_value != _last_host[0]:
+        check_host(host_value)
     if length or encoding:
         _check_framing(version, length, length_value, encoding, encoding_value)
         if length and limits.limit_body is not None and int(length_value) > limits.limit_body:
@@ -166,11 +163,25 @@ def _check_framing(
     check_transfer_encoding(encoding_value)
 
 
+def framing_of(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The field line that frames the body of a request whose head check_head accepted
+    (``content-length: N`` or ``transfer-encoding: chunked``), None without a body."""
+    for name, value in headers:
+        if name == b"content-length":
+            return b"content-length: " + value if int(value) else None
+        if name == b"transfer-encoding":
+            return b"transfer-encoding: chunked"
+    return None
+
+
 def check_transfer_encoding(value: bytes) -> None:
-    """Only ``chunked`` is decoded here: it must come last (400), alone (501)."""
-    codings = [c.strip().lower() for c in value.split(b",")]
-    if codings[-1] != b"chunked":
-        raise InvalidRequest(400, "Transfer-Encoding must end with chunked")
+    """Only ``chunked`` is decoded here: it must come last and once (400, RFC 9112
+    6.1), alone (501 for any other coding)."""
+    # Empty list elements are refused here, though RFC 9110 5.6.1 lets a recipient
+    # skip them: parsers differ on them in the one field that frames the body.
+    codings = [c.strip(b" \t").lower() for c in value.split(b",")]
+    if codings[-1] != b"chunked" or b"chunked" in codings[:-1] or b"" in codings:
+        raise InvalidRequest(400, "Transfer-Encoding must end with chunked, once")
     if len(codings) > 1:
         raise InvalidRequest(501, f"transfer coding {codings[0].decode('latin-1')!r} is not implemented")
 
@@ -181,19 +192,68 @@ def _check_target(method: str, target: bytes) -> None:
             raise InvalidRequest(400, "the asterisk target is only for OPTIONS")
         return
     if method == "CONNECT":
+        # authority-form (RFC 9112 3.2.3): uri-host ":" port, both present
         host, sep, port = target.rpartition(b":")
-        if not sep or not host or not port.isdigit():
+        if not sep or not host or not port or not _valid_authority(target):
             raise InvalidRequest(400, "CONNECT needs a host:port target")
         return
-    if b"://" not in target:
+    # absolute-form (RFC 9112 3.2.2): an http(s) URI with a host (userinfo, which a
+    # server only SHOULD refuse, RFC 9110 4.2.4, is let through as before)
+    scheme, sep, rest = target.partition(b"://")
+    authority = rest
+    for end in (b"/", b"?", b"#"):
+        authority = authority.partition(end)[0]
+    authority = authority.rpartition(b"@")[2]
+    if (
+        not sep
+        or scheme.lower() not in (b"http", b"https")
+        or not authority
+        or authority[:1] == b":"
+        or not _valid_authority(authority)
+        or not rest.isascii()
+    ):
         raise InvalidRequest(400, "invalid request target")
-    try:
-        parts = urlsplit(target.decode("ascii"))
-        parts.port  # noqa: B018 - validates the port
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidRequest(400, "invalid request target") from None
-    if not parts.scheme or not parts.netloc or parts.scheme.lower() not in ("http", "https"):
-        raise InvalidRequest(400, "invalid request target")
+
+
+# uri-host [ ":" port ] (RFC 9112 3.2 and 7230's Host, RFC 3986 3.2.2): an IP-literal
+# in brackets (checked by ipaddress), or a reg-name (IPv4 addresses included) of
+# unreserved characters, sub-delims and %XX escapes, possibly empty.
+_AUTHORITY = re.compile(
+    rb"(?:\[(?P<literal>[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]"
+    rb"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)"
+    rb"(?::(?P<port>[0-9]*))?"
+)
+#: Host values found valid (most servers see a handful, and mostly the one they saw
+#: last: a comparison with that one is cheaper than hashing the value for the set).
+_VALID_HOSTS: set[bytes] = set()
+_VALID_HOSTS_MAX = 1024
+_last_host = [b""]
+
+
+def _valid_authority(value: bytes) -> bool:
+    match = _AUTHORITY.fullmatch(value)
+    if match is None:
+        return False
+    literal = match.group("literal")
+    if literal is not None and not literal.startswith(b"v"):
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except ValueError:
+            return False
+    port = match.group("port")
+    return not port or int(port) <= 65535
+
+
+def check_host(value: bytes) -> None:
+    """A Host value must be ``uri-host [ ":" port ]`` (RFC 9112 3.2, RFC 3986 3.2.2):
+    else 400 (RFC 9112 3.2: "a Host header field with an invalid field value").
+    An empty value is valid (a target without authority, e.g. with absolute-form)."""
+    if value not in _VALID_HOSTS:
+        if not _valid_authority(value):
+            raise InvalidRequest(400, "invalid Host header")
+        if len(_VALID_HOSTS) < _VALID_HOSTS_MAX:
+            _VALID_HOSTS.add(value)
+    _last_host[0] = value
 
 
 def check_trailer(name: bytes) -> None:
@@ -203,14 +263,13 @@ def check_trailer(name: bytes) -> None:
 
 # ---------------------------------------------------------------- raw head (h11 path)
 
-_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
-_REQUEST_LINE = rb"%s+ [\x21-\x7e\x80-\xff]+ HTTP/[0-9]\.[0-9]\r\n" % _TCHAR
+_REQUEST_LINE = rb"%s+ [\x21-\x7e\x80-\xff]+ HTTP/[0-9]\.[0-9]\r\n" % TCHAR
 # A field line: a token, a colon, optional whitespace, a value of visible characters
 # (obs-text allowed) and inner spaces/tabs, optional whitespace, CRLF. No obs-fold, no
 # whitespace before the colon, no control bytes, no bare CR or LF.
 _FIELD_LINE = (
     rb"%s+:[ \t]*(?:[\x21-\x7e\x80-\xff](?:[\x20\x09\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?[ \t]*\r\n"
-    % (_TCHAR)
+    % (TCHAR)
 )
 _HEAD = re.compile(rb"%s(?:%s)*\r\n" % (_REQUEST_LINE, _FIELD_LINE))
 # h11 folds "Content-Length: 5, 5" and repeated equal lengths into one value, and

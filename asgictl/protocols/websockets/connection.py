@@ -38,8 +38,10 @@ from time import perf_counter
 from typing import Any
 
 from asgictl.protocols.flow import FlowControlled
+from asgictl.protocols.http.fields import InvalidField, check_fields
 from asgictl.protocols.http.response import STATUS_LINES, simple_response
 from asgictl.protocols.state import ServerState
+from asgictl.protocols.websockets.handshake import HandshakeRefused, check_handshake
 
 logger = logging.getLogger("asgictl.error")
 
@@ -153,8 +155,9 @@ class WSConnection(FlowControlled):
     # ------------------------------------------------------------ adapter interface
 
     def open_engine(self, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes | None:
-        """Set up the framing library for this handshake request; None if it is a valid
-        WebSocket handshake, else the complete HTTP response refusing it."""
+        """Set up the framing library for this handshake request (a canonical one, built
+        by ``check_handshake`` from a request that passed it); None if the library takes
+        it, else the complete HTTP response refusing it."""
         raise NotImplementedError
 
     def accept_response(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -187,7 +190,13 @@ class WSConnection(FlowControlled):
     def handshake(self, trailing: bytes) -> None:
         """Start: check the handshake and run the app (called once, by the HTTP protocol)."""
         state = self.state
-        refusal = self.open_engine(self._target(), self.scope["headers"])
+        try:
+            fields = check_handshake(self.scope["headers"], state.ws_per_message_deflate)
+        except HandshakeRefused as refused:
+            body = f"Invalid WebSocket handshake: {refused.reason}\n".encode()
+            self._answer_http(simple_response(refused.status, body, state.default_headers + refused.extra))
+            return
+        refusal = self.open_engine(b"/", fields)
         if refusal is not None:
             self._answer_http(refusal)
             return
@@ -404,10 +413,10 @@ class WSConnection(FlowControlled):
         # CLOSING: the close handshake is under way.
 
     def check_idle(self, now: float) -> None:
-        """Keepalive, from the worker's once-a-second clock."""
-        if self.phase is not OPEN:
-            return
+        """Keepalive and the send deadline, from the worker's once-a-second clock."""
         state = self.state
+        if self.check_send(now, state.timeout_send) or self.phase is not OPEN:
+            return
         interval = state.ws_ping_interval
         if not interval:
             return
@@ -427,7 +436,13 @@ class WSConnection(FlowControlled):
     # ------------------------------------------------------------ helpers
 
     def _accept(self, message: dict[str, Any]) -> None:
-        response = self.accept_response(message.get("subprotocol"), list(message.get("headers") or ()))
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None and subprotocol not in self.scope["subprotocols"]:
+            # A client must fail the connection on one it did not offer (RFC 6455 4.1).
+            raise RuntimeError(f"Subprotocol {subprotocol!r} was not offered by the client")
+        headers = list(message.get("headers") or ())
+        check_fields(headers)
+        response = self.accept_response(subprotocol, headers)
         # The server's own headers (date, server, --header) go after the status line.
         end = response.index(b"\r\n") + 2
         self.transport.write(response[:end] + self.state.default_headers + response[end:])
@@ -443,13 +458,17 @@ class WSConnection(FlowControlled):
         status = message.get("status", 200)
         lines = [STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
         self.deny_length = False
-        for name, value in message.get("headers") or ():
-            name = bytes(name).lower()
+        headers = [(bytes(name), bytes(value)) for name, value in message.get("headers") or ()]
+        check_fields(headers)  # the same grammar as any response's (RFC 9110 5.1, 5.5)
+        for name, value in headers:
+            name = name.lower()
             if name in (b"connection", b"transfer-encoding"):
                 continue  # the server frames this response: it is the last on the connection
             if name == b"content-length":
+                if self.deny_length or not value.isdigit():
+                    raise InvalidField(f"Invalid or repeated Content-Length {value!r} (RFC 9110 8.6)")
                 self.deny_length = True
-            lines.append(b"%b: %b\r\n" % (name, bytes(value)))
+            lines.append(b"%b: %b\r\n" % (name, value))
         lines.append(self.state.default_headers)
         lines.append(b"connection: close\r\n")
         # The blank line goes out with the first body, after a content-length if needed.
@@ -481,15 +500,6 @@ class WSConnection(FlowControlled):
         if not self.transport.is_closing():
             self.transport.write(response)
             self.transport.close()
-
-    def _target(self) -> bytes:
-        scope = self.scope
-        raw_path = scope["raw_path"]
-        root = self.state.root_path_bytes
-        if root and raw_path.startswith(root):
-            raw_path = raw_path[len(root) :] or b"/"
-        query = scope["query_string"]
-        return raw_path + b"?" + query if query else raw_path
 
     def _log_access(self, status: int) -> None:
         access = self.state.access_log

@@ -1,0 +1,159 @@
+"""The grammar of the fields an app puts in a response, for every HTTP version.
+
+RFC 9110 5.1: a field name is a token; 5.5: a field value is made of visible characters
+(VCHAR), obs-text (0x80-0xFF), SP and HTAB. Anything else from the app would be written
+as-is: a colon or a space in a name (``x-a: injected`` reads as a field of its own), CR or
+LF (a second line, response splitting), NUL, other control bytes or DEL (read differently
+by each client and proxy). A response with such a field is refused before it is written.
+
+Two ways to check, one grammar:
+
+- :func:`name_kind` checks a name through a cache: an app uses a handful of names, so
+  each is matched against the token grammar once, and afterwards costs one dict lookup,
+  which also tells the HTTP/1.1 cycle whether the name is one it frames the response by.
+- :func:`count_line_breaks` checks the values of a whole joined HTTP/1.1 header block in
+  one C-level pass (``bytes.translate`` then ``bytes.count``), instead of a Python loop
+  per field.
+- :func:`check_fields` checks a list of (name, value) pairs, for a protocol that sends
+  fields as a list (HTTP/2) or for a few fields (a denial response).
+
+Errors are :class:`InvalidField` (a RuntimeError, as for any ASGI message the server
+cannot send): raised from the app's ``send``, so the app gets it and, if it lets it
+escape, the server answers 500 (nothing was written) or cuts the connection (trailers,
+after the body).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+#: A token (RFC 9110 5.6.2).
+TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_TOKEN = re.compile(TCHAR + rb"+")
+#: One byte a field value must not hold (RFC 9110 5.5): controls but HTAB, and DEL.
+_BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+#: What a response field name means to the HTTP/1.1 cycle (0: nothing special).
+ORDINARY = 0
+CONTENT_LENGTH = 1
+TRANSFER_ENCODING = 2
+CONNECTION = 3
+#: server or date: the app's replaces the server's default one
+DEFAULT_FIELD = 4
+_SPECIAL = {
+    b"content-length": CONTENT_LENGTH,
+    b"transfer-encoding": TRANSFER_ENCODING,
+    b"connection": CONNECTION,
+    b"server": DEFAULT_FIELD,
+    b"date": DEFAULT_FIELD,
+}
+
+#: Names already found to be tokens, as the app spelled them, with their kind.
+KNOWN_NAMES: dict[bytes, int] = dict(_SPECIAL)
+#: Past this many names the cache stops growing (an app inventing names per request
+#: then pays one regex match per field, and the memory stays bounded).
+KNOWN_NAMES_MAX = 2048
+
+#: Fields a sender must not put in a trailer section (RFC 9110 6.5.1): framing, routing,
+#: request modifiers, authentication, content handling. Used for requests and responses.
+FORBIDDEN_TRAILERS = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"trailer",
+        b"te",
+        b"expect",
+        b"connection",
+        b"keep-alive",
+        b"upgrade",
+        b"authorization",
+        b"proxy-authorization",
+        b"cookie",
+        b"set-cookie",
+        b"max-forwards",
+        b"cache-control",
+        b"range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"if-range",
+    }
+)
+
+# Every byte a field value may not hold, and CR, becomes LF; the rest stays as it is.
+_NOT_IN_VALUES = bytes(c for c in range(32) if c != 0x09) + b"\x7f"
+_TO_LF = bytes.maketrans(_NOT_IN_VALUES, b"\n" * len(_NOT_IN_VALUES))
+
+
+class InvalidField(RuntimeError):
+    """A response field the app gave breaks the grammar of RFC 9110 5.1/5.5."""
+
+
+def name_kind(name: bytes) -> int:
+    """The kind of a response field name (ORDINARY, CONTENT_LENGTH, ...); InvalidField
+    if it is not a token. The hot path inlines the cache lookup: ``KNOWN_NAMES.get(name)``,
+    then this function only for a name not seen yet."""
+    kind = KNOWN_NAMES.get(name)
+    if kind is None:
+        kind = learn_name(name)
+    return kind
+
+
+def learn_name(name: bytes) -> int:
+    """Check a name not in the cache yet, and remember it if it is a token."""
+    if type(name) is not bytes:
+        raise TypeError(f"a header name must be bytes, not {type(name).__name__}")
+    if _TOKEN.fullmatch(name) is None:
+        raise InvalidField(f"Invalid HTTP header name {name!r}: not a token (RFC 9110 5.1)")
+    kind = _SPECIAL.get(name.lower(), ORDINARY)
+    if len(KNOWN_NAMES) < KNOWN_NAMES_MAX:
+        KNOWN_NAMES[name] = kind
+    return kind
+
+
+def count_line_breaks(block: bytes) -> int:
+    """How many CR, LF and other bytes that no field value may hold ``block`` has, all
+    together: a header block the server joined from ``n`` field lines (each ending with
+    its own CRLF) and values that obey RFC 9110 5.5 has exactly ``2 * n``; any CR, LF,
+    NUL, other control byte (HTAB excepted) or DEL inside a name or value makes it more.
+    """
+    return block.translate(_TO_LF).count(10)
+
+
+def check_value(value: bytes) -> None:
+    """InvalidField unless ``value`` holds only VCHAR, obs-text, SP and HTAB."""
+    if _BAD_VALUE_BYTE.search(value) is not None:
+        raise InvalidField(f"Invalid HTTP header value {value!r}: control character (RFC 9110 5.5)")
+
+
+def check_fields(fields: Iterable[tuple[bytes, bytes]]) -> None:
+    """Check (name, value) pairs one by one: names are tokens, values field-values."""
+    for name, value in fields:
+        name_kind(name)
+        check_value(value)
+
+
+def invalid_block(block: bytes) -> InvalidField:
+    """The error for a joined block :func:`count_line_breaks` found wrong: it names the
+    first offending byte (found again here; only a refused response pays for it)."""
+    match = _BAD_VALUE_BYTE.search(block.replace(b"\r\n", b""))
+    what = repr(match.group()) if match else "CR or LF"
+    return InvalidField(f"Invalid HTTP header: {what} in a field value (RFC 9110 5.5)")
+
+
+def check_trailer_name(name: bytes) -> None:
+    """InvalidField for a field a trailer section must not hold (RFC 9110 6.5.1)."""
+    if name.lower() in FORBIDDEN_TRAILERS:
+        raise InvalidField(f"HTTP field {name!r} is not allowed in a trailer section (RFC 9110 6.5.1)")
+
+
+def list_tokens(value: bytes) -> list[bytes]:
+    """The lower-cased elements of a comma-separated list field (RFC 9110 5.6.1), each
+    trimmed of optional whitespace (SP and HTAB, 5.6.3); empty elements are dropped."""
+    return [t for t in (part.strip(b" \t").lower() for part in value.split(b",")) if t]
