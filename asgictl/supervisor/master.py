@@ -516,9 +516,7 @@ class Master:
             return
         reload = self.reloading
         if reload is not None and reload.current is w:
-            logger.error(
-                "Reload aborted: the new worker failed to boot; the previous workers keep serving"
-            )
+            logger.error("Reload aborted: the new worker failed to boot; the previous workers keep serving")
             self.reloading = None
             self.hooks.reloaded(self)
             return

@@ -62,9 +62,7 @@ class Limits:
     lifetime: float | None
 
 
-def recycle_reason(
-    limits: Limits, requests: int, rss_bytes: int | None, age: float
-) -> str | None:
+def recycle_reason(limits: Limits, requests: int, rss_bytes: int | None, age: float) -> str | None:
     """Why a ready worker should be replaced now, or None."""
     if limits.requests is not None and requests >= limits.requests:
         return MAX_REQUESTS

@@ -15,7 +15,9 @@ bound; writing waits (``drain``) while the transport's buffer is full.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 from typing import Any
 from urllib.parse import unquote
 
@@ -32,11 +34,18 @@ TRACE = 5
 
 #: Unread request body past this many bytes pauses reading from the socket.
 HIGH_WATER = 64 * 1024
+#: File regions up to this size are read (or sent) on the event loop's thread; larger
+#: ones go through the default executor, a piece at a time, so that a file not in the
+#: page cache never stalls the loop on a disk read.
+FILE_INLINE = 256 * 1024
+#: What one read of the fallback path (TLS, a buffered transport) takes from a file.
+FILE_PIECE = 256 * 1024
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.trailers": {},
     "http.response.pathsend": {},
+    "http.response.zerocopysend": {},
 }
 
 #: The coroutines that run an app for one request or one WebSocket session.
@@ -415,6 +424,95 @@ class HTTPConnection(FlowControlled):
             cycle.flush()
             self.transport.close()
 
+    # ------------------------------------------------------------------ file regions
+
+    async def send_file(self, fd: int, offset: int, count: int) -> int:
+        """Write ``count`` bytes of the open file ``fd`` from ``offset`` to the client,
+        after everything written before; returns the bytes sent (fewer only if the
+        connection closed meanwhile).
+
+        Zero-copy (``os.sendfile``) on plain TCP and Unix sockets while the transport holds
+        nothing unsent; TLS, a transport with buffered bytes, or a file ``sendfile`` refuses
+        fall back to reads and ``transport.write`` with flow control. Regions larger than
+        ``FILE_INLINE`` make each system call in the default executor.
+        """
+        transport = self.transport
+        sock = None if self.state.is_ssl else transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            sent = await self._sendfile(sock.fileno(), fd, offset, count)
+            if sent is not None:
+                return sent
+        return await self._copy_file(fd, offset, count)
+
+    async def _sendfile(self, sock_fd: int, fd: int, offset: int, count: int) -> int | None:
+        """os.sendfile to the socket; None when it cannot be used at all (nothing sent)."""
+        transport = self.transport
+        loop = self.loop
+        offload = count > FILE_INLINE
+        sent = 0
+        writer_fd = -1
+        try:
+            while sent < count and not transport.is_closing():
+                if transport.get_write_buffer_size():
+                    # Bytes queued in the transport must leave first; a sendfile now
+                    # would overtake them.
+                    if sent == 0:
+                        return None
+                    return sent + await self._copy_file(fd, offset + sent, count - sent)
+                try:
+                    if offload:
+                        n = await loop.run_in_executor(
+                            None, os.sendfile, sock_fd, fd, offset + sent, count - sent
+                        )
+                    else:
+                        n = os.sendfile(sock_fd, fd, offset + sent, count - sent)
+                except BlockingIOError:
+                    n = -1
+                except OSError as exc:
+                    if sent == 0 and exc.errno in _NO_SENDFILE:
+                        return None  # e.g. a pipe or a /proc file: read it instead
+                    raise
+                if n == 0:
+                    break  # the file is shorter than announced
+                if n > 0:
+                    sent += n
+                    if sent >= count:
+                        break
+                # The socket buffer is full: wait until it is writable. The transport owns
+                # the socket's fd in the loop, so the wait watches a duplicate of it;
+                # connection_lost wakes the same waiter (release_drain).
+                if writer_fd < 0:
+                    writer_fd = os.dup(sock_fd)
+                waiter = self.drain_waiter = loop.create_future()
+                loop.add_writer(writer_fd, self.release_drain)
+                try:
+                    await waiter
+                finally:
+                    loop.remove_writer(writer_fd)
+        finally:
+            if writer_fd >= 0:
+                os.close(writer_fd)
+        return sent
+
+    async def _copy_file(self, fd: int, offset: int, count: int) -> int:
+        """Read the region and write it through the transport, with flow control."""
+        transport = self.transport
+        offload = count > FILE_INLINE
+        sent = 0
+        while sent < count and not transport.is_closing():
+            size = min(count - sent, FILE_PIECE)
+            if offload:
+                data = await self.loop.run_in_executor(None, os.pread, fd, size, offset + sent)
+            else:
+                data = os.pread(fd, size, offset + sent)
+            if not data or transport.is_closing():
+                break
+            transport.write(data)
+            sent += len(data)
+            if self.write_paused:
+                await self.drain()
+        return sent
+
     # ----------------------------------------------------------------- housekeeping
 
     def check_idle(self, now: float) -> None:
@@ -485,6 +583,10 @@ class HTTPConnection(FlowControlled):
         if scheme in ("ws", "wss"):
             scheme = "https" if scheme == "wss" else "http"
         return client, scheme
+
+
+#: os.sendfile errors that mean "not for this file or socket", before any byte was sent.
+_NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK})
 
 
 def _is_websocket_handshake(scope: dict[str, Any]) -> bool:
