@@ -747,7 +747,8 @@ def test_lifespan_is_answered_and_shutdown_stops_the_threads() -> None:
 
     sender, lifespan, threads = asyncio.run(main())
     assert sender.body == b"ok"
-    assert [m["type"] for m in lifespan.messages] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    answered = [m["type"] for m in lifespan.messages]
+    assert answered == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert len(threads) == 2
     for thread in threads:
         thread.join(WAIT)

@@ -339,6 +339,21 @@ def _check_header_text(text: Any, what: str) -> bytes:
     return text.encode("latin-1")
 
 
+def _refuse(status: Any, headers: Any) -> None:
+    """Raise the TypeError or ValueError that says what is wrong with a status line or
+    headers that start_response's fast path could not take."""
+    if not isinstance(status, str):
+        raise TypeError(f"WSGI status must be str, not {type(status).__name__}: {status!r}")
+    code = status.split(" ", 1)[0]
+    if len(code) != 3 or not code.isdigit():
+        raise ValueError(f"invalid WSGI status {status!r}: expected e.g. '200 OK'")
+    for header in headers:
+        if not isinstance(header, tuple) or len(header) != 2:
+            raise TypeError(f"WSGI response headers must be (name, value) tuples, not {header!r}")
+        _check_header_text(header[0], "header name")
+        _check_header_text(header[1], "header value")
+
+
 class FileWrapper:
     """``wsgi.file_wrapper`` (PEP 3333): the app returns ``FileWrapper(filelike,
     block_size)`` and the server sends the file with ``sendfile`` where the connection
@@ -480,22 +495,25 @@ class _Response:
         elif self.status is not None:
             raise RuntimeError("start_response() called a second time without exc_info")
 
-        if not isinstance(status, str):
-            raise TypeError(f"WSGI status must be str, not {type(status).__name__}: {status!r}")
-        code = status[:3]
-        if len(code) != 3 or not code.isdigit() or status[3:4] not in ("", " "):
-            raise ValueError(f"invalid WSGI status {status!r}: expected e.g. '200 OK'")
+        code = status[:3] if type(status) is str else ""
         encoded: list[tuple[bytes, bytes]] = []
         length = None
-        for header in headers:
-            if not isinstance(header, tuple) or len(header) != 2:
-                raise TypeError(f"WSGI response headers must be (name, value) tuples, not {header!r}")
-            name = _check_header_text(header[0], "header name").lower()
-            value = _check_header_text(header[1], "header value")
-            if name == b"content-length" and value.isdigit():
-                length = int(value)
-            encoded.append((name, value))
-        self.status = int(code)
+        try:
+            if len(code) != 3 or not code.isdigit() or status[3:4] not in ("", " "):
+                raise ValueError
+            status_code = int(code)
+            for name, value in headers:
+                name = name.lower().encode("latin-1")
+                value = value.encode("latin-1")
+                if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
+                    raise ValueError
+                if name == b"content-length" and value.isdigit():
+                    length = int(value)
+                encoded.append((name, value))
+        except (AttributeError, TypeError, ValueError):
+            _refuse(status, headers)  # raises the error that says what is wrong
+            raise
+        self.status = status_code
         self.headers = encoded
         self.length_left = length
         return self.write

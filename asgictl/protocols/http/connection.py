@@ -34,6 +34,10 @@ TRACE = 5
 
 #: Unread request body past this many bytes pauses reading from the socket.
 HIGH_WATER = 64 * 1024
+#: On a graceful stop, how long a connection whose last response promised keep-alive
+#: (or that is idle) may still deliver the request its client sent meanwhile; that
+#: request is answered with Connection: close.
+CLOSE_GRACE = 0.25
 #: File regions up to this size are read (or sent) on the event loop's thread; larger
 #: ones go through the default executor, a piece at a time, so that a file not in the
 #: page cache never stalls the loop on a disk read.
@@ -392,8 +396,13 @@ class HTTPConnection(FlowControlled):
             self.idle_since = self.loop.time()
             if self.read_paused:
                 self.resume_reading()
-            if self.closing or self.read_eof:
+            if self.read_eof:
                 self.transport.close()
+            elif self.closing:
+                # A graceful stop came after this response's head promised keep-alive:
+                # the client may have sent its next request already. Give it the grace
+                # to arrive (it is answered with Connection: close), then close.
+                self.loop.call_later(CLOSE_GRACE, self.close_if_idle)
         elif self.read_paused:
             # The body of the answered request is still arriving; keep reading to
             # discard it so the connection can be reused.
@@ -556,15 +565,35 @@ class HTTPConnection(FlowControlled):
             cycle.on_disconnect()
         self.transport.close()
 
+    def close_if_idle(self) -> None:
+        if self.cycle is None and not self.pipeline and self.parsing is None:
+            self.transport.close()
+
     def shutdown(self) -> None:
-        """Graceful stop: close if idle, else close after the response in progress."""
+        """Graceful stop: close if idle; else answer every request received so far, the
+        last one with Connection: close, and close after it.
+
+        A response whose head is written already promised keep-alive: the connection
+        then closes after the grace of cycle_done (the client may be sending its next
+        request), not right after that response.
+        """
         self.closing = True
         if self.cycle is None and not self.pipeline:
-            self.transport.close()
-        else:
-            for cycle in (self.cycle, *self.pipeline):
-                if cycle is not None:
-                    cycle.keep_alive = False
+            # Idle: unless a response completed less than the grace ago (its client may
+            # be sending the next request right now), close at once.
+            since = self.idle_since
+            wait = CLOSE_GRACE - (self.loop.time() - since) if since is not None else 0.0
+            if self.head_bytes:
+                wait = CLOSE_GRACE  # a request is arriving: let it
+            if wait > 0:
+                self.loop.call_later(wait, self.close_if_idle)
+            else:
+                self.transport.close()
+            return
+        last = self.pipeline[-1] if self.pipeline else self.cycle
+        assert last is not None
+        if not last.response_started or last.head is not None:
+            last.keep_alive = False
 
     # ----------------------------------------------------------------------- helpers
 
