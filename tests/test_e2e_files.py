@@ -8,7 +8,9 @@ client. Every process is ended by PID (``run_asgictl``).
 from __future__ import annotations
 
 import os
+import socket
 import ssl
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,3 +86,22 @@ def test_zerocopysend_region(server: tuple[ServerProcess, httpx.Client], files: 
         r = client.get("/zerocopy", params={"path": path, "offset": offset, "count": count})
         assert r.status_code == 200
         assert r.content == data[offset : offset + count]
+
+
+def test_a_client_leaving_mid_file_is_no_error(
+    server: tuple[ServerProcess, httpx.Client], files: dict[str, bytes]
+) -> None:
+    proc, client = server
+    if proc.url.startswith("https") or "--uds" in proc.args:
+        pytest.skip("raw plain-TCP client")
+    path = next(p for p, d in files.items() if len(d) == LARGE)
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as sock:
+            sock.sendall(f"GET /pathsend?path={path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            # Gone with most of the file unsent: a reset, not a clean close.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # The worker goes on serving, and a gone client is nothing to log.
+    r = client.get("/pathsend", params={"path": path})
+    assert r.content == files[path]
+    assert "Exception" not in proc.output and "Traceback" not in proc.output, proc.output

@@ -396,13 +396,13 @@ class HTTPConnection(FlowControlled):
             self.idle_since = self.loop.time()
             if self.read_paused:
                 self.resume_reading()
-            if self.read_eof:
-                self.transport.close()
-            elif self.closing:
+            if self.closing and self.state.shutting_down and not self.read_eof:
                 # A graceful stop came after this response's head promised keep-alive:
                 # the client may have sent its next request already. Give it the grace
                 # to arrive (it is answered with Connection: close), then close.
                 self.loop.call_later(CLOSE_GRACE, self.close_if_idle)
+            elif self.closing or self.read_eof:
+                self.transport.close()
         elif self.read_paused:
             # The body of the answered request is still arriving; keep reading to
             # discard it so the connection can be reused.
@@ -458,8 +458,12 @@ class HTTPConnection(FlowControlled):
         transport = self.transport
         loop = self.loop
         offload = count > FILE_INLINE
+        # The transport may close the socket's fd while this waits, and the number be
+        # reused by another connection: the executor's calls and the waits for room
+        # use a duplicate, which keeps this socket open until it is closed here.
+        own_fd = os.dup(sock_fd) if offload else -1
+        watched = False
         sent = 0
-        writer_fd = -1
         try:
             while sent < count and not transport.is_closing():
                 if transport.get_write_buffer_size():
@@ -471,7 +475,7 @@ class HTTPConnection(FlowControlled):
                 try:
                     if offload:
                         n = await loop.run_in_executor(
-                            None, os.sendfile, sock_fd, fd, offset + sent, count - sent
+                            None, os.sendfile, own_fd, fd, offset + sent, count - sent
                         )
                     else:
                         n = os.sendfile(sock_fd, fd, offset + sent, count - sent)
@@ -480,6 +484,9 @@ class HTTPConnection(FlowControlled):
                 except OSError as exc:
                     if sent == 0 and exc.errno in _NO_SENDFILE:
                         return None  # e.g. a pipe or a /proc file: read it instead
+                    if exc.errno in _GONE:
+                        transport.abort()  # the client went away
+                        break
                     raise
                 if n == 0:
                     break  # the file is shorter than announced
@@ -487,20 +494,20 @@ class HTTPConnection(FlowControlled):
                     sent += n
                     if sent >= count:
                         break
-                # The socket buffer is full: wait until it is writable. The transport owns
-                # the socket's fd in the loop, so the wait watches a duplicate of it;
-                # connection_lost wakes the same waiter (release_drain).
-                if writer_fd < 0:
-                    writer_fd = os.dup(sock_fd)
+                # The socket buffer is full: wait until it is writable (connection_lost
+                # wakes the same waiter, through release_drain).
+                if own_fd < 0:
+                    own_fd = os.dup(sock_fd)
+                if not watched:
+                    loop.add_writer(own_fd, self.release_drain)
+                    watched = True
                 waiter = self.drain_waiter = loop.create_future()
-                loop.add_writer(writer_fd, self.release_drain)
-                try:
-                    await waiter
-                finally:
-                    loop.remove_writer(writer_fd)
+                await waiter
         finally:
-            if writer_fd >= 0:
-                os.close(writer_fd)
+            if watched:
+                loop.remove_writer(own_fd)
+            if own_fd >= 0:
+                os.close(own_fd)
         return sent
 
     async def _copy_file(self, fd: int, offset: int, count: int) -> int:
@@ -616,6 +623,8 @@ class HTTPConnection(FlowControlled):
 
 #: os.sendfile errors that mean "not for this file or socket", before any byte was sent.
 _NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK})
+#: os.sendfile errors that mean the client has gone.
+_GONE = frozenset({errno.EPIPE, errno.ECONNRESET})
 
 
 def _is_websocket_handshake(scope: dict[str, Any]) -> bool:

@@ -216,14 +216,8 @@ class HTTPCycle:
                     default_headers = head[1] = _without(head[1], lname)
             head += (name, b": ", value, CRLF)
         # Lines the head has so far; _write_body checks the joined bytes against it.
-        self.head_lines = (
-            1
-            + (len(head) - 2) // 4
-            + (
-                state.default_lines
-                if default_headers is state.default_headers
-                else default_headers.count(b"\n")
-            )
+        self.head_lines = 1 + (len(head) - 2) // 4 + (
+            state.default_lines if default_headers is state.default_headers else default_headers.count(b"\n")
         )
         self.status = status
         self.no_body = no_body or self.scope["method"] == "HEAD"
@@ -396,12 +390,12 @@ class HTTPCycle:
                 conn.transport.write(b"%x\r\n" % count)
             sent = await conn.send_file(fd, offset, count)
             if sent < count:
-                if not self.disconnected:
+                if not self.disconnected and not conn.transport.is_closing():
                     # The file ended before the announced size: the framing is broken.
                     raise RuntimeError(f"file ended after {sent} of {count} bytes")
             elif self.chunked:
                 conn.transport.write(CRLF)
-        if self.disconnected:
+        if self.disconnected or self.conn.transport.is_closing():
             raise ClientDisconnected("the client disconnected during a file response")
         if not more:
             self._write_body(b"", False)
