@@ -853,3 +853,82 @@ def test_flask_404() -> None:
     sender = serve(make_flask_app(), make_scope(path="/missing"))
     assert sender.start["status"] == 404
     assert b"Not Found" in sender.body
+
+
+def test_requests_past_threads_and_queue_are_answered_503() -> None:
+    release = threading.Event()
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        release.wait(WAIT)
+        start_response("200 OK", [])
+        return [b"done"]
+
+    async def main() -> list[Sender]:
+        adapter = WSGIAdapter(app, threads=1, queue_size=1)
+        senders = [Sender() for _ in range(4)]
+        # One runs, one waits in the queue, the other two find it full.
+        tasks = [asyncio.create_task(adapter(make_scope(), Receiver(), s)) for s in senders]
+        await asyncio.wait(tasks[2:], timeout=WAIT)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
+        adapter.shutdown()
+        return senders
+
+    senders = asyncio.run(main())
+    assert [s.start["status"] for s in senders] == [200, 200, 503, 503]
+    assert senders[0].body == senders[1].body == b"done"
+
+
+def test_small_body_is_read_before_the_app_runs_and_large_one_streams() -> None:
+    from asgictl.worker.wsgi import PREREAD
+
+    seen: dict[str, Any] = {}
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        seen["calls_before_read"] = receiver.calls
+        seen["body"] = environ["wsgi.input"].read()
+        start_response("200 OK", [])
+        return []
+
+    small = b"x" * 1000
+    receiver = Receiver(body_messages(small[:400], small[400:]))
+    scope = make_scope(method="POST", headers=[(b"content-length", b"1000")])
+    serve(app, scope, receiver)
+    assert seen == {"calls_before_read": 2, "body": small}
+
+    large = b"y" * (PREREAD + 1)
+    receiver = Receiver(body_messages(large[:1000], large[1000:]))
+    scope = make_scope(method="POST", headers=[(b"content-length", str(len(large)).encode())])
+    serve(app, scope, receiver)
+    assert seen == {"calls_before_read": 0, "body": large}
+
+
+def test_file_wrapper_of_a_file_becomes_one_zerocopysend(tmp_path: Any) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"0123456789" * 100)
+    files: list[Any] = []
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Any:
+        start_response("200 OK", [("Content-Length", "990")])
+        fh = open(path, "rb")
+        fh.seek(10)
+        files.append(fh)
+        return environ["wsgi.file_wrapper"](fh, 4096)
+
+    sender = serve(app)
+    assert [m["type"] for m in sender.messages] == ["http.response.start", "http.response.zerocopysend"]
+    message = sender.messages[1]
+    assert (message["offset"], message["count"], message["more_body"]) == (10, 990, False)
+    assert message["file"] is files[0] and files[0].closed  # closed after it was sent
+
+
+def test_file_wrapper_of_a_file_like_without_fileno_is_iterated() -> None:
+    import io
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Any:
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"a" * 10_000), 4096)
+
+    sender = serve(app)
+    assert sender.body == b"a" * 10_000
+    assert all(m["type"] != "http.response.zerocopysend" for m in sender.messages)
