@@ -503,10 +503,12 @@ class _Response:
                 raise ValueError
             status_code = int(code)
             for name, value in headers:
+                # Checked as str: `bytes in bytes` first tries the needle as an int and
+                # formats a TypeError on the way, several times slower.
+                if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+                    raise ValueError
                 name = name.lower().encode("latin-1")
                 value = value.encode("latin-1")
-                if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
-                    raise ValueError
                 if name == b"content-length" and value.isdigit():
                     length = int(value)
                 encoded.append((name, value))
