@@ -105,3 +105,16 @@ def test_a_client_leaving_mid_file_is_no_error(
     r = client.get("/pathsend", params={"path": path})
     assert r.content == files[path]
     assert "Exception" not in proc.output and "Traceback" not in proc.output, proc.output
+
+
+def test_a_file_not_in_the_page_cache(server: tuple[ServerProcess, httpx.Client], files: dict[str, bytes]) -> None:
+    _, client = server
+    path, data = next((p, d) for p, d in files.items() if len(d) == LARGE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # Evicted: its windows are read (or sent) from the executor, not on the loop.
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    r = client.get("/pathsend", params={"path": path})
+    assert r.status_code == 200 and r.content == data

@@ -539,12 +539,16 @@ class _Response:
         if self.length_left is not None:
             self.length_left -= len(data)
             more = self.length_left > 0
-            self.final = not more
         self._emit({"type": _BODY, "body": data, "more_body": more}, len(data))
+        if not more:
+            self.final = True
 
     def _emit_start(self) -> None:
+        if self.bridge.closed:
+            raise _ClientGone
         self.started = True
-        self._emit({"type": "http.response.start", "status": self.status, "headers": self.headers}, 0)
+        # A body message (or a file) always follows at once: that one wakes the loop.
+        self.out.append({"type": "http.response.start", "status": self.status, "headers": self.headers})
 
     def _finish(self) -> None:
         if self.status is None:
@@ -552,8 +556,8 @@ class _Response:
         if not self.started:
             self._emit_start()
         if not self.final:
-            self.final = True
             self._emit({"type": _BODY, "body": b"", "more_body": False}, 0)
+            self.final = True
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
         """Send a wsgi.file_wrapper's file with sendfile; False if it is not a file that
@@ -566,7 +570,6 @@ class _Response:
             self._emit_start()
         if self.length_left is not None:
             self.length_left -= count
-        self.final = True
         message = {
             "type": "http.response.zerocopysend",
             "file": wrapper.filelike,
@@ -575,6 +578,7 @@ class _Response:
             "more_body": False,
         }
         self._emit(message, count)
+        self.final = True
         if self.threaded:
             self._wait(0)  # the file must stay open until it is sent
         return True
@@ -631,8 +635,11 @@ class _Response:
             else:
                 self.out.append(_Failure(exc))
         finally:
-            self.out.append(_DONE)
-            self.adapter._notify(self)
+            if not self.final:
+                # The loop waits for more (an error, a gone client): tell it to stop.
+                # After the last body message it waits for nothing: no wake-up.
+                self.out.append(_DONE)
+                self.adapter._notify(self)
 
     # ------------------------------------------------------------------- the loop side
 

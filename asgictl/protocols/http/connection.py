@@ -38,10 +38,12 @@ HIGH_WATER = 64 * 1024
 #: (or that is idle) may still deliver the request its client sent meanwhile; that
 #: request is answered with Connection: close.
 CLOSE_GRACE = 0.25
-#: File regions up to this size are read (or sent) on the event loop's thread; larger
-#: ones go through the default executor, a piece at a time, so that a file not in the
-#: page cache never stalls the loop on a disk read.
+#: File regions up to this size are read (or sent) on the event loop's thread. Larger
+#: ones go a window at a time, on the loop while the window is in the page cache (a
+#: non-blocking probe of its last byte says so), else through the default executor, so
+#: that a disk read never stalls the loop.
 FILE_INLINE = 256 * 1024
+FILE_WINDOW = 1024 * 1024
 #: What one read of the fallback path (TLS, a buffered transport) takes from a file.
 FILE_PIECE = 256 * 1024
 
@@ -457,11 +459,10 @@ class HTTPConnection(FlowControlled):
         """os.sendfile to the socket; None when it cannot be used at all (nothing sent)."""
         transport = self.transport
         loop = self.loop
-        offload = count > FILE_INLINE
         # The transport may close the socket's fd while this waits, and the number be
         # reused by another connection: the executor's calls and the waits for room
         # use a duplicate, which keeps this socket open until it is closed here.
-        own_fd = os.dup(sock_fd) if offload else -1
+        own_fd = -1
         watched = False
         sent = 0
         try:
@@ -472,13 +473,14 @@ class HTTPConnection(FlowControlled):
                     if sent == 0:
                         return None
                     return sent + await self._copy_file(fd, offset + sent, count - sent)
+                size = min(count - sent, FILE_WINDOW)
                 try:
-                    if offload:
-                        n = await loop.run_in_executor(
-                            None, os.sendfile, own_fd, fd, offset + sent, count - sent
-                        )
+                    if count <= FILE_INLINE or _cached(fd, offset + sent, size):
+                        n = os.sendfile(sock_fd, fd, offset + sent, size)
                     else:
-                        n = os.sendfile(sock_fd, fd, offset + sent, count - sent)
+                        if own_fd < 0:
+                            own_fd = os.dup(sock_fd)
+                        n = await loop.run_in_executor(None, os.sendfile, own_fd, fd, offset + sent, size)
                 except BlockingIOError:
                     n = -1
                 except OSError as exc:
@@ -492,8 +494,8 @@ class HTTPConnection(FlowControlled):
                     break  # the file is shorter than announced
                 if n > 0:
                     sent += n
-                    if sent >= count:
-                        break
+                    if n == size:
+                        continue  # the socket took the whole window: there may be room
                 # The socket buffer is full: wait until it is writable (connection_lost
                 # wakes the same waiter, through release_drain).
                 if own_fd < 0:
@@ -513,14 +515,13 @@ class HTTPConnection(FlowControlled):
     async def _copy_file(self, fd: int, offset: int, count: int) -> int:
         """Read the region and write it through the transport, with flow control."""
         transport = self.transport
-        offload = count > FILE_INLINE
         sent = 0
         while sent < count and not transport.is_closing():
             size = min(count - sent, FILE_PIECE)
-            if offload:
-                data = await self.loop.run_in_executor(None, os.pread, fd, size, offset + sent)
-            else:
+            if count <= FILE_INLINE or _cached(fd, offset + sent, size):
                 data = os.pread(fd, size, offset + sent)
+            else:
+                data = await self.loop.run_in_executor(None, os.pread, fd, size, offset + sent)
             if not data or transport.is_closing():
                 break
             transport.write(data)
@@ -625,6 +626,17 @@ class HTTPConnection(FlowControlled):
 _NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK})
 #: os.sendfile errors that mean the client has gone.
 _GONE = frozenset({errno.EPIPE, errno.ECONNRESET})
+_PROBE = bytearray(1)
+
+
+def _cached(fd: int, offset: int, size: int) -> bool:
+    """Whether the last byte of the file region is in the page cache: a read that may
+    not wait for the disk (RWF_NOWAIT) tells, without blocking. Readahead makes the
+    rest of a sequentially read window as likely to be there."""
+    try:
+        return os.preadv(fd, [_PROBE], offset + size - 1, os.RWF_NOWAIT) == 1
+    except (OSError, AttributeError):  # not cached (EAGAIN), or no RWF_NOWAIT here
+        return False
 
 
 def _is_websocket_handshake(scope: dict[str, Any]) -> bool:
