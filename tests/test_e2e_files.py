@@ -107,7 +107,9 @@ def test_a_client_leaving_mid_file_is_no_error(
     assert "Exception" not in proc.output and "Traceback" not in proc.output, proc.output
 
 
-def test_a_file_not_in_the_page_cache(server: tuple[ServerProcess, httpx.Client], files: dict[str, bytes]) -> None:
+def test_a_file_not_in_the_page_cache(
+    server: tuple[ServerProcess, httpx.Client], files: dict[str, bytes]
+) -> None:
     _, client = server
     path, data = next((p, d) for p, d in files.items() if len(d) == LARGE)
     fd = os.open(path, os.O_RDONLY)
