@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import flask
 import pytest
 
-from asgictl.worker.wsgi import AHEAD, WSGIAdapter, build_environ
+from asgictl.worker.wsgi import AHEAD, MESSAGE_COST, WSGIAdapter, build_environ
 
 Message = dict[str, Any]
 Environ = dict[str, Any]
@@ -419,12 +419,13 @@ def test_response_with_content_length_is_complete_with_its_last_byte() -> None:
 
 def test_thread_runs_at_most_AHEAD_bytes_ahead_of_the_client() -> None:
     chunk = b"x" * 16384
+    pieces = 4 * AHEAD // len(chunk)
     produced: list[int] = []
     release = asyncio.Event()
 
     def app(environ: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
         start_response("200 OK", [])
-        for index in range(64):  # 1 MiB
+        for index in range(pieces):
             produced.append(index)
             yield chunk
 
@@ -444,15 +445,15 @@ def test_thread_runs_at_most_AHEAD_bytes_ahead_of_the_client() -> None:
         while loop.time() < deadline and len(produced) != previous:
             previous = len(produced)
             await asyncio.sleep(0.05)
-        assert 0 < len(produced) * len(chunk) <= AHEAD + 2 * len(chunk)
+        assert 0 < len(produced) * (len(chunk) + MESSAGE_COST) <= AHEAD + 2 * len(chunk)
         release.set()
         await asyncio.wait_for(task, WAIT)
         adapter.shutdown()
         return sender
 
     sender = asyncio.run(main())
-    assert len(produced) == 64
-    assert sender.body == chunk * 64
+    assert len(produced) == pieces
+    assert sender.body == chunk * pieces
 
 
 def test_empty_response_sends_start_and_final_body() -> None:
@@ -651,7 +652,7 @@ def test_client_gone_on_send_closes_iterable_and_returns() -> None:
     assert closed == [True]
     assert len(sender.messages) == 3
     # The thread ran ahead of the client by at most AHEAD bytes, then stopped.
-    assert 2 < len(produced) <= AHEAD // len(b"tick") + 2
+    assert 2 < len(produced) <= AHEAD // (len(b"tick") + MESSAGE_COST) + 2
 
 
 def test_client_gone_on_write_stops_app() -> None:
@@ -666,7 +667,7 @@ def test_client_gone_on_write_stops_app() -> None:
 
     sender = Sender(fail_at=1)
     serve(app, sender=sender)
-    assert 0 < len(attempts) <= AHEAD // len(b"data") + 2
+    assert 0 < len(attempts) <= AHEAD // (len(b"data") + MESSAGE_COST) + 2
     assert [m["type"] for m in sender.messages] == ["http.response.start"]
 
 

@@ -48,8 +48,10 @@ logger = logging.getLogger("asgictl.error")
 #: A request body with a Content-Length up to this size is read on the loop before the
 #: app runs (no hand-off per read); larger or chunked bodies stream to the thread.
 PREREAD = 64 * 1024
-#: Response bytes a thread may produce ahead of what the loop has written.
-AHEAD = 256 * 1024
+#: Response bytes a thread may produce ahead of what the loop has written; each message
+#: also counts MESSAGE_COST, so that an app yielding tiny chunks cannot queue millions.
+AHEAD = 1024 * 1024
+MESSAGE_COST = 256
 
 # ASGI types, kept local so that this module stands alone.
 Scope = MutableMapping[str, Any]
@@ -588,10 +590,12 @@ class _Response:
             raise _ClientGone
         self.out.append(message)
         if self.threaded:
-            self.produced += size
+            self.produced += size + MESSAGE_COST
             self.adapter._notify(self)
             if self.produced - self.consumed > AHEAD:
-                self._wait(AHEAD)
+                # Woken only once most of it is written: then it produces several
+                # pieces per wake-up, not one piece per context switch.
+                self._wait(AHEAD // 4)
 
     def _wait(self, limit: int) -> None:
         """Block the thread until at most ``limit`` bytes are still to be written."""
@@ -661,10 +665,10 @@ class _Response:
                     raise message.exc
                 await send(message)
                 if message["type"] == _BODY:
-                    self.consumed += len(message["body"])
+                    self.consumed += len(message["body"]) + MESSAGE_COST
                     final = not message["more_body"]
                 elif message["type"] == "http.response.zerocopysend":
-                    self.consumed += message["count"]
+                    self.consumed += message["count"] + MESSAGE_COST
                     final = True
                 else:
                     final = False
