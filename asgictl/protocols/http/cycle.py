@@ -378,8 +378,11 @@ class HTTPCycle:
                 self.head_lines += 1
                 self.length_left = count
         # The head (decided framing) and anything held back leave first, in one write.
-        self._write_body(b"", True)
-        self.flush()
+        if self.head is not None and self.length_left is not None and not self.chunked:
+            self._write_body(b"", False)  # Content-Length framing: written at once
+        else:
+            self._write_body(b"", True)
+            self.flush()
         if count and not self.no_body and not self.disconnected:
             if self.length_left is not None:
                 if count > self.length_left:
