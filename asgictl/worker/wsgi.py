@@ -76,8 +76,8 @@ _DEFAULT_PORTS = {"http": "80", "https": "443"}
 class _ClientGone(Exception):
     """The client disconnected or the request was cancelled: stop sending the response.
 
-    Raised in the worker thread by the loop bridge; :meth:`_Response.run` catches it after
-    the response iterable has been closed.
+    Raised in the worker thread once the bridge is closed; :meth:`_Response.run` catches
+    it after the response iterable has been closed.
     """
 
 
@@ -85,12 +85,14 @@ class _ClientGone(Exception):
 
 
 class _LoopBridge:
-    """Runs ASGI ``receive``/``send`` coroutines on the event loop for the worker thread.
+    """Whether the client of one request is still there, and the way a thread reading a
+    streamed request body runs ``receive`` on the event loop.
 
-    The worker thread blocks on each call until the coroutine completes on the loop, which
-    gives natural backpressure. :meth:`abort` (from the loop thread, when the ASGI task is
-    cancelled) releases a thread blocked in a call and makes every later call fail fast, so
-    that a thread is never left waiting for a loop that will not answer.
+    The thread blocks on each call until the coroutine completes on the loop.
+    :meth:`abort` (from the loop thread, when the client is gone or the ASGI task is
+    cancelled) releases a thread blocked in a call and makes every later call, and every
+    later response message, fail fast, so that a thread is never left waiting for a loop
+    that will not answer.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -767,8 +769,6 @@ class WSGIAdapter:
         environ["wsgi.file_wrapper"] = FileWrapper
         body = await self._preread(environ, receive)
         if body is None:
-            if bridge.closed:
-                return
             environ["wsgi.input"] = WSGIInput(bridge, receive)
         else:
             if body is _GONE:
