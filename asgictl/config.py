@@ -284,6 +284,36 @@ OPTIONS: tuple[Option, ...] = (
         "auto",
         "Application interface. auto detects ASGI3, ASGI2 or WSGI.",
     ),
+    # -- WSGI applications (gunicorn's --threads name and meaning)
+    _opt(
+        "threads",
+        positive(to_int),
+        8,
+        "WSGI: threads per worker that run the app, so at most this many requests run it at "
+        "once. Threads suit views that wait on a database or a service; CPU-bound apps "
+        "gain nothing past a few (the GIL).",
+        metavar="N",
+    ),
+    _opt(
+        "wsgi_queue",
+        non_negative(to_int),
+        256,
+        "WSGI: requests that may wait for a free thread; one more is answered 503 at once "
+        "instead of waiting without bound.",
+        metavar="N",
+    ),
+    _opt(
+        "wsgi_inline",
+        to_bool,
+        False,
+        "WSGI: run the app on the worker's event loop thread instead of a --threads thread "
+        "(requests whose body is not all received yet still use the threads). No "
+        "hand-off between threads, so the fastest for an app that never waits; but while "
+        "the app runs nothing else in the worker runs: a view that waits on a database, "
+        "a file or another service stalls every connection of the worker, and one that "
+        "takes longer than --timeout gets the worker killed.",
+        flag=True,
+    ),
     _opt(
         "lifespan",
         choice("auto", "on", "off"),
@@ -812,6 +842,9 @@ class Config:
     factory: bool
     app_dir: str
     interface: str
+    threads: int
+    wsgi_queue: int
+    wsgi_inline: bool
     lifespan: str
     env_file: str | None
     host: str

@@ -142,6 +142,7 @@ def available(specs: Iterable[ServerSpec], noted: set[str]) -> list[ServerSpec]:
 
 def select(args: argparse.Namespace) -> tuple[list, list, list]:
     """The wrk scenarios and their server specs, and the other scenarios with their specs."""
+    from harness import wsgi_group  # noqa: F401  (adds the WSGI and file scenarios)
     from harness.catalog import METRIC_SCENARIOS
     from harness.scenarios import SCENARIOS
     from harness.servers import SERVERS
@@ -169,6 +170,7 @@ def select(args: argparse.Namespace) -> tuple[list, list, list]:
 
 
 def print_list() -> None:
+    from harness import wsgi_group  # noqa: F401  (adds the WSGI and file scenarios)
     from harness.catalog import METRIC_SCENARIOS
     from harness.scenarios import SCENARIOS
     from harness.servers import SERVERS

@@ -370,6 +370,74 @@ def test_pathsend_extension(http: str, tmp_path: Any) -> None:
     h.close()
 
 
+def test_zerocopysend_regions_and_framing(http: str, tmp_path: Any) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"0123456789" * 10)
+
+    async def regions(scope: Any, receive: Any, send: Any) -> None:
+        assert "http.response.zerocopysend" in scope["extensions"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        with open(path, "rb") as fh:
+            # No Content-Length and more to come: chunked, a chunk per region.
+            await send(
+                {
+                    "type": "http.response.zerocopysend",
+                    "file": fh,
+                    "offset": 5,
+                    "count": 10,
+                    "more_body": True,
+                }
+            )
+            fh.seek(90)  # no offset: from the file's position; no count: to its end
+            await send({"type": "http.response.zerocopysend", "file": fh, "more_body": True})
+            await send({"type": "http.response.body", "body": b"!"})
+
+    h = make(regions, http)
+    h.feed(GET)
+    h.settle()
+    head, _, body = h.transport.data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head
+    assert body == b"a\r\n5678901234\r\na\r\n0123456789\r\n1\r\n!\r\n0\r\n\r\n"
+    assert not h.transport.closed
+    h.close()
+
+
+def test_zerocopysend_with_content_length_and_head(http: str, tmp_path: Any) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 1000)
+
+    async def sized(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
+        with open(path, "rb") as fh:
+            await send({"type": "http.response.zerocopysend", "file": fh})
+
+    h = make(sized, http)
+    h.feed(GET + b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n" + GET)
+    h.settle()
+    data = h.transport.data
+    head = data[: data.index(b"\r\n\r\n") + 4]
+    assert b"content-length: 1000" in head
+    # HEAD: the same head and no body; the connection goes on.
+    assert data == head + b"x" * 1000 + head + head + b"x" * 1000
+    h.close()
+
+
+def test_pathsend_of_a_file_shorter_than_announced_closes(http: str, tmp_path: Any) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"y" * 10)
+
+    async def short(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"20")]})
+        await send({"type": "http.response.pathsend", "path": str(path)})
+
+    h = make(short, http)
+    h.feed(GET)
+    h.settle()
+    assert h.transport.data.endswith(b"\r\n\r\n" + b"y" * 10)
+    assert h.transport.closed  # the client must not wait for the 10 missing bytes
+    h.close()
+
+
 def test_limit_concurrency_503(http: str) -> None:
     h = make(hello, http, limit_concurrency=1)
     h.state.active_requests = 1  # one request already in flight elsewhere

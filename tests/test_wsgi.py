@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import flask
 import pytest
 
-from asgictl.worker.wsgi import WSGIAdapter, build_environ
+from asgictl.worker.wsgi import AHEAD, MESSAGE_COST, WSGIAdapter, build_environ
 
 Message = dict[str, Any]
 Environ = dict[str, Any]
@@ -92,6 +92,11 @@ def make_scope(**overrides: Any) -> dict[str, Any]:
     return scope
 
 
+def chunked_scope(**overrides: Any) -> dict[str, Any]:
+    """A request whose body is chunked (no Content-Length): it streams to the app."""
+    return make_scope(headers=[(b"host", b"example.com"), (b"transfer-encoding", b"chunked")], **overrides)
+
+
 def serve(
     app: Callable[..., Iterable[bytes]],
     scope: dict[str, Any] | None = None,
@@ -100,7 +105,7 @@ def serve(
 ) -> Sender:
     """Run one request through a fresh adapter; return the sender with what was sent."""
     sender = sender or Sender()
-    adapter = WSGIAdapter(app, max_workers=2)
+    adapter = WSGIAdapter(app, threads=2)
     try:
         asyncio.run(adapter(scope or make_scope(), receiver or Receiver(body_messages(b"")), sender))
     finally:
@@ -294,7 +299,7 @@ def test_request_body_is_pulled_incrementally() -> None:
         start_response("200 OK", [])
         return []
 
-    serve(app, receiver=receiver)
+    serve(app, chunked_scope(), receiver)
     assert calls_after == [1, 3, 20, 20]
     assert received[0] == b"A" * 1000
     assert received[1] == b"B" * 1000 + b"C" * 500
@@ -316,7 +321,7 @@ def test_request_body_readline_readlines_and_iteration() -> None:
         start_response("200 OK", [])
         return []
 
-    serve(app, receiver=receiver)
+    serve(app, chunked_scope(), receiver)
     assert results["line"] == b"first line\n"
     assert results["limited"] == b"sec"
     assert results["rest_of_line"] == b"ond\n"
@@ -336,7 +341,7 @@ def test_request_body_readlines_hint() -> None:
         start_response("200 OK", [])
         return []
 
-    serve(app, receiver=receiver)
+    serve(app, chunked_scope(), receiver)
     assert results == [[b"a\n", b"bb\n"], 1, [b"ccc\n", b"dddd\n"]]
 
 
@@ -352,7 +357,7 @@ def test_disconnect_ends_request_body() -> None:
         start_response("200 OK", [])
         return [b"nobody listens"]
 
-    sender = serve(app, receiver=receiver)
+    sender = serve(app, chunked_scope(), receiver)
     assert reads == [b"partial", b"", b""]
     assert receiver.calls == 2  # no receive after the disconnect
     # The client is gone: the response is not sent.
@@ -362,30 +367,93 @@ def test_disconnect_ends_request_body() -> None:
 # ---------------------------------------------------------------------------- response
 
 
-def test_response_chunks_are_streamed_with_backpressure() -> None:
-    sender = Sender()
-    seen_before_chunk: list[int] = []
+def streamed(sender: Sender) -> list[tuple[bytes, bool]]:
+    return [(m["body"], m["more_body"]) for m in sender.bodies]
 
+
+def assert_streamed(sender: Sender, *chunks: bytes) -> None:
+    """The chunks went out in order as streamed bodies, the last message ending the body.
+    (The last chunk and the end of the body travel as one message when the loop finds
+    both at once: the thread does not wait for each send.)"""
+    bodies = streamed(sender)
+    assert b"".join(body for body, _ in bodies) == b"".join(chunks)
+    assert [more for _, more in bodies] == [True] * (len(bodies) - 1) + [False]
+    assert [body for body, _ in bodies if body] == list(chunks)
+
+
+def test_response_chunks_are_streamed() -> None:
     def app(environ: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain"), ("X-Custom", "café")])
         for index in range(3):
-            # Each chunk was sent (send completed) before the app is asked for the next.
-            seen_before_chunk.append(len(sender.messages))
             yield b"chunk%d" % index
 
-    serve(app, sender=sender)
-    assert seen_before_chunk == [0, 2, 3]
+    sender = serve(app)
     assert sender.start == {
         "type": "http.response.start",
         "status": 200,
         "headers": [(b"content-type", b"text/plain"), (b"x-custom", b"caf\xe9")],
     }
-    assert sender.bodies == [
-        {"type": "http.response.body", "body": b"chunk0", "more_body": True},
-        {"type": "http.response.body", "body": b"chunk1", "more_body": True},
-        {"type": "http.response.body", "body": b"chunk2", "more_body": True},
-        {"type": "http.response.body", "body": b"", "more_body": False},
-    ]
+    assert_streamed(sender, b"chunk0", b"chunk1", b"chunk2")
+
+
+def test_response_with_content_length_is_complete_with_its_last_byte() -> None:
+    closing: list[int] = []
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"abc"
+            yield b"de"
+
+        def close(self) -> None:
+            closing.append(len(sender.messages))
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Body:
+        start_response("200 OK", [("Content-Length", "5")])
+        return Body()
+
+    sender = Sender()
+    serve(app, sender=sender)
+    assert streamed(sender) == [(b"abc", True), (b"de", False)]
+    assert closing == [len(sender.messages)] or closing  # close() ran, after or meanwhile
+
+
+def test_thread_runs_at_most_AHEAD_bytes_ahead_of_the_client() -> None:
+    chunk = b"x" * 16384
+    pieces = 4 * AHEAD // len(chunk)
+    produced: list[int] = []
+    release = asyncio.Event()
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        for index in range(pieces):
+            produced.append(index)
+            yield chunk
+
+    async def main() -> Sender:
+        sender = Sender()
+
+        async def slow_send(message: Message) -> None:
+            await release.wait()
+            await sender(message)
+
+        adapter = WSGIAdapter(app, threads=1)
+        task = asyncio.create_task(adapter(make_scope(), Receiver(), slow_send))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        # The thread fills what it may produce ahead, then waits for the client.
+        previous = -1
+        while loop.time() < deadline and len(produced) != previous:
+            previous = len(produced)
+            await asyncio.sleep(0.05)
+        assert 0 < len(produced) * (len(chunk) + MESSAGE_COST) <= AHEAD + 2 * len(chunk)
+        release.set()
+        await asyncio.wait_for(task, WAIT)
+        adapter.shutdown()
+        return sender
+
+    sender = asyncio.run(main())
+    assert len(produced) == pieces
+    assert sender.body == chunk * pieces
 
 
 def test_empty_response_sends_start_and_final_body() -> None:
@@ -410,12 +478,7 @@ def test_write_callable() -> None:
 
     sender = serve(app)
     assert sender.start["status"] == 201
-    assert [(m["body"], m["more_body"]) for m in sender.bodies] == [
-        (b"one", True),
-        (b"two", True),
-        (b"three", True),
-        (b"", False),
-    ]
+    assert_streamed(sender, b"one", b"two", b"three")
 
 
 def test_close_is_called_on_success() -> None:
@@ -588,7 +651,8 @@ def test_client_gone_on_send_closes_iterable_and_returns() -> None:
     serve(app, sender=sender)  # returns normally: a gone client is no app error
     assert closed == [True]
     assert len(sender.messages) == 3
-    assert produced == [0, 1, 2]
+    # The thread ran ahead of the client by at most AHEAD bytes, then stopped.
+    assert 2 < len(produced) <= AHEAD // (len(b"tick") + MESSAGE_COST) + 2
 
 
 def test_client_gone_on_write_stops_app() -> None:
@@ -596,14 +660,14 @@ def test_client_gone_on_write_stops_app() -> None:
 
     def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
         write = start_response("200 OK", [])
-        for index in range(5):
+        for index in range(AHEAD):  # far more than may go unsent: write() must stop it
             attempts.append(index)
             write(b"data")
         return []
 
     sender = Sender(fail_at=1)
     serve(app, sender=sender)
-    assert attempts == [0]
+    assert 0 < len(attempts) <= AHEAD // (len(b"data") + MESSAGE_COST) + 2
     assert [m["type"] for m in sender.messages] == ["http.response.start"]
 
 
@@ -624,7 +688,7 @@ def test_cancelled_request_releases_thread_and_closes_iterable() -> None:
         await asyncio.Event().wait()  # a client that never drains
 
     async def main() -> None:
-        adapter = WSGIAdapter(app, max_workers=1)
+        adapter = WSGIAdapter(app, threads=1)
         task = asyncio.create_task(adapter(make_scope(), Receiver(body_messages(b"")), stuck_send))
         await asyncio.wait_for(in_send.wait(), WAIT)
         task.cancel()
@@ -649,7 +713,7 @@ def test_requests_run_concurrently_in_threads() -> None:
         return [environ["PATH_INFO"].encode()]
 
     async def main() -> list[Sender]:
-        adapter = WSGIAdapter(app, max_workers=3)
+        adapter = WSGIAdapter(app, threads=3)
         senders = [Sender() for _ in range(3)]
         await asyncio.gather(
             *(
@@ -667,7 +731,32 @@ def test_requests_run_concurrently_in_threads() -> None:
 # ---------------------------------------------------------------------- other scopes
 
 
-@pytest.mark.parametrize("kind", ["lifespan", "websocket"])
+def test_lifespan_is_answered_and_shutdown_stops_the_threads() -> None:
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    async def main() -> tuple[Sender, Sender, list[threading.Thread]]:
+        adapter = WSGIAdapter(app, threads=2)
+        sender = Sender()
+        await adapter(make_scope(), Receiver(), sender)
+        threads = list(adapter._workers)
+        lifespan = Sender()
+        receiver = Receiver([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+        await adapter({"type": "lifespan", "asgi": {"version": "3.0"}}, receiver, lifespan)
+        return sender, lifespan, threads
+
+    sender, lifespan, threads = asyncio.run(main())
+    assert sender.body == b"ok"
+    answered = [m["type"] for m in lifespan.messages]
+    assert answered == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert len(threads) == 2
+    for thread in threads:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("kind", ["websocket"])
 def test_non_http_scopes_are_unsupported(kind: str) -> None:
     called: list[bool] = []
 
@@ -688,7 +777,7 @@ def test_non_http_scopes_are_unsupported(kind: str) -> None:
 
 def test_max_workers_must_be_positive() -> None:
     with pytest.raises(ValueError):
-        WSGIAdapter(lambda environ, start_response: [], max_workers=0)
+        WSGIAdapter(lambda environ, start_response: [], threads=0)
 
 
 # --------------------------------------------------------------------------- flask
@@ -739,7 +828,8 @@ def test_flask_form_post_and_json_response() -> None:
         "script_root": "/mount",
         "url": "http://example.com/mount/form",
     }
-    assert sender.bodies[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    # Flask gives a Content-Length: its last byte completes the response.
+    assert sender.bodies[-1]["more_body"] is False
 
 
 def test_flask_chunked_json_body_without_content_length() -> None:
@@ -748,7 +838,11 @@ def test_flask_chunked_json_body_without_content_length() -> None:
     scope = make_scope(
         method="POST",
         path="/echo",
-        headers=[(b"host", b"example.com"), (b"content-type", b"application/json")],
+        headers=[
+            (b"host", b"example.com"),
+            (b"content-type", b"application/json"),
+            (b"transfer-encoding", b"chunked"),
+        ],
     )
     chunks = [payload[i : i + 256] for i in range(0, len(payload), 256)]
     sender = serve(make_flask_app(), scope, Receiver(body_messages(*chunks)))
@@ -760,3 +854,82 @@ def test_flask_404() -> None:
     sender = serve(make_flask_app(), make_scope(path="/missing"))
     assert sender.start["status"] == 404
     assert b"Not Found" in sender.body
+
+
+def test_requests_past_threads_and_queue_are_answered_503() -> None:
+    release = threading.Event()
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        release.wait(WAIT)
+        start_response("200 OK", [])
+        return [b"done"]
+
+    async def main() -> list[Sender]:
+        adapter = WSGIAdapter(app, threads=1, queue_size=1)
+        senders = [Sender() for _ in range(4)]
+        # One runs, one waits in the queue, the other two find it full.
+        tasks = [asyncio.create_task(adapter(make_scope(), Receiver(), s)) for s in senders]
+        await asyncio.wait(tasks[2:], timeout=WAIT)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
+        adapter.shutdown()
+        return senders
+
+    senders = asyncio.run(main())
+    assert [s.start["status"] for s in senders] == [200, 200, 503, 503]
+    assert senders[0].body == senders[1].body == b"done"
+
+
+def test_small_body_is_read_before_the_app_runs_and_large_one_streams() -> None:
+    from asgictl.worker.wsgi import PREREAD
+
+    seen: dict[str, Any] = {}
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        seen["calls_before_read"] = receiver.calls
+        seen["body"] = environ["wsgi.input"].read()
+        start_response("200 OK", [])
+        return []
+
+    small = b"x" * 1000
+    receiver = Receiver(body_messages(small[:400], small[400:]))
+    scope = make_scope(method="POST", headers=[(b"content-length", b"1000")])
+    serve(app, scope, receiver)
+    assert seen == {"calls_before_read": 2, "body": small}
+
+    large = b"y" * (PREREAD + 1)
+    receiver = Receiver(body_messages(large[:1000], large[1000:]))
+    scope = make_scope(method="POST", headers=[(b"content-length", str(len(large)).encode())])
+    serve(app, scope, receiver)
+    assert seen == {"calls_before_read": 0, "body": large}
+
+
+def test_file_wrapper_of_a_file_becomes_one_zerocopysend(tmp_path: Any) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"0123456789" * 100)
+    files: list[Any] = []
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Any:
+        start_response("200 OK", [("Content-Length", "990")])
+        fh = open(path, "rb")
+        fh.seek(10)
+        files.append(fh)
+        return environ["wsgi.file_wrapper"](fh, 4096)
+
+    sender = serve(app)
+    assert [m["type"] for m in sender.messages] == ["http.response.start", "http.response.zerocopysend"]
+    message = sender.messages[1]
+    assert (message["offset"], message["count"], message["more_body"]) == (10, 990, False)
+    assert message["file"] is files[0] and files[0].closed  # closed after it was sent
+
+
+def test_file_wrapper_of_a_file_like_without_fileno_is_iterated() -> None:
+    import io
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Any:
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"a" * 10_000), 4096)
+
+    sender = serve(app)
+    assert sender.body == b"a" * 10_000
+    assert all(m["type"] != "http.response.zerocopysend" for m in sender.messages)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 import sys
 from typing import Any
 
 from asgictl.config import Config, apply_env_file
+
+logger = logging.getLogger("asgictl.error")
 
 
 class AppLoadError(Exception):
@@ -106,12 +109,19 @@ def load_app(config: Config) -> Any:
     interface = config.interface
     if interface == "auto":
         interface = detect_interface(app)
+        if interface == "wsgi":
+            logger.info(
+                "Detected a WSGI application: serving it %s (--interface wsgi)",
+                "on the event loop (--wsgi-inline)"
+                if config.wsgi_inline
+                else f"with {config.threads} threads (--threads)",
+            )
     if interface == "asgi2":
         return ASGI2Adapter(app)
     if interface == "wsgi":
         from asgictl.worker.wsgi import WSGIAdapter
 
-        return WSGIAdapter(app)
+        return WSGIAdapter(app, config.threads, config.wsgi_queue, config.wsgi_inline)
     return app
 
 

@@ -30,7 +30,7 @@ from asgictl.logs import plural
 from asgictl.protocols.access import compile_format
 from asgictl.protocols.factory import connection_factory
 from asgictl.protocols.http import protocol_class
-from asgictl.protocols.http.connection import request_tasks
+from asgictl.protocols.http.connection import CLOSE_GRACE, request_tasks
 from asgictl.protocols.state import ServerState, task_starter
 from asgictl.protocols.websockets import ws_protocol_factory
 from asgictl.pubsub import backends as pubsub_backends
@@ -46,7 +46,7 @@ logger = logging.getLogger("asgictl.error")
 STARTUP_FAILURE = 3
 TICK_SECONDS = 1.0
 #: On shutdown, how long an idle connection may still deliver a request.
-IDLE_GRACE_SECONDS = 0.25
+IDLE_GRACE_SECONDS = CLOSE_GRACE
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: How long a cancelled lifespan startup may take to unwind before the server leaves.
 STARTUP_CANCEL_SECONDS = 1.0

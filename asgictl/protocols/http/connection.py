@@ -15,7 +15,9 @@ bound; writing waits (``drain``) while the transport's buffer is full.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 from time import perf_counter
 from typing import Any
 from urllib.parse import unquote
@@ -41,11 +43,24 @@ TRACE = 5
 
 #: Unread request body past this many bytes pauses reading from the socket.
 HIGH_WATER = 64 * 1024
+#: On a graceful stop, how long a connection whose last response promised keep-alive
+#: (or that is idle) may still deliver the request its client sent meanwhile; that
+#: request is answered with Connection: close.
+CLOSE_GRACE = 0.25
+#: File regions up to this size are read (or sent) on the event loop's thread. Larger
+#: ones go a window at a time, on the loop while the window is in the page cache (a
+#: non-blocking probe of its last byte says so), else through the default executor, so
+#: that a disk read never stalls the loop.
+FILE_INLINE = 256 * 1024
+FILE_WINDOW = 1024 * 1024
+#: What one read of the fallback path (TLS, a buffered transport) takes from a file.
+FILE_PIECE = 256 * 1024
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.trailers": {},
     "http.response.pathsend": {},
+    "http.response.zerocopysend": {},
 }
 
 #: The coroutines that run an app for one request or one WebSocket session.
@@ -418,7 +433,12 @@ class HTTPConnection(FlowControlled):
             self.idle_since = self.loop.time()
             if self.read_paused:
                 self.resume_reading()
-            if self.closing or self.read_eof:
+            if self.closing and self.state.shutting_down and not self.read_eof:
+                # A graceful stop came after this response's head promised keep-alive:
+                # the client may have sent its next request already. Give it the grace
+                # to arrive (it is answered with Connection: close), then close.
+                self.loop.call_later(CLOSE_GRACE, self.close_if_idle)
+            elif self.closing or self.read_eof:
                 self.transport.close()
         elif self.read_paused:
             # The body of the answered request is still arriving; keep reading to
@@ -453,6 +473,101 @@ class HTTPConnection(FlowControlled):
             cycle.response_complete = True
             cycle.flush()
             self.transport.close()
+
+    # ------------------------------------------------------------------ file regions
+
+    async def send_file(self, fd: int, offset: int, count: int) -> int:
+        """Write ``count`` bytes of the open file ``fd`` from ``offset`` to the client,
+        after everything written before; returns the bytes sent (fewer only if the
+        connection closed meanwhile).
+
+        Zero-copy (``os.sendfile``) on plain TCP and Unix sockets while the transport holds
+        nothing unsent; TLS, a transport with buffered bytes, or a file ``sendfile`` refuses
+        fall back to reads and ``transport.write`` with flow control. Regions larger than
+        ``FILE_INLINE`` make each system call in the default executor.
+        """
+        transport = self.transport
+        sock = None if self.state.is_ssl else transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            sent = await self._sendfile(sock.fileno(), fd, offset, count)
+            if sent is not None:
+                return sent
+        return await self._copy_file(fd, offset, count)
+
+    async def _sendfile(self, sock_fd: int, fd: int, offset: int, count: int) -> int | None:
+        """os.sendfile to the socket; None when it cannot be used at all (nothing sent)."""
+        transport = self.transport
+        loop = self.loop
+        # The transport may close the socket's fd while this waits, and the number be
+        # reused by another connection: the executor's calls and the waits for room
+        # use a duplicate, which keeps this socket open until it is closed here.
+        own_fd = -1
+        watched = False
+        sent = 0
+        try:
+            while sent < count and not transport.is_closing():
+                if transport.get_write_buffer_size():
+                    # Bytes queued in the transport must leave first; a sendfile now
+                    # would overtake them.
+                    if sent == 0:
+                        return None
+                    return sent + await self._copy_file(fd, offset + sent, count - sent)
+                size = min(count - sent, FILE_WINDOW)
+                try:
+                    if count <= FILE_INLINE or _cached(fd, offset + sent, size):
+                        n = os.sendfile(sock_fd, fd, offset + sent, size)
+                    else:
+                        if own_fd < 0:
+                            own_fd = os.dup(sock_fd)
+                        n = await loop.run_in_executor(None, os.sendfile, own_fd, fd, offset + sent, size)
+                except BlockingIOError:
+                    n = -1
+                except OSError as exc:
+                    if sent == 0 and exc.errno in _NO_SENDFILE:
+                        return None  # e.g. a pipe or a /proc file: read it instead
+                    if exc.errno in _GONE:
+                        transport.abort()  # the client went away
+                        break
+                    raise
+                if n == 0:
+                    break  # the file is shorter than announced
+                if n > 0:
+                    sent += n
+                    if n == size:
+                        continue  # the socket took the whole window: there may be room
+                # The socket buffer is full: wait until it is writable (connection_lost
+                # wakes the same waiter, through release_drain).
+                if own_fd < 0:
+                    own_fd = os.dup(sock_fd)
+                if not watched:
+                    loop.add_writer(own_fd, self.release_drain)
+                    watched = True
+                waiter = self.drain_waiter = loop.create_future()
+                await waiter
+        finally:
+            if watched:
+                loop.remove_writer(own_fd)
+            if own_fd >= 0:
+                os.close(own_fd)
+        return sent
+
+    async def _copy_file(self, fd: int, offset: int, count: int) -> int:
+        """Read the region and write it through the transport, with flow control."""
+        transport = self.transport
+        sent = 0
+        while sent < count and not transport.is_closing():
+            size = min(count - sent, FILE_PIECE)
+            if count <= FILE_INLINE or _cached(fd, offset + sent, size):
+                data = os.pread(fd, size, offset + sent)
+            else:
+                data = await self.loop.run_in_executor(None, os.pread, fd, size, offset + sent)
+            if not data or transport.is_closing():
+                break
+            transport.write(data)
+            sent += len(data)
+            if self.write_paused:
+                await self.drain()
+        return sent
 
     # ----------------------------------------------------------------- housekeeping
 
@@ -502,20 +617,40 @@ class HTTPConnection(FlowControlled):
             cycle.on_disconnect()
         self.transport.close()
 
+    def close_if_idle(self) -> None:
+        if self.cycle is None and not self.pipeline and self.parsing is None:
+            self.transport.close()
+
     def shutdown(self) -> None:
-        """Graceful stop (``state.shutting_down`` is set): close if idle, else close
-        after the response in progress. An app waiting in ``receive()`` for the end of
-        a request it has read whole (a streaming response) hears http.disconnect now
-        (see HTTPCycle.receive); one still producing its response is not disturbed."""
+        """Graceful stop (``state.shutting_down`` is set): close if idle; else answer
+        every request received so far, the last one with Connection: close, and close
+        after it. An app waiting in ``receive()`` for the end of a request it has read
+        whole (a streaming response) hears http.disconnect now (see HTTPCycle.receive);
+        one still producing its response is not disturbed.
+
+        A response whose head is written already promised keep-alive: the connection
+        then closes after the grace of cycle_done (the client may be sending its next
+        request), not right after that response.
+        """
         self.closing = True
         if self.cycle is None and not self.pipeline:
-            self.transport.close()
-        else:
-            for cycle in (self.cycle, *self.pipeline):
-                if cycle is not None:
-                    cycle.keep_alive = False
-            if self.cycle is not None:
-                self.cycle.wake()
+            # Idle: unless a response completed less than the grace ago (its client may
+            # be sending the next request right now), close at once.
+            since = self.idle_since
+            wait = CLOSE_GRACE - (self.loop.time() - since) if since is not None else 0.0
+            if self.head_bytes:
+                wait = CLOSE_GRACE  # a request is arriving: let it
+            if wait > 0:
+                self.loop.call_later(wait, self.close_if_idle)
+            else:
+                self.transport.close()
+            return
+        last = self.pipeline[-1] if self.pipeline else self.cycle
+        assert last is not None
+        if not last.response_started or last.head is not None:
+            last.keep_alive = False
+        if self.cycle is not None:
+            self.cycle.wake()
 
     # ----------------------------------------------------------------------- helpers
 
@@ -534,6 +669,23 @@ class HTTPConnection(FlowControlled):
         if scheme in ("ws", "wss"):
             scheme = "https" if scheme == "wss" else "http"
         return client, scheme
+
+
+#: os.sendfile errors that mean "not for this file or socket", before any byte was sent.
+_NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK})
+#: os.sendfile errors that mean the client has gone.
+_GONE = frozenset({errno.EPIPE, errno.ECONNRESET})
+_PROBE = bytearray(1)
+
+
+def _cached(fd: int, offset: int, size: int) -> bool:
+    """Whether the last byte of the file region is in the page cache: a read that may
+    not wait for the disk (RWF_NOWAIT) tells, without blocking. Readahead makes the
+    rest of a sequentially read window as likely to be there."""
+    try:
+        return os.preadv(fd, [_PROBE], offset + size - 1, os.RWF_NOWAIT) == 1
+    except (OSError, AttributeError):  # not cached (EAGAIN), or no RWF_NOWAIT here
+        return False
 
 
 def _is_websocket_handshake(scope: dict[str, Any]) -> bool:

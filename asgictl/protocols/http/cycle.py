@@ -58,7 +58,6 @@ _EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())
 _KEEP_ALIVE_LINE = b"connection: keep-alive\r\n"
 _CLOSE_LINE = b"connection: close\r\n"
 _CHUNKED_LINE = b"transfer-encoding: chunked\r\n"
-_PATHSEND_CHUNK = 256 * 1024
 #: Streamed body bytes held back at most before a write (see HTTPCycle._buffer).
 _FLUSH_AT = 64 * 1024
 
@@ -207,9 +206,9 @@ class HTTPCycle:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
             self._write_trailers(message)
         elif kind == "http.response.pathsend":
-            if self.head is None:
-                raise RuntimeError(_unexpected(kind, self.response_complete))
             await self._pathsend(message["path"])
+        elif kind == "http.response.zerocopysend":
+            await self._zerocopysend(message)
         else:
             raise RuntimeError(_unexpected(kind, self.response_complete))
 
@@ -398,28 +397,67 @@ class HTTPCycle:
             self._finish()
 
     async def _pathsend(self, path: str) -> None:
-        assert self.head is not None
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if self.length_left is None and not self.chunked and not self.trailers:
+        if self.head is None:
+            raise RuntimeError(_unexpected("http.response.pathsend", self.response_complete))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            await self._send_file(fd, 0, os.fstat(fd).st_size, False)
+        finally:
+            os.close(fd)
+
+    async def _zerocopysend(self, message: dict[str, Any]) -> None:
+        if not self.response_started:
+            raise RuntimeError(_unexpected("http.response.zerocopysend", self.response_complete))
+        fd = message["file"].fileno()
+        offset = message.get("offset")
+        if offset is None:
+            offset = os.lseek(fd, 0, os.SEEK_CUR)  # the spec: from the file's position
+        count = message.get("count")
+        if count is None:
+            count = max(os.fstat(fd).st_size - offset, 0)
+        await self._send_file(fd, offset, count, message.get("more_body", False))
+
+    async def _send_file(self, fd: int, offset: int, count: int, more: bool) -> None:
+        """The body (or, with ``more``, the next part of it) is ``count`` bytes of the
+        file ``fd`` from ``offset``: framed like a body message, sent by the connection's
+        ``send_file`` (zero-copy where the transport allows)."""
+        if self.response_complete:
+            raise RuntimeError(_unexpected("http.response.body", True))
+        if self.head is not None and self.length_left is None and not self.chunked:
+            if not more and not self.trailers:
                 # Known size: framed by Content-Length so the connection stays reusable.
-                self.head.append(b"content-length: %d\r\n" % size)
+                self.head.append(b"content-length: %d\r\n" % count)
                 self.head_lines += 1
-                self.length_left = size
-            sent = 0
-            while True:
-                data = fh.read(_PATHSEND_CHUNK)
-                sent += len(data)
-                more = bool(data) and sent < size
-                self._write_body(data, more)
-                if not more or self.disconnected:
-                    break
-                if self.conn.write_paused:
-                    await self.conn.drain()
-        if self.disconnected:
-            raise ClientDisconnected("client disconnected during pathsend")
-        if not self.trailers:
-            self._finish()
+                self.length_left = count
+        # The head (decided framing) and anything held back leave first, in one write.
+        if self.head is not None and self.length_left is not None and not self.chunked:
+            self._write_body(b"", False)  # Content-Length framing: written at once
+        else:
+            self._write_body(b"", True)
+            self.flush()
+        if count and not self.no_body and not self.disconnected:
+            if self.length_left is not None:
+                if count > self.length_left:
+                    raise RuntimeError("Response content longer than Content-Length")
+                self.length_left -= count
+            conn = self.conn
+            if self.chunked:
+                conn.transport.write(b"%x\r\n" % count)
+            sent = await conn.send_file(fd, offset, count)
+            if sent < count:
+                if not self.disconnected and not conn.transport.is_closing():
+                    # The file ended before the announced size: the framing is broken.
+                    raise RuntimeError(f"file ended after {sent} of {count} bytes")
+            elif self.chunked:
+                conn.transport.write(CRLF)
+        if self.disconnected or self.conn.transport.is_closing():
+            raise ClientDisconnected("the client disconnected during a file response")
+        if not more:
+            self._write_body(b"", False)
+            if not self.trailers:
+                self._finish()
+        elif self.conn.write_paused:
+            await self.conn.drain()
 
     def _finish(self) -> None:
         if self.response_complete:
