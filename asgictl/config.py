@@ -292,7 +292,6 @@ OPTIONS: tuple[Option, ...] = (
         "WSGI: threads per worker that run the app, so at most this many requests run it at "
         "once. Threads suit views that wait on a database or a service; CPU-bound apps "
         "gain nothing past a few (the GIL).",
-        metavar="N",
     ),
     _opt(
         "wsgi_queue",
@@ -300,7 +299,6 @@ OPTIONS: tuple[Option, ...] = (
         256,
         "WSGI: requests that may wait for a free thread; one more is answered 503 at once "
         "instead of waiting without bound.",
-        metavar="N",
     ),
     _opt(
         "wsgi_inline",
