@@ -23,14 +23,14 @@ from asgictl.logs import JsonFormatter, set_worker_id
 from asgictl.supervisor.control import bind_control_socket
 from asgictl.supervisor.metrics import BUCKETS, MetricsTable, exposition, parse_bind
 from asgictl.supervisor.observe import ProcessSample
-from asgictl.supervisor.slots import StatsTable
+from asgictl.supervisor.slots import StatsTable, WorkerState
 
 # --------------------------------------------------------------------------- metrics
 
 
 def _fake_master(table_cells: dict[int, int], stats: StatsTable) -> SimpleNamespace:
     workers = {
-        1000 + cell: SimpleNamespace(worker_id=wid, cell=cell, pid=1000 + cell, state="ready")
+        1000 + cell: SimpleNamespace(worker_id=wid, cell=cell, pid=1000 + cell, state=WorkerState.READY)
         for cell, wid in table_cells.items()
     }
     slots = {1: SimpleNamespace(reasons={"reload": 2, "crash": 1}), 2: SimpleNamespace(reasons={})}
@@ -71,7 +71,7 @@ def test_retired_counts_keep_counters_monotonic_and_the_cell_is_cleared() -> Non
     del master.workers[1000]
     assert table.read(0) == (0,) * len(table.read(0))
     _record(table, 2, 200)  # ...and its replacement serves one more
-    master.workers[1002] = SimpleNamespace(worker_id=1, cell=2, pid=1002, state="ready")
+    master.workers[1002] = SimpleNamespace(worker_id=1, cell=2, pid=1002, state=WorkerState.READY)
     after = table.totals(master)  # type: ignore[arg-type]
     assert after[1][2] == before[1][2] + 1 == 2
     assert after[2] == before[2]

@@ -23,6 +23,8 @@ from types import SimpleNamespace
 import pytest
 
 from asgictl import systemd
+from asgictl.supervisor.notify import SystemdHooks
+from asgictl.supervisor.slots import WorkerState
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
@@ -199,10 +201,10 @@ def test_hooks_watchdog_needs_a_healthy_worker() -> None:
     notifier = systemd.Notifier("/nonexistent")
     notifier.send = lambda **fields: sent.append(fields) or True  # type: ignore[method-assign]
     now = time.monotonic()
-    hooks = systemd.SystemdHooks(notifier, watchdog=2.0, now=now - 1)
+    hooks = SystemdHooks(notifier, watchdog=2.0, now=now - 1)
     cell = SimpleNamespace(heartbeat=now, requests=7)
     master = SimpleNamespace(
-        workers={10: SimpleNamespace(state="ready", cell=0)},
+        workers={10: SimpleNamespace(state=WorkerState.READY, cell=0)},
         stats=_Stats({0: cell}),
         target=1,
         generation=1,

@@ -200,9 +200,9 @@ class _ScaleOp(_Operation):
         self.deadline = now + config.timeout_worker_boot + config.timeout_graceful_shutdown + 30.0
 
     def _counts(self) -> tuple[int, int]:
-        workers = self.master.workers.values()
-        ready = len({w.worker_id for w in workers if w.state == "ready" and w.worker_id <= self.target})
-        surplus = sum(1 for w in workers if w.worker_id > self.target)
+        master = self.master
+        ready = len({w.worker_id for w in master.ready_workers(within_target=True)})
+        surplus = sum(1 for w in master.workers.values() if w.worker_id > self.target)
         return ready, surplus
 
     def poll(self, now: float) -> dict[str, Any] | None:

@@ -37,7 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from asgictl import systemd
 from asgictl.config import Config, ConfigError
 from asgictl.logs import plural, reopen_log_files
 from asgictl.pubsub.backends import MASTER as PUBSUB_MASTER
@@ -55,9 +54,10 @@ from asgictl.supervisor.child import (
 from asgictl.supervisor.control import serving_control
 from asgictl.supervisor.listeners import INHERIT_ENV, INHERIT_GROUPS_ENV, Listeners, open_listeners
 from asgictl.supervisor.metrics import MetricsServer, MetricsTable, app_metrics_dir
+from asgictl.supervisor.notify import SystemdHooks
 from asgictl.supervisor.observe import Sampler
 from asgictl.supervisor.reload import reloading
-from asgictl.supervisor.slots import READY, StatsTable
+from asgictl.supervisor.slots import StatsTable, WorkerState
 from asgictl.worker.server import import_runtime
 
 logger = logging.getLogger("asgictl.error")
@@ -84,12 +84,6 @@ MEMORY_SAMPLE_SECONDS = 1.0
 #: Shared-memory cells (processes, not slots: a replacement needs a second cell).
 CELLS = 1024
 MAX_WORKERS = CELLS // 4
-
-# Process states, master side.
-BOOTING = "booting"
-RUNNING = "ready"
-STOPPING = "stopping"
-KILLING = "killing"
 
 SIGNALS = (
     signal.SIGTERM,
@@ -125,7 +119,7 @@ class Worker:
     generation: int
     started: float
     limits: policy.Limits
-    state: str = BOOTING
+    state: WorkerState = WorkerState.BOOTING
     reason: str = ""  # why it is being stopped / was started
     ready_at: float = 0.0
     stop_deadline: float = 0.0
@@ -139,7 +133,7 @@ class Worker:
     @property
     def live(self) -> bool:
         """Booting or serving, not on its way out."""
-        return self.state in (BOOTING, RUNNING)
+        return self.state.live
 
 
 @dataclass
@@ -288,7 +282,7 @@ class Master:
                 {
                     "id": w.worker_id,
                     "pid": w.pid,
-                    "state": w.state,
+                    "state": str(w.state),
                     "age": round(now - w.started, 3),
                     "generation": w.generation,
                     "requests": cell.requests,
@@ -412,7 +406,7 @@ class Master:
 
     def _signal_all(self, sig: int, only_ready: bool = False) -> None:
         for w in list(self.workers.values()):
-            if not only_ready or w.state == RUNNING:
+            if not only_ready or w.state is WorkerState.READY:
                 self._kill(w.pid, sig)
 
     @staticmethod
@@ -521,12 +515,12 @@ class Master:
         how = _describe_exit(status)
         if w.ready_at:
             how += f" after serving {plural(w.requests, 'request')}"
-        if w.state in (STOPPING, KILLING):
+        if w.state in (WorkerState.STOPPING, WorkerState.KILLING):
             logger.info("Worker %d (pid %d) %s [%s]", w.worker_id, w.pid, how, w.reason or "stopped")
             if w.reason == policy.BOOT_TIMEOUT:
                 self._boot_failed(w, slot, now)
             return
-        if w.state == BOOTING:
+        if w.state is WorkerState.BOOTING:
             logger.error("Worker %d (pid %d) failed to boot: %s", w.worker_id, w.pid, how)
             self._boot_failed(w, slot, now)
             return
@@ -568,7 +562,7 @@ class Master:
         slot.failures += 1
         delay = max(policy.backoff_delay(slot.failures), policy.BACKOFF_BASE)
         slot.respawn_at = slot.replace_after = now + delay
-        if self.boot_failures >= policy.MAX_BOOT_FAILURES and not self._ready_workers():
+        if self.boot_failures >= policy.MAX_BOOT_FAILURES and not self.ready_workers():
             logger.error(
                 "%d workers in a row failed to boot and none is serving: the master stops",
                 self.boot_failures,
@@ -578,15 +572,21 @@ class Master:
 
     # ------------------------------------------------------------------ observing
 
-    def _ready_workers(self) -> list[Worker]:
-        return [w for w in self.workers.values() if w.state == RUNNING]
+    def ready_workers(self, within_target: bool = False) -> list[Worker]:
+        """The workers that serve; with ``within_target``, only those of slots 1..target
+        (not those of a scale-down on their way out)."""
+        return [
+            w
+            for w in self.workers.values()
+            if w.state is WorkerState.READY and (not within_target or w.worker_id <= self.target)
+        ]
 
     def _observe(self, now: float) -> None:
         for w in list(self.workers.values()):
             cell = self.stats.read(w.cell)
-            if w.state == BOOTING and cell.state == READY:
+            if w.state is WorkerState.BOOTING and cell.state is WorkerState.READY:
                 self._became_ready(w, now)
-            elif w.state == RUNNING and policy.is_hung(now, cell.heartbeat, self.config.timeout):
+            elif w.state is WorkerState.READY and policy.is_hung(now, cell.heartbeat, self.config.timeout):
                 logger.error(
                     "Worker %d (pid %d) is hung: its event loop has not run for %.1f s (--timeout %g);"
                     " dumping its stacks and killing it",
@@ -602,7 +602,7 @@ class Master:
                 self._dump_and_kill(w, policy.HUNG, now)
 
     def _became_ready(self, w: Worker, now: float) -> None:
-        w.state = RUNNING
+        w.state = WorkerState.READY
         w.ready_at = now
         self.boot_failures = 0
         self.slots.setdefault(w.worker_id, Slot())
@@ -619,11 +619,11 @@ class Master:
     # ------------------------------------------------------------------ stopping workers
 
     def _stop_worker(self, w: Worker, reason: str, now: float, fast: bool = False) -> None:
-        if w.state == KILLING:
+        if w.state is WorkerState.KILLING:
             return
-        if w.state == STOPPING and not fast:
+        if w.state is WorkerState.STOPPING and not fast:
             return
-        w.state = STOPPING
+        w.state = WorkerState.STOPPING
         w.reason = reason
         if fast:
             w.stop_deadline = min(w.stop_deadline or now + FAST_STOP_SECONDS, now + FAST_STOP_SECONDS)
@@ -636,14 +636,14 @@ class Master:
             self._kill(w.pid, signal.SIGHUP if restart else signal.SIGTERM)
 
     def _dump_and_kill(self, w: Worker, reason: str, now: float) -> None:
-        w.state = KILLING
+        w.state = WorkerState.KILLING
         w.reason = reason
         w.kill_at = now + DUMP_GRACE
         self._kill(w.pid, DUMP_SIGNAL)
 
     def _enforce_deadlines(self, now: float) -> None:
         for w in list(self.workers.values()):
-            if w.state == BOOTING and now - w.started > self.config.timeout_worker_boot:
+            if w.state is WorkerState.BOOTING and now - w.started > self.config.timeout_worker_boot:
                 logger.error(
                     "Worker %d (pid %d) did not boot within %g s (--timeout-worker-boot)",
                     w.worker_id,
@@ -651,7 +651,7 @@ class Master:
                     self.config.timeout_worker_boot,
                 )
                 self._dump_and_kill(w, policy.BOOT_TIMEOUT, now)
-            elif w.state == STOPPING and now > w.stop_deadline:
+            elif w.state is WorkerState.STOPPING and now > w.stop_deadline:
                 logger.warning(
                     "Worker %d (pid %d) still running past its stop deadline; killing it",
                     w.worker_id,
@@ -660,7 +660,7 @@ class Master:
                 if self.exit_code == 0 and self.stopping:
                     self.exit_code = 1
                 self._dump_and_kill(w, w.reason, now)
-            elif w.state == KILLING:
+            elif w.state is WorkerState.KILLING:
                 if not w.killed_at and now >= w.kill_at:
                     w.killed_at = now
                     self._kill(w.pid, signal.SIGKILL)
@@ -696,7 +696,7 @@ class Master:
     def _recycle(self, now: float) -> None:
         need_rss = self.config.max_worker_memory is not None
         for w in list(self.workers.values()):
-            if w.state != RUNNING:
+            if w.state is not WorkerState.READY:
                 continue
             if need_rss and now >= w.next_rss_sample:
                 w.next_rss_sample = now + MEMORY_SAMPLE_SECONDS
@@ -734,14 +734,14 @@ class Master:
         serving = {
             w.worker_id
             for w in self.workers.values()
-            if w.state == RUNNING
+            if w.state is WorkerState.READY
             and w.worker_id <= self.target
             and now - self.stats.read(w.cell).heartbeat < STEER_SILENCE
         }
         self.listeners.steer(serving, self.target, busy)
 
     def _booting_in(self, worker_id: int) -> bool:
-        return any(w.worker_id == worker_id and w.state == BOOTING for w in self.workers.values())
+        return any(w.worker_id == worker_id and w.state is WorkerState.BOOTING for w in self.workers.values())
 
     def _maintain(self, now: float) -> None:
         if self.held:
@@ -750,7 +750,7 @@ class Master:
         if not self.all_ready_once:
             # First start: one worker boots alone, so a broken app fails once, printing
             # its error once, instead of N times at once.
-            if not self._ready_workers():
+            if not self.ready_workers():
                 ids = ids[:1]
         for worker_id in ids:
             if any(w.worker_id == worker_id and w.live for w in self.workers.values()):
@@ -764,7 +764,7 @@ class Master:
                 self._stop_worker(w, policy.SCALE, now)
         # A slot whose workers stayed ready long enough is healthy again.
         for w in self.workers.values():
-            if w.state == RUNNING and now - w.ready_at > policy.STABLE_AFTER:
+            if w.state is WorkerState.READY and now - w.ready_at > policy.STABLE_AFTER:
                 self.slots.setdefault(w.worker_id, Slot()).failures = 0
 
     def _advance_reload(self, now: float) -> None:
@@ -780,7 +780,7 @@ class Master:
             if not live or all(w.generation >= reload.generation for w in live):
                 reload.queue.pop(0)  # empty (respawn covers it) or already on new code
                 continue
-            if any(w.state == BOOTING for w in live):
+            if any(w.state is WorkerState.BOOTING for w in live):
                 return  # a replacement of another kind is booting here: wait for it
             reload.queue.pop(0)
             reload.current = self._spawn(worker_id, policy.RELOAD)
@@ -794,14 +794,14 @@ class Master:
         logger.info(
             "Reload complete in %.2f s: %s ready (generation %d)",
             now - reload.started,
-            plural(len(self._ready_workers()), "worker"),
+            plural(len(self.ready_workers()), "worker"),
             reload.generation,
         )
         self.reloading = None
         self.hooks.reloaded(self)
 
     def _report_full(self) -> None:
-        ready_ids = {w.worker_id for w in self._ready_workers() if w.worker_id <= self.target}
+        ready_ids = {w.worker_id for w in self.ready_workers(within_target=True)}
         full = len(ready_ids) >= self.target
         if full and not self.was_full:
             logger.info("%s ready", plural(self.target, "worker"))
@@ -1031,7 +1031,7 @@ def _supervise(config: Config, listeners: Listeners, pid_file: PidFile | None) -
     try:
         master = Master(config, listeners, preloaded)
         # sd_notify when NOTIFY_SOCKET is set (systemd Type=notify): READY, RELOADING...
-        notify_hooks = systemd.SystemdHooks.from_environ(old_master=master.old_master)
+        notify_hooks = SystemdHooks.from_environ(old_master=master.old_master)
         if notify_hooks is not None:
             master.hooks = notify_hooks  # type: ignore[assignment]  # duck-typed MasterHooks
         sampler = Sampler(master)  # psutil and req/s samples, for status and metrics

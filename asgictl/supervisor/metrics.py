@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgictl.config import Config, ConfigError
 from asgictl.supervisor.endpoints import Channel, Endpoint
+from asgictl.supervisor.slots import WorkerState
 
 logger = logging.getLogger("asgictl.error")
 
@@ -179,7 +180,7 @@ class AsgictlCollector:
             sample = self.sampler.get(w.pid)
             if sample.rss is not None:
                 rss[w.worker_id] = rss.get(w.worker_id, 0) + sample.rss
-            states[w.state] = states.get(w.state, 0) + 1
+            states[str(w.state)] = states.get(str(w.state), 0) + 1
 
         def gauge(name: str, help_text: str, label: str, values: dict[Any, int]) -> GaugeMetricFamily:
             family = GaugeMetricFamily(name, help_text, labels=[label])
@@ -278,7 +279,7 @@ def health(master: Master, ready: bool) -> tuple[bool, str]:
     worker of the target number serves and the server is not stopping, so a load
     balancer stops sending new connections as soon as a graceful stop begins.
     """
-    serving = {w.worker_id for w in master.workers.values() if w.state == "ready"}
+    serving = {w.worker_id for w in master.workers.values() if w.state is WorkerState.READY}
     counts = f"{len(serving)}/{master.target} workers ready"
     if not ready:
         return bool(serving), ("ok: " if serving else "no worker ready: ") + counts

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asgictl import __version__
+from asgictl.supervisor.slots import WorkerState
 
 if TYPE_CHECKING:
     from asgictl.supervisor.master import Master, Worker
@@ -142,7 +143,7 @@ def status_report(master: Master, sampler: Sampler, now: float) -> dict[str, Any
     for row in master.snapshot():
         sample = sampler.get(row["pid"])
         state = row["state"]
-        if state == "stopping" and not master.stopping:
+        if state == str(WorkerState.STOPPING) and not master.stopping:
             state = "draining"
         workers.append(
             {

@@ -377,11 +377,9 @@ class Reloader:
         self._flush()
 
     def _report(self, paths: list[str], seen: float) -> None:
-        from asgictl.supervisor.master import RUNNING
-
         master = self.master
         elapsed = time.monotonic() - seen
-        ready = [w for w in master.workers.values() if w.state == RUNNING and w.worker_id <= master.target]
+        ready = master.ready_workers(within_target=True)
         ok = bool(ready) and all(w.generation == master.generation for w in ready)
         what = f"{self._describe(paths)} changed" if paths else "reload requested"
         self.reloads += 1
