@@ -426,7 +426,7 @@ class ControlServer:
         #: runtime directory.
         self.discoverable = discoverable
         self._inode = os.stat(path).st_ino
-        self.endpoint = Endpoint(master, sock, _ControlChannel, MAX_CLIENTS)
+        self.endpoint = Endpoint(master.loop, sock, _ControlChannel, MAX_CLIENTS)
         self.endpoint.owner = self  # type: ignore[attr-defined]
         #: The metrics listener's URL, for ``status`` (set by ``run_master``).
         self.metrics_url: str | None = None

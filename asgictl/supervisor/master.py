@@ -29,7 +29,6 @@ import contextlib
 import errno
 import logging
 import os
-import selectors
 import signal
 import sys
 import time
@@ -53,6 +52,7 @@ from asgictl.supervisor.child import (
 )
 from asgictl.supervisor.control import serving_control
 from asgictl.supervisor.listeners import INHERIT_ENV, INHERIT_GROUPS_ENV, Listeners, open_listeners
+from asgictl.supervisor.loop import Loop
 from asgictl.supervisor.metrics import MetricsServer, MetricsTable, app_metrics_dir
 from asgictl.supervisor.notify import SystemdHooks
 from asgictl.supervisor.observe import Sampler
@@ -164,6 +164,7 @@ class Master:
         listeners: Listeners,
         preloaded: Any = None,
         hooks: MasterHooks | None = None,
+        loop: Loop | None = None,
     ) -> None:
         self.config = config
         self.listeners = listeners
@@ -190,46 +191,21 @@ class Master:
         self.held = False
         self.upgrade_pid: int | None = None
         self.old_master = _old_master()
-        self._signals: collections.deque[int] = collections.deque()
-        self._calls: collections.deque[Callable[[], None]] = collections.deque()
-        self._readers: dict[int, Callable[[], None]] = {}
-        self._writers: dict[int, Callable[[], None]] = {}
-        self._selector = selectors.DefaultSelector()
+        self.loop = loop or Loop()
         # Issue 7 (control.py, metrics.py): per-pass callbacks, reaped-worker callbacks, and
         # the shared per-response counters handed to workers (None: --metrics-bind is off).
         self._tick_callbacks: list[Callable[[], None]] = []
         self._exit_callbacks: list[Callable[[Worker], None]] = []
         self.metrics: MetricsTable | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._scheme = "https" if config.is_ssl else "http"
         # Issue 10: asgictl.pubsub's `master` backend relays between workers in this loop.
         self.broker: Broker | None = None
         if pubsub_mode(config.pubsub, supervised=True) == PUBSUB_MASTER:
-            self.broker = Broker(self.add_reader, self.remove_reader, self.add_writer, self.remove_writer)
+            loop = self.loop
+            self.broker = Broker(loop.add_reader, loop.remove_reader, loop.add_writer, loop.remove_writer)
             self.add_exit_callback(lambda w: self.broker.forget(w.pid) if self.broker else None)
 
     # ------------------------------------------------------------------ public seams
-
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        """Call ``callback`` in the loop when ``fd`` is readable (control socket)."""
-        self._readers[fd] = callback
-        self._watch(fd)
-
-    def remove_reader(self, fd: int) -> None:
-        if self._readers.pop(fd, None) is not None:
-            self._watch(fd)
-
-    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
-        """Call ``callback`` in the loop when ``fd`` is writable (the pub/sub broker)."""
-        self._writers[fd] = callback
-        self._watch(fd)
-
-    def remove_writer(self, fd: int) -> None:
-        if self._writers.pop(fd, None) is not None:
-            self._watch(fd)
 
     def add_tick_callback(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` at the end of every pass of the loop (at least every POLL_INTERVAL)."""
@@ -238,12 +214,6 @@ class Master:
     def add_exit_callback(self, callback: Callable[[Worker], None]) -> None:
         """Call ``callback(worker)`` for each reaped worker, before its cell is released."""
         self._exit_callbacks.append(callback)
-
-    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` in the master's loop (from a watcher thread, for one)."""
-        self._calls.append(callback)
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"\0")
 
     def resume(self) -> None:
         """After a held first-start failure (--reload): boot the workers again."""
@@ -298,25 +268,20 @@ class Master:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> int:
-        self._install_signals()
+        self.loop.catch_signals(SIGNALS)
         try:
             logger.info("Started master process [%d] for %s", os.getpid(), self.app_label)
             while not (self.stopping and not self.workers):
                 self._pass()
-                self._wait(POLL_INTERVAL)
+                self.loop.wait(POLL_INTERVAL)
         finally:
             self._cleanup()
         return self.exit_code
 
     def _pass(self) -> None:
-        self._drain_wakeups()
-        while self._signals:
-            self._handle_signal(self._signals.popleft())
-        while self._calls:
-            try:
-                self._calls.popleft()()
-            except Exception:
-                logger.exception("Error in a master callback")
+        for sig in self.loop.pending_signals():
+            self._handle_signal(sig)
+        self.loop.run_calls()
         self._reap()
         now = time.monotonic()
         self._observe(now)
@@ -334,57 +299,7 @@ class Master:
             except Exception:
                 logger.exception("Error in a master tick callback")
 
-    def _watch(self, fd: int) -> None:
-        """Tell the selector what ``fd`` is watched for now (read, write, both, nothing).
-
-        Registered afresh each time: a descriptor number closed and reused since it was
-        last registered must not be taken for the one the selector knew."""
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(fd)
-        events = (selectors.EVENT_READ if fd in self._readers else 0) | (
-            selectors.EVENT_WRITE if fd in self._writers else 0
-        )
-        if events:
-            self._selector.register(fd, events)
-
-    def _loop_fds(self) -> list[int]:
-        """The selector's own descriptor (epoll), if it has one: a child closes it."""
-        fileno = getattr(self._selector, "fileno", None)
-        return [fileno()] if fileno is not None else []
-
-    def _wait(self, timeout: float) -> None:
-        ready = self._selector.select(timeout)
-        # Writers first: a writer callback may drop a peer whose reader is also ready.
-        for key, events in ready:
-            wcallback = self._writers.get(key.fd) if events & selectors.EVENT_WRITE else None
-            if wcallback is not None:
-                try:
-                    wcallback()
-                except Exception:
-                    logger.exception("Error in a writer callback")
-        for key, events in ready:
-            callback = self._readers.get(key.fd) if events & selectors.EVENT_READ else None
-            if callback is not None:
-                try:
-                    callback()
-                except Exception:
-                    logger.exception("Error in a reader callback")
-
-    def _drain_wakeups(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            while os.read(self._wake_r, 4096):
-                pass
-
     # ------------------------------------------------------------------ signals
-
-    def _install_signals(self) -> None:
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for sig in SIGNALS:
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        # Runs between two bytecodes of the loop: only queue; the loop acts.
-        self._signals.append(signum)
 
     def _handle_signal(self, sig: int) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
@@ -440,10 +355,7 @@ class Master:
             config=self.child_config,
             app_label=self.app_label,
             close_fds=[
-                self._wake_r,
-                self._wake_w,
-                *self._loop_fds(),
-                *self._readers,
+                *self.loop.private_fds(),
                 *([pair[0].fileno()] if pair else []),
                 # Other slots' sockets: a copy held here would keep them open (and
                 # queueing) after the master closed its own.
@@ -851,14 +763,8 @@ class Master:
             self._reap()
             if self.workers:
                 time.sleep(0.05)
-        with contextlib.suppress(ValueError):
-            signal.set_wakeup_fd(-1)
-        for sig in SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        self._selector.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self.loop.release_signals(SIGNALS)
+        self.loop.close()
         # After a USR2 handover the listeners (and UDS files) belong to the new master.
         self.listeners.close(unlink=self.upgrade_pid is None)
         self.stats.close()

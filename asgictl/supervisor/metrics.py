@@ -427,7 +427,7 @@ class MetricsServer:
             raise ConfigError(f"--metrics-bind: cannot listen on {bind}: {exc.strerror or exc}") from None
         sock.set_inheritable(False)
         self.address = sock.getsockname()
-        self.endpoint = Endpoint(master, sock, _MetricsChannel, self.max_clients)
+        self.endpoint = Endpoint(master.loop, sock, _MetricsChannel, self.max_clients)
         self.endpoint.owner = self  # type: ignore[attr-defined]
         #: The app's multiprocess directory (see prepare_app_metrics), if there is one.
         self.app_dir = os.environ.get(MULTIPROC_ENV) or None

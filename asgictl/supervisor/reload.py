@@ -322,7 +322,8 @@ class Reloader:
             ):
                 seen = time.monotonic()
                 paths = sorted({path for _, path in changes})
-                self.master.call_soon_threadsafe(lambda paths=paths, seen=seen: self.changed(paths, seen))
+                call = self.master.loop.call_soon_threadsafe
+                call(lambda paths=paths, seen=seen: self.changed(paths, seen))
         except Exception:
             if not self._stop.is_set():
                 logger.exception("The file watcher failed: --reload is off from now on")
@@ -349,7 +350,7 @@ class Reloader:
         wait = self.last_begin + self.config.reload_delay - time.monotonic()
         if wait > 0:
             if self._timer is None or not self._timer.is_alive():
-                self._timer = threading.Timer(wait, lambda: master.call_soon_threadsafe(self._flush))
+                self._timer = threading.Timer(wait, lambda: master.loop.call_soon_threadsafe(self._flush))
                 self._timer.daemon = True
                 self._timer.start()
             return
