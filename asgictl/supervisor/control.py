@@ -43,9 +43,10 @@ from asgictl.control.protocol import (
 )
 from asgictl.supervisor.endpoints import Channel, Endpoint
 from asgictl.supervisor.observe import Sampler, status_report, working_directory
+from asgictl.supervisor.workers import ReloadOutcome, RollingReload
 
 if TYPE_CHECKING:
-    from asgictl.supervisor.master import Master, _Reload
+    from asgictl.supervisor.master import Master
 
 logger = logging.getLogger("asgictl.error")
 
@@ -136,29 +137,29 @@ class _ReloadOp(_Operation):
     def __init__(self, server: ControlServer, now: float) -> None:
         super().__init__(server, now)
         master = self.master
-        master.reload()
-        self.reload: _Reload | None = master.reloading
-        self.total = len(self.reload.queue) if self.reload else 0
+        self.reload: RollingReload | None = master.reload()
+        self.total = len(self.reload.pending) if self.reload else 0
         self.generation = master.generation
 
     def poll(self, now: float) -> dict[str, Any] | None:
         master = self.master
-        if self.reload is None:
+        reload = self.reload
+        if reload is None:
             return {"ok": False, "error": "the server is stopping"}
-        current = master.reloading
-        if current is self.reload:
+        if reload.outcome is None:
             return None
-        if current is not None:  # a newer reload replaced ours: wait for that one
-            self.reload, self.generation = current, current.generation
-            self.total = max(self.total, len(current.queue) + len(current.done))
-            return None
-        if master.stopping:
+        if reload.successor is not None:  # a newer reload replaced ours: wait for that one
+            newer = reload.successor
+            self.reload, self.generation = newer, newer.generation
+            self.total = max(self.total, len(newer.pending) + len(newer.done))
+            return self.poll(now)
+        if reload.outcome is ReloadOutcome.INTERRUPTED:
             return {"ok": False, "error": "reload interrupted: the server is stopping"}
-        if self.reload.current is not None or self.reload.queue:
+        if reload.outcome is ReloadOutcome.ABORTED:
             return {
                 "ok": False,
                 "error": "reload aborted: a new worker failed to boot; the previous workers keep serving",
-                "done": len(self.reload.done),
+                "done": len(reload.done),
                 "total": self.total,
             }
         workers = [
@@ -169,7 +170,7 @@ class _ReloadOp(_Operation):
         return {
             "ok": True,
             "generation": self.generation,
-            "reloaded": len(self.reload.done),
+            "reloaded": len(reload.done),
             "total": self.total,
             "workers": workers,
             "elapsed": round(now - self.started, 3),
@@ -179,7 +180,7 @@ class _ReloadOp(_Operation):
         r = self.reload
         if r is None:
             return None
-        current = r.current
+        current = r.booting
         return {
             "done": len(r.done),
             "total": self.total,

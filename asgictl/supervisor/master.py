@@ -24,7 +24,6 @@ issue 7).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import logging
@@ -33,7 +32,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from asgictl.config import Config, ConfigError
@@ -58,6 +56,7 @@ from asgictl.supervisor.notify import SystemdHooks
 from asgictl.supervisor.observe import Sampler
 from asgictl.supervisor.reload import reloading
 from asgictl.supervisor.slots import StatsTable, WorkerState
+from asgictl.supervisor.workers import ReloadOutcome, RollingReload, Slot, Worker
 from asgictl.worker.server import import_runtime
 
 logger = logging.getLogger("asgictl.error")
@@ -109,54 +108,6 @@ class MasterHooks:
     def tick(self, master: Master) -> None: ...
 
 
-@dataclass
-class Worker:
-    """One worker process as the master tracks it."""
-
-    worker_id: int
-    pid: int
-    cell: int
-    generation: int
-    started: float
-    limits: policy.Limits
-    state: WorkerState = WorkerState.BOOTING
-    reason: str = ""  # why it is being stopped / was started
-    ready_at: float = 0.0
-    stop_deadline: float = 0.0
-    kill_at: float = 0.0
-    killed_at: float = 0.0
-    rss: int | None = None
-    requests: int = 0  # last count read from its cell (kept after it exits)
-    next_rss_sample: float = 0.0
-    process: Any = None  # psutil.Process, created lazily
-
-    @property
-    def live(self) -> bool:
-        """Booting or serving, not on its way out."""
-        return self.state.live
-
-
-@dataclass
-class Slot:
-    """The history of one worker id, across the processes that held it."""
-
-    failures: int = 0  # consecutive unexpected deaths
-    respawn_at: float = 0.0
-    replace_after: float = 0.0  # back-off for recycle replacements that failed to boot
-    restarts: int = 0
-    last_reason: str = ""
-    reasons: collections.Counter[str] = field(default_factory=collections.Counter)  # restarts by reason
-
-
-@dataclass
-class _Reload:
-    generation: int
-    queue: list[int]
-    started: float
-    current: Worker | None = None
-    done: list[int] = field(default_factory=list)
-
-
 class Master:
     def __init__(
         self,
@@ -184,10 +135,10 @@ class Master:
         self.boot_failures = 0  # consecutive, across slots
         self.stopping = False
         self.fast = False
-        self.reloading: _Reload | None = None
+        self.reloading: RollingReload | None = None
         #: --reload: an app that fails to boot on first start waits for a change (held)
         #: instead of stopping the master; :meth:`resume` tries again.
-        self.wait_for_fix = False
+        self.wait_for_fix = config.reload
         self.held = False
         self.upgrade_pid: int | None = None
         self.old_master = _old_master()
@@ -219,17 +170,25 @@ class Master:
         """After a held first-start failure (--reload): boot the workers again."""
         self.held = False
 
-    def reload(self) -> None:
-        """Rolling restart: one slot after another, each gated on its new worker's READY."""
+    def reload(self) -> RollingReload | None:
+        """Rolling restart: one slot after another, each gated on its new worker's READY.
+
+        Returns the reload begun (None while stopping); one already running is superseded.
+        """
         if self.stopping:
-            return
+            return None
         if self.preloaded:
             logger.warning("--preload: new workers reuse the app imported at start; USR2 loads new code")
         self.generation += 1
         ids = sorted(self._slot_ids())
         logger.info("Reloading %s one by one (generation %d)", plural(len(ids), "worker"), self.generation)
-        self.reloading = _Reload(self.generation, ids, time.monotonic())
+        previous = self.reloading
+        self.reloading = RollingReload(self.generation, ids, time.monotonic())
+        if previous is not None:
+            previous.successor = self.reloading
+            previous.end(ReloadOutcome.SUPERSEDED)
         self.hooks.reloading(self)
+        return self.reloading
 
     def scale(self, count: int) -> None:
         count = max(1, min(count, MAX_WORKERS))
@@ -240,30 +199,6 @@ class Master:
 
     def stop(self, fast: bool = False) -> None:
         self._begin_stop(fast)
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Every worker process: what issue 7's ``status`` will show."""
-        now = time.monotonic()
-        rows = []
-        for w in sorted(self.workers.values(), key=lambda w: (w.worker_id, w.started)):
-            cell = self.stats.read(w.cell)
-            slot = self.slots.get(w.worker_id, Slot())
-            rows.append(
-                {
-                    "id": w.worker_id,
-                    "pid": w.pid,
-                    "state": str(w.state),
-                    "age": round(now - w.started, 3),
-                    "generation": w.generation,
-                    "requests": cell.requests,
-                    "connections": cell.connections,
-                    "heartbeat_age": round(now - cell.heartbeat, 3),
-                    "rss": w.rss,
-                    "restarts": slot.restarts,
-                    "last_reason": slot.last_reason,
-                }
-            )
-        return rows
 
     # ------------------------------------------------------------------ the loop
 
@@ -440,9 +375,7 @@ class Master:
         if w.ready_at and now - w.ready_at > policy.STABLE_AFTER:
             slot.failures = 0
         slot.failures += 1
-        slot.restarts += 1
-        slot.last_reason = policy.CRASH
-        slot.reasons[slot.last_reason] += 1
+        slot.restarted(policy.CRASH)
         delay = policy.backoff_delay(slot.failures)
         slot.respawn_at = now + delay
         logger.warning(
@@ -466,8 +399,9 @@ class Master:
             self._begin_stop(fast=True)
             return
         reload = self.reloading
-        if reload is not None and reload.current is w:
+        if reload is not None and reload.booting is w:
             logger.error("Reload aborted: the new worker failed to boot; the previous workers keep serving")
+            reload.end(ReloadOutcome.ABORTED)
             self.reloading = None
             self.hooks.reloaded(self)
             return
@@ -507,10 +441,7 @@ class Master:
                     now - cell.heartbeat,
                     self.config.timeout,
                 )
-                slot = self.slots.setdefault(w.worker_id, Slot())
-                slot.restarts += 1
-                slot.last_reason = policy.HUNG
-                slot.reasons[slot.last_reason] += 1
+                self.slots.setdefault(w.worker_id, Slot()).restarted(policy.HUNG)
                 self._dump_and_kill(w, policy.HUNG, now)
 
     def _became_ready(self, w: Worker, now: float) -> None:
@@ -524,9 +455,9 @@ class Master:
         for other in list(self.workers.values()):
             if other is not w and other.worker_id == w.worker_id and other.live:
                 self._stop_worker(other, other.reason or w.reason or "replaced", now)
-        if self.reloading is not None and self.reloading.current is w:
+        if self.reloading is not None and self.reloading.booting is w:
             self.reloading.done.append(w.worker_id)
-            self.reloading.current = None
+            self.reloading.booting = None
 
     # ------------------------------------------------------------------ stopping workers
 
@@ -585,7 +516,9 @@ class Master:
         now = time.monotonic()
         if not self.stopping:
             self.stopping = True
-            self.reloading = None
+            if self.reloading is not None:
+                self.reloading.end(ReloadOutcome.INTERRUPTED)
+                self.reloading = None
             logger.info(
                 "Stopping %s (%s)", "fast" if fast else "gracefully", plural(len(self.workers), "worker")
             )
@@ -630,9 +563,7 @@ class Master:
                 f", rss {w.rss / 1048576:.0f} MB" if w.rss else "",
             )
             w.reason = reason  # the replacement's READY will stop it with this reason
-            slot.restarts += 1
-            slot.last_reason = reason
-            slot.reasons[slot.last_reason] += 1
+            slot.restarted(reason)
             self._spawn(w.worker_id, reason)
 
     def _steer(self, now: float) -> None:
@@ -681,27 +612,24 @@ class Master:
 
     def _advance_reload(self, now: float) -> None:
         reload = self.reloading
-        if reload is None or reload.current is not None:
+        if reload is None or reload.booting is not None:
             return
-        while reload.queue:
-            worker_id = reload.queue[0]
+        while reload.pending:
+            worker_id = reload.pending[0]
             if worker_id > self.target:
-                reload.queue.pop(0)
+                reload.pending.pop(0)
                 continue
             live = [w for w in self.workers.values() if w.worker_id == worker_id and w.live]
             if not live or all(w.generation >= reload.generation for w in live):
-                reload.queue.pop(0)  # empty (respawn covers it) or already on new code
+                reload.pending.pop(0)  # empty (respawn covers it) or already on new code
                 continue
             if any(w.state is WorkerState.BOOTING for w in live):
                 return  # a replacement of another kind is booting here: wait for it
-            reload.queue.pop(0)
-            reload.current = self._spawn(worker_id, policy.RELOAD)
+            reload.pending.pop(0)
+            reload.booting = self._spawn(worker_id, policy.RELOAD)
             for w in live:
                 w.reason = policy.RELOAD
-            slot = self.slots.setdefault(worker_id, Slot())
-            slot.restarts += 1
-            slot.last_reason = policy.RELOAD
-            slot.reasons[slot.last_reason] += 1
+            self.slots.setdefault(worker_id, Slot()).restarted(policy.RELOAD)
             return
         logger.info(
             "Reload complete in %.2f s: %s ready (generation %d)",
@@ -709,6 +637,7 @@ class Master:
             plural(len(self.ready_workers()), "worker"),
             reload.generation,
         )
+        reload.end(ReloadOutcome.COMPLETE)
         self.reloading = None
         self.hooks.reloaded(self)
 

@@ -41,8 +41,9 @@ from asgictl.supervisor.slots import WorkerState
 logger = logging.getLogger("asgictl.error")
 
 if TYPE_CHECKING:
-    from asgictl.supervisor.master import Master, Worker
+    from asgictl.supervisor.master import Master
     from asgictl.supervisor.observe import Sampler
+    from asgictl.supervisor.workers import Worker
 
 #: Upper bounds (seconds) of the request duration histogram: Prometheus' defaults.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -21,7 +21,8 @@ from asgictl import __version__
 from asgictl.supervisor.slots import WorkerState
 
 if TYPE_CHECKING:
-    from asgictl.supervisor.master import Master, Worker
+    from asgictl.supervisor.master import Master
+    from asgictl.supervisor.workers import Worker
 
 #: Sampling period: the "last interval" of CPU% and the resolution of req/s.
 SAMPLE_SECONDS = 1.0
@@ -130,17 +131,42 @@ def _master_state(master: Master) -> str:
     return "ready" if master.all_ready_once else "booting"
 
 
+def worker_rows(master: Master, now: float) -> list[dict[str, Any]]:
+    """Every worker process of the master, by worker id then age: its table row, the
+    figures of its cell and its slot's restarts."""
+    rows = []
+    for w in sorted(master.workers.values(), key=lambda w: (w.worker_id, w.started)):
+        cell = master.stats.read(w.cell)
+        slot = master.slots.get(w.worker_id)
+        rows.append(
+            {
+                "id": w.worker_id,
+                "pid": w.pid,
+                "state": str(w.state),
+                "age": round(now - w.started, 3),
+                "generation": w.generation,
+                "requests": cell.requests,
+                "connections": cell.connections,
+                "heartbeat_age": round(now - cell.heartbeat, 3),
+                "rss": w.rss,
+                "restarts": slot.restarts if slot else 0,
+                "last_reason": slot.last_reason if slot else "",
+            }
+        )
+    return rows
+
+
 def status_report(master: Master, sampler: Sampler, now: float) -> dict[str, Any]:
     """What ``asgictl status`` shows: ``{"master": {...}, "workers": [{...}, ...]}``.
 
-    Each worker: the master's snapshot row plus requests/s, RSS (bytes) and CPU% of the
+    Each worker: its :func:`worker_rows` row plus requests/s, RSS (bytes) and CPU% of the
     last sample; a worker stopping while the master is not shows as ``draining``
     (replaced or scaled away, finishing its requests). The master: pid, state, age (s),
     version, app, working directory, target, generation, totals over its workers since
     start, its own RSS and CPU%, and its listeners as URLs.
     """
     workers = []
-    for row in master.snapshot():
+    for row in worker_rows(master, now):
         sample = sampler.get(row["pid"])
         state = row["state"]
         if state == str(WorkerState.STOPPING) and not master.stopping:

@@ -461,7 +461,6 @@ def reloading(master: Master) -> Iterator[Reloader | None]:
         return
     check_reload_config(config)
     reloader = Reloader(master, config)
-    master.wait_for_fix = True
     master.hooks = cast("MasterHooks", _ReloadHooks(master.hooks, reloader))
     quiet = DevLogFilter()
     error_logger = logging.getLogger("asgictl.error")
