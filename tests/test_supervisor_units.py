@@ -19,7 +19,7 @@ from asgictl.config import Config, ConfigError, resolve
 from asgictl.supervisor import policy, reuseport
 from asgictl.supervisor.child import child_config
 from asgictl.supervisor.listeners import BindSpec, open_listeners, parse_bind, specs_from_config
-from asgictl.supervisor.master import PidFile, running_master
+from asgictl.supervisor.pidfile import PidFile, running_master
 from asgictl.supervisor.reuseport import PortGroup, steering_program
 from asgictl.supervisor.slots import StatsTable, WorkerState
 

@@ -25,7 +25,6 @@ issue 7).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -34,11 +33,11 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from asgictl.config import Config, ConfigError
+from asgictl.config import Config
 from asgictl.logs import plural, reopen_log_files
 from asgictl.pubsub.backends import MASTER as PUBSUB_MASTER
 from asgictl.pubsub.backends import mode as pubsub_mode
-from asgictl.supervisor import policy
+from asgictl.supervisor import policy, upgrade
 from asgictl.supervisor.broker import Broker
 from asgictl.supervisor.child import (
     DUMP_SIGNAL,
@@ -54,15 +53,13 @@ from asgictl.supervisor.loop import Loop
 from asgictl.supervisor.metrics import MetricsServer, MetricsTable, app_metrics_dir
 from asgictl.supervisor.notify import SystemdHooks
 from asgictl.supervisor.observe import Sampler
+from asgictl.supervisor.pidfile import PidFile
 from asgictl.supervisor.reload import reloading
 from asgictl.supervisor.slots import StatsTable, WorkerState
 from asgictl.supervisor.workers import ReloadOutcome, RollingReload, Slot, Worker
 from asgictl.worker.server import import_runtime
 
 logger = logging.getLogger("asgictl.error")
-
-#: Environment variable naming the master that re-exec'd us (USR2), to stop once ready.
-OLD_MASTER_ENV = "_ASGICTL_OLD_MASTER"
 
 #: How often the loop wakes when nothing happens (heartbeat and deadline resolution).
 POLL_INTERVAL = 0.25
@@ -141,7 +138,8 @@ class Master:
         self.wait_for_fix = config.reload
         self.held = False
         self.upgrade_pid: int | None = None
-        self.old_master = _old_master()
+        #: The master that re-executed us (USR2), told to stop once we serve.
+        self.old_master = upgrade.predecessor()
         self.loop = loop or Loop()
         # Issue 7 (control.py, metrics.py): per-pass callbacks, reaped-worker callbacks, and
         # the shared per-response counters handed to workers (None: --metrics-bind is off).
@@ -660,18 +658,8 @@ class Master:
         if self.upgrade_pid is not None:
             logger.warning("USR2: an upgrade is already in progress (pid %d)", self.upgrade_pid)
             return
-        if self.stopping:
-            return
-        env = {**os.environ, **self.listeners.inherit_environ(), OLD_MASTER_ENV: str(os.getpid())}
-        argv = [sys.executable, "-m", "asgictl", *sys.argv[1:]]
-        try:
-            self.upgrade_pid = os.posix_spawn(sys.executable, argv, env)
-        except OSError as exc:
-            logger.error("USR2: cannot start a new master: %s", exc)
-            return
-        finally:
-            self.listeners.uninherit()
-        logger.info("USR2: started a new master (pid %d) on the same listeners", self.upgrade_pid)
+        if not self.stopping:
+            self.upgrade_pid = upgrade.start_new_master(self.listeners)
 
     def _retire_old_master(self) -> None:
         """A master started by USR2 tells its predecessor to stop, once it serves."""
@@ -709,11 +697,6 @@ def _child_reset_signals() -> None:
         signal.signal(sig, ignore_interrupt if sig == signal.SIGINT else signal.SIG_DFL)
 
 
-def _old_master(pop: bool = True) -> int | None:
-    value = os.environ.pop(OLD_MASTER_ENV, None) if pop else os.environ.get(OLD_MASTER_ENV)
-    return int(value) if value and value.isdigit() else None
-
-
 def _describe_exit(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -734,85 +717,6 @@ def _rss(w: Worker) -> int | None:
         return int(w.process.memory_info().rss)
     except Exception:  # gone, or psutil missing: no sample this time
         return None
-
-
-class PidFile:
-    """``--pid-file``: our pid, for ``kill``, systemd's ``PIDFile=`` and logrotate.
-
-    A start that is refused must never harm the master already running: :meth:`check`
-    (before anything is bound or written) refuses a file that names a running master;
-    :meth:`write` comes last, once every resource (listeners, control socket, metrics) is
-    held; :meth:`remove` removes the file only if this process wrote it and it is still
-    that file with our pid (after a USR2 upgrade it is the new master's).
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = os.path.abspath(path)
-        self._written: tuple[int, int] | None = None  # (st_dev, st_ino) of our file
-
-    def read(self) -> int | None:
-        """The pid the file names, or None (absent, unreadable, not a number)."""
-        try:
-            with open(self.path, encoding="ascii") as fh:
-                text = fh.read(32).strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-        return int(text) if text.isdigit() else None
-
-    def check(self, predecessor: int | None = None) -> None:
-        """ConfigError if the file names a running master other than ``predecessor`` (the
-        one that re-executed us with USR2). A stale file is left for :meth:`write`."""
-        pid = self.read()
-        if pid is None or pid in (os.getpid(), predecessor) or not running_master(pid):
-            return
-        raise ConfigError(
-            f"--pid-file: {self.path} names a running master (pid {pid}); stop it first or use"
-            " another pid file"
-        )
-
-    def write(self) -> None:
-        """Write our pid atomically: a temporary file in the same directory, then rename."""
-        directory = os.path.dirname(self.path)
-        tmp = os.path.join(directory, f".{os.path.basename(self.path)}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="ascii") as fh:
-            fh.write(f"{os.getpid()}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-            info = os.fstat(fh.fileno())
-        os.replace(tmp, self.path)
-        self._written = (info.st_dev, info.st_ino)
-
-    def remove(self) -> None:
-        """Remove the file if it is still the one we wrote, naming us; else leave it."""
-        if self._written is None:
-            return
-        try:
-            info = os.stat(self.path)
-            if (info.st_dev, info.st_ino) == self._written and self.read() == os.getpid():
-                os.unlink(self.path)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                logger.warning("Could not remove the pid file %s: %s", self.path, exc)
-        self._written = None
-
-
-def running_master(pid: int) -> bool:
-    """Whether ``pid`` is a live asgictl master (by its title or command line); a pid
-    reused by another program is not. Another user's process counts (we cannot tell)."""
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        argv = process.cmdline()
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-    return bool(argv) and (
-        argv[0].startswith("asgictl: master") or ("asgictl" in " ".join(argv) and "start" in argv)
-    )
 
 
 def preload_app(config: Config) -> Any:
@@ -844,7 +748,7 @@ def run_master(config: Config) -> int:
     """
     pid_file = PidFile(config.pid_file) if config.pid_file else None
     if pid_file is not None:
-        pid_file.check(predecessor=_old_master(pop=False))  # before anything is bound
+        pid_file.check(predecessor=upgrade.predecessor(pop=False))  # before anything is bound
     listeners = open_listeners(config)
     for name in (INHERIT_ENV, INHERIT_GROUPS_ENV):
         os.environ.pop(name, None)  # neither workers nor the app need to see them
