@@ -214,16 +214,16 @@ def test_hooks_watchdog_needs_a_healthy_worker() -> None:
         old_master=None,
         config=SimpleNamespace(timeout=30.0),
     )
-    hooks.tick(master)
+    hooks.tick(master, time.monotonic())
     assert sent == [{"WATCHDOG": 1}]
-    hooks.tick(master)  # within the interval: nothing
+    hooks.tick(master, time.monotonic())  # within the interval: nothing
     assert sent == [{"WATCHDOG": 1}]
     hooks._next_ping = 0
     cell.heartbeat = now - 10  # the loop stopped beating
-    hooks.tick(master)
+    hooks.tick(master, time.monotonic())
     assert sent == [{"WATCHDOG": 1}]
     master.stopping = True  # draining: the master's loop alone keeps pinging
-    hooks.tick(master)
+    hooks.tick(master, time.monotonic())
     assert sent[-1] == {"WATCHDOG": 1} and len(sent) == 2
     hooks.ready(master)
     assert sent[-1]["READY"] == 1 and "1/1 workers serving, 7 requests" in str(sent[-1]["STATUS"])
@@ -231,9 +231,9 @@ def test_hooks_watchdog_needs_a_healthy_worker() -> None:
     master.stopping = False
     hooks.interval = None
     hooks._next_status = 0
-    hooks.tick(master)
+    hooks.tick(master, time.monotonic())
     assert "READY" in sent[-1]
     cell.requests = 9
     hooks._next_status = 0
-    hooks.tick(master)
+    hooks.tick(master, time.monotonic())
     assert sent[-1] == {"STATUS": "Ready: 1/1 workers serving, 9 requests by current workers"}

@@ -42,6 +42,7 @@ from asgictl.control.protocol import (
     runtime_dir,
 )
 from asgictl.supervisor.endpoints import Channel, Endpoint
+from asgictl.supervisor.hooks import MasterHooks
 from asgictl.supervisor.observe import Sampler, status_report, working_directory
 from asgictl.supervisor.workers import ReloadOutcome, RollingReload
 
@@ -406,7 +407,7 @@ def _stop(server: ControlServer, arguments: dict[str, Any], now: float) -> _Oper
 # ----------------------------------------------------------------------------- server
 
 
-class ControlServer:
+class ControlServer(MasterHooks):
     """The control socket of one master: ``path`` (listening on ``sock``) and, when the
     socket lives elsewhere, ``link`` (its entry in the runtime directory)."""
 
@@ -470,7 +471,7 @@ class ControlServer:
 
     # -- lifetime ----------------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
+    def tick(self, master: Master, now: float) -> None:
         self.endpoint.tick(now)
 
     def close(self) -> None:
@@ -506,7 +507,6 @@ def serving_control(master: Master, sampler: Sampler) -> Iterator[ControlServer]
     control = ControlServer.open(master, sampler)
     select = str(os.getpid()) if control.discoverable else f"--control-socket {control.path}"
     logger.info("Control socket: %s (asgictl status %s)", control.path, select)
-    master.add_tick_callback(lambda: control.tick(time.monotonic()))
     try:
         yield control
     finally:

@@ -30,7 +30,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from asgictl.config import Config
@@ -48,6 +48,7 @@ from asgictl.supervisor.child import (
     set_title,
 )
 from asgictl.supervisor.control import serving_control
+from asgictl.supervisor.hooks import MasterHooks
 from asgictl.supervisor.listeners import INHERIT_ENV, INHERIT_GROUPS_ENV, Listeners, open_listeners
 from asgictl.supervisor.loop import Loop
 from asgictl.supervisor.metrics import MetricsServer, MetricsTable, app_metrics_dir
@@ -95,28 +96,19 @@ SIGNALS = (
 )
 
 
-class MasterHooks:
-    """Notifications of the master's life, for sd_notify and friends. No-ops here."""
-
-    def ready(self, master: Master) -> None: ...
-    def reloading(self, master: Master) -> None: ...
-    def reloaded(self, master: Master) -> None: ...
-    def stopping(self, master: Master) -> None: ...
-    def tick(self, master: Master) -> None: ...
-
-
 class Master:
     def __init__(
         self,
         config: Config,
         listeners: Listeners,
         preloaded: Any = None,
-        hooks: MasterHooks | None = None,
+        *,
         loop: Loop | None = None,
+        broker: Broker | None = None,
+        metrics: MetricsTable | None = None,
     ) -> None:
         self.config = config
         self.listeners = listeners
-        self.hooks = hooks or MasterHooks()
         self.app_label = config.app if isinstance(config.app, str) else getattr(config.app, "__name__", "app")
         self.child_config = child_config(config, preloaded)
         self.preloaded = preloaded is not None
@@ -141,28 +133,25 @@ class Master:
         #: The master that re-executed us (USR2), told to stop once we serve.
         self.old_master = upgrade.predecessor()
         self.loop = loop or Loop()
-        # Issue 7 (control.py, metrics.py): per-pass callbacks, reaped-worker callbacks, and
-        # the shared per-response counters handed to workers (None: --metrics-bind is off).
-        self._tick_callbacks: list[Callable[[], None]] = []
-        self._exit_callbacks: list[Callable[[Worker], None]] = []
-        self.metrics: MetricsTable | None = None
+        #: --pubsub master: the relay a socket pair per worker joins (else None).
+        self.broker = broker
+        #: --metrics-bind: the per-response counters handed to workers (else None).
+        self.metrics = metrics
         self._scheme = "https" if config.is_ssl else "http"
-        # Issue 10: asgictl.pubsub's `master` backend relays between workers in this loop.
-        self.broker: Broker | None = None
-        if pubsub_mode(config.pubsub, supervised=True) == PUBSUB_MASTER:
-            loop = self.loop
-            self.broker = Broker(loop.add_reader, loop.remove_reader, loop.add_writer, loop.remove_writer)
-            self.add_exit_callback(lambda w: self.broker.forget(w.pid) if self.broker else None)
+        self._subscribers: list[MasterHooks] = []
 
     # ------------------------------------------------------------------ public seams
 
-    def add_tick_callback(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` at the end of every pass of the loop (at least every POLL_INTERVAL)."""
-        self._tick_callbacks.append(callback)
+    def subscribe(self, hooks: MasterHooks) -> None:
+        """Have ``hooks`` told of the master's life (after those subscribed before)."""
+        self._subscribers.append(hooks)
 
-    def add_exit_callback(self, callback: Callable[[Worker], None]) -> None:
-        """Call ``callback(worker)`` for each reaped worker, before its cell is released."""
-        self._exit_callbacks.append(callback)
+    def _notify(self, call: Callable[[MasterHooks], None]) -> None:
+        for hooks in self._subscribers:
+            try:
+                call(hooks)
+            except Exception:
+                logger.exception("Error in a master hook of %s", type(hooks).__name__)
 
     def resume(self) -> None:
         """After a held first-start failure (--reload): boot the workers again."""
@@ -185,7 +174,7 @@ class Master:
         if previous is not None:
             previous.successor = self.reloading
             previous.end(ReloadOutcome.SUPERSEDED)
-        self.hooks.reloading(self)
+        self._notify(lambda hooks: hooks.reloading(self))
         return self.reloading
 
     def scale(self, count: int) -> None:
@@ -225,12 +214,8 @@ class Master:
             self._advance_reload(now)
             self._report_full()
             self._steer(now)
-        self.hooks.tick(self)
-        for callback in self._tick_callbacks:
-            try:
-                callback()
-            except Exception:
-                logger.exception("Error in a master tick callback")
+        tick = time.monotonic()
+        self._notify(lambda hooks: hooks.tick(self, tick))
 
     # ------------------------------------------------------------------ signals
 
@@ -349,8 +334,7 @@ class Master:
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 worker.requests = self.stats.read(worker.cell).requests
-                for callback in self._exit_callbacks:
-                    callback(worker)
+                self._notify(lambda hooks, w=worker: hooks.worker_exited(self, w))
                 self.stats.release(worker.cell)
                 self._on_exit(worker, status)
 
@@ -401,7 +385,7 @@ class Master:
             logger.error("Reload aborted: the new worker failed to boot; the previous workers keep serving")
             reload.end(ReloadOutcome.ABORTED)
             self.reloading = None
-            self.hooks.reloaded(self)
+            self._notify(lambda hooks: hooks.reloaded(self))
             return
         slot.failures += 1
         delay = max(policy.backoff_delay(slot.failures), policy.BACKOFF_BASE)
@@ -527,7 +511,7 @@ class Master:
             # socket files are its); with socket activation systemd holds the socket and
             # connections queue for the next instance.
             self.listeners.close(unlink=self.upgrade_pid is None)
-            self.hooks.stopping(self)
+            self._notify(lambda hooks: hooks.stopping(self))
         elif fast and not self.fast:
             logger.info("Stop escalated: fast")
         self.fast = self.fast or fast
@@ -637,7 +621,7 @@ class Master:
         )
         reload.end(ReloadOutcome.COMPLETE)
         self.reloading = None
-        self.hooks.reloaded(self)
+        self._notify(lambda hooks: hooks.reloaded(self))
 
     def _report_full(self) -> None:
         ready_ids = {w.worker_id for w in self.ready_workers(within_target=True)}
@@ -648,7 +632,7 @@ class Master:
                 self.all_ready_once = True
                 for url in self.listeners.urls(self._scheme):
                     logger.info("Asgictl running on %s (Press CTRL+C to quit)", url)
-                self.hooks.ready(self)
+                self._notify(lambda hooks: hooks.ready(self))
                 self._retire_old_master()
         self.was_full = full
 
@@ -726,17 +710,16 @@ def preload_app(config: Config) -> Any:
     return import_app(config)
 
 
-def _serve_metrics(master: Master, sampler: Sampler, stack: contextlib.ExitStack) -> str:
-    """``--metrics-bind``: the shared per-response counters and their HTTP listener,
-    closed by ``stack``; returns the listener's URL."""
-    table = MetricsTable(master.stats.capacity)
+@contextlib.contextmanager
+def serving_metrics(master: Master, table: MetricsTable, sampler: Sampler) -> Iterator[MetricsServer]:
+    """``--metrics-bind``: the HTTP listener of the shared per-response counters, open
+    while the master runs."""
     metrics = MetricsServer(master, table, sampler, master.config.metrics_bind or "")
-    stack.callback(metrics.close)
-    master.metrics = table
-    master.add_exit_callback(metrics.worker_exited)
-    master.add_tick_callback(lambda: metrics.tick(time.monotonic()))
     logger.info("Metrics: %s", metrics.url)
-    return metrics.url
+    try:
+        yield metrics
+    finally:
+        metrics.close()
 
 
 def run_master(config: Config) -> int:
@@ -768,20 +751,28 @@ def _supervise(config: Config, listeners: Listeners, pid_file: PidFile | None) -
     preloaded = preload_app(config) if config.preload else None
     set_title(f"asgictl: master {config.app if isinstance(config.app, str) else 'app'}")
     try:
-        master = Master(config, listeners, preloaded)
+        loop = Loop()
+        broker = None
+        if pubsub_mode(config.pubsub, supervised=True) == PUBSUB_MASTER:
+            broker = Broker(loop.add_reader, loop.remove_reader, loop.add_writer, loop.remove_writer)
+        table = MetricsTable(CELLS) if config.metrics_bind else None
+        master = Master(config, listeners, preloaded, loop=loop, broker=broker, metrics=table)
         # sd_notify when NOTIFY_SOCKET is set (systemd Type=notify): READY, RELOADING...
-        notify_hooks = SystemdHooks.from_environ(old_master=master.old_master)
-        if notify_hooks is not None:
-            master.hooks = notify_hooks  # type: ignore[assignment]  # duck-typed MasterHooks
+        notify = SystemdHooks.from_environ(old_master=master.old_master)
         sampler = Sampler(master)  # psutil and req/s samples, for status and metrics
-        master.add_exit_callback(sampler.worker_exited)
-        master.add_tick_callback(lambda: sampler.tick(time.monotonic()))
         # The control socket (and --metrics-bind) first: bound before anything else runs.
         with contextlib.ExitStack() as stack:
             control = stack.enter_context(serving_control(master, sampler))
-            if config.metrics_bind:
-                control.metrics_url = _serve_metrics(master, sampler, stack)
-            stack.enter_context(reloading(master))  # --reload's file watcher
+            metrics = None
+            if table is not None:
+                metrics = stack.enter_context(serving_metrics(master, table, sampler))
+                control.metrics_url = metrics.url
+            reloader = stack.enter_context(reloading(master))  # --reload's file watcher
+            # Who follows the master's life, in the order they hear of it.
+            subscribers: list[MasterHooks | None] = [notify, reloader, sampler, control, metrics, broker]
+            for hooks in subscribers:
+                if hooks is not None:
+                    master.subscribe(hooks)
             if pid_file is not None:
                 pid_file.write()  # last: every resource is held
             return master.run()

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgictl.config import Config, ConfigError
 from asgictl.supervisor.endpoints import Channel, Endpoint
+from asgictl.supervisor.hooks import MasterHooks
 from asgictl.supervisor.slots import WorkerState
 
 logger = logging.getLogger("asgictl.error")
@@ -407,7 +408,7 @@ def parse_bind(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class MetricsServer:
+class MetricsServer(MasterHooks):
     """The ``--metrics-bind`` listener, served from the master's loop."""
 
     max_clients = 16
@@ -458,7 +459,7 @@ class MetricsServer:
             cached = self._cache[accept] = (now, encode(self.registry), content_type)
         return cached[1], cached[2]
 
-    def worker_exited(self, worker: Worker) -> None:
+    def worker_exited(self, master: Master, worker: Worker) -> None:
         self.table.retire(worker.worker_id, worker.cell)
         if self.app_dir is not None:
             # The library's bookkeeping for a dead process: its live gauges go away,
@@ -467,7 +468,7 @@ class MetricsServer:
 
             multiprocess.mark_process_dead(worker.pid, self.app_dir)
 
-    def tick(self, now: float) -> None:
+    def tick(self, master: Master, now: float) -> None:
         self.endpoint.tick(now)
 
     def close(self) -> None:

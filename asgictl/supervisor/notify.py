@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from asgictl.logs import plural
+from asgictl.supervisor.hooks import MasterHooks
 from asgictl.supervisor.slots import WorkerState
 from asgictl.systemd import Notifier, monotonic_usec, watchdog_seconds
 
@@ -30,7 +31,7 @@ MIN_HEARTBEAT_AGE = 3.0
 STATUS_REFRESH = 5.0
 
 
-class SystemdHooks:
+class SystemdHooks(MasterHooks):
     """The master's hooks speaking sd_notify. Called from the master's loop only: no
     locking."""
 
@@ -96,8 +97,7 @@ class SystemdHooks:
             STATUS=f"Stopping: draining {plural(len(master.workers), 'worker')}",
         )
 
-    def tick(self, master: Master) -> None:
-        now = time.monotonic()
+    def tick(self, master: Master, now: float) -> None:
         if self.interval and now >= self._next_ping and not self.upgrading:
             if self.healthy(master, now):
                 self.notifier.send(WATCHDOG=1)

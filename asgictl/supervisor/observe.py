@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asgictl import __version__
+from asgictl.supervisor.hooks import MasterHooks
 from asgictl.supervisor.slots import WorkerState
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class ProcessSample:
     )
 
 
-class Sampler:
+class Sampler(MasterHooks):
     """Once-a-second psutil and request-rate samples of the master and its workers."""
 
     def __init__(self, master: Master) -> None:
@@ -56,11 +57,11 @@ class Sampler:
         #: Requests served by workers that have exited (the master's count is since start).
         self.retired_requests = 0
 
-    def worker_exited(self, worker: Worker) -> None:
-        """An exit callback of the master: keep the requests of a reaped worker."""
+    def worker_exited(self, master: Master, worker: Worker) -> None:
+        """Keep the requests of a reaped worker."""
         self.retired_requests += worker.requests
 
-    def tick(self, now: float) -> None:
+    def tick(self, master: Master, now: float) -> None:
         if self._next is None:
             # The first sample waits a period: psutil is imported then (about 10 ms,
             # which would otherwise delay the first workers' boot).
@@ -75,7 +76,6 @@ class Sampler:
             except ImportError:  # pragma: no cover - a dependency; the figures stay blank
                 psutil = False
             self._psutil = psutil
-        master = self.master
         pids = {os.getpid()}
         for w in master.workers.values():
             pids.add(w.pid)

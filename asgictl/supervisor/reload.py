@@ -34,13 +34,14 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import PurePath
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from asgictl.config import Config, ConfigError
 from asgictl.logs import plural
+from asgictl.supervisor.hooks import MasterHooks
 
 if TYPE_CHECKING:
-    from asgictl.supervisor.master import Master, MasterHooks
+    from asgictl.supervisor.master import Master
 
 logger = logging.getLogger("asgictl.error")
 
@@ -253,7 +254,7 @@ def _colors(config: Config) -> bool:
 # --------------------------------------------------------------------------- the watcher
 
 
-class Reloader:
+class Reloader(MasterHooks):
     """Watches files in a thread; reloads the master's workers on a change.
 
     One reload at a time, and at most one per ``--reload-delay``: changes seen while a
@@ -424,29 +425,6 @@ def _invalidate_bytecode(paths: list[str]) -> None:
             os.unlink(importlib.util.cache_from_source(path))
 
 
-class _ReloadHooks:
-    """The master's hooks, with the reloader told when a reload ends.
-
-    Delegates everything else to the hooks the master had (sd_notify...), including
-    hooks added after this was written.
-    """
-
-    def __init__(self, inner: MasterHooks, reloader: Reloader) -> None:
-        self._inner = inner
-        self._reloader = reloader
-
-    def reloading(self, master: Master) -> None:
-        self._inner.reloading(master)
-        self._reloader.reloading(master)
-
-    def reloaded(self, master: Master) -> None:
-        self._inner.reloaded(master)
-        self._reloader.reloaded(master)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 def check_reload_config(config: Config) -> None:
     """Options that cannot go with --reload: one line, before anything is started."""
     watched_dirs(config)
@@ -461,7 +439,6 @@ def reloading(master: Master) -> Iterator[Reloader | None]:
         return
     check_reload_config(config)
     reloader = Reloader(master, config)
-    master.hooks = cast("MasterHooks", _ReloadHooks(master.hooks, reloader))
     quiet = DevLogFilter()
     error_logger = logging.getLogger("asgictl.error")
     error_logger.addFilter(quiet)
