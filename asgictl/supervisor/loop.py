@@ -39,6 +39,7 @@ class Loop:
         self._writers: dict[int, Callable[[], None]] = {}
         self._signals: collections.deque[int] = collections.deque()
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._caught: tuple[int, ...] = ()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -86,17 +87,12 @@ class Loop:
     # ------------------------------------------------------------------ signals and calls
 
     def catch_signals(self, signals: Iterable[int]) -> None:
-        """Queue these signals for :meth:`pending_signals`; each one wakes the loop."""
+        """Queue these signals for :meth:`pending_signals`; each one wakes the loop.
+        :meth:`close` gives them their default disposition back."""
+        self._caught = tuple(signals)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for sig in signals:
+        for sig in self._caught:
             signal.signal(sig, self._queue_signal)
-
-    def release_signals(self, signals: Iterable[int]) -> None:
-        """Give these signals their default disposition back; no more wake-ups."""
-        with contextlib.suppress(ValueError):
-            signal.set_wakeup_fd(-1)
-        for sig in signals:
-            signal.signal(sig, signal.SIG_DFL)
 
     def _queue_signal(self, signum: int, frame: Any) -> None:
         # Runs between two bytecodes of the loop: only queue; the loop acts.
@@ -148,6 +144,12 @@ class Loop:
                     logger.exception("Error in a reader callback")
 
     def close(self) -> None:
+        if self._caught:
+            with contextlib.suppress(ValueError):
+                signal.set_wakeup_fd(-1)
+            for sig in self._caught:
+                signal.signal(sig, signal.SIG_DFL)
+            self._caught = ()
         self._selector.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):

@@ -1,55 +1,51 @@
-"""The master's loop: fork workers, watch them, act on signals. No event loop, no app code.
+"""The master: fork workers, watch them, act on signals. No asyncio, no app code.
 
-The master is a plain ``selectors`` loop (epoll where there is one: any descriptor number
-works, unlike ``select.select``) over a self-pipe (``signal.set_wakeup_fd``) with a short
-timeout. Signal handlers only queue the signal number; every decision is taken in
-the loop, in one thread, from state that cannot change under it. Each pass:
+Every decision is taken in the master's loop (:mod:`~asgictl.supervisor.loop`), in one
+thread, from state that cannot change under it. Each pass (:meth:`Master.step`):
 
-1. drains the wakeup pipe and handles queued signals and thread-safe callbacks;
-2. reaps dead children (``waitpid(WNOHANG)``: never blocks);
+1. handles the signals queued since the last pass and calls handed over by threads;
+2. reaps exited children (never blocks);
 3. reads every worker's shared-memory cell: booting -> ready transitions, heartbeats;
 4. applies the policy: respawn (with back-off), recycle, kill hung workers, enforce
-   every deadline (boot, graceful stop, stack dump), advance a rolling reload.
+   every deadline (boot, graceful stop, stack dump), advance a rolling reload;
+5. tells its subscribers (:class:`~asgictl.supervisor.hooks.MasterHooks`) the pass ended.
 
 Worker ids (1..N, the "slots" people see) are distinct from processes: during a
 replacement a slot briefly has two processes, the old one serving until the new one is
 ready. The rule that makes every replacement graceful is one line: *when a worker becomes
 ready, the other live workers of its slot are told to stop*.
 
-Seams for later issues: :class:`MasterHooks` (sd_notify, issue 6), :meth:`Master.reload`
-(watchfiles, issue 4), :meth:`Master.add_reader`, :meth:`Master.call_soon_threadsafe`,
-:meth:`Master.scale`, :meth:`Master.stop` and :meth:`Master.snapshot` (control socket,
-issue 7).
+Processes are forked, signalled and reaped through :class:`Processes`, and time is read
+from ``clock``: a test hands in its own of both and drives :meth:`Master.step`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgictl.config import Config
 from asgictl.logs import plural, reopen_log_files
 from asgictl.supervisor import policy, upgrade
-from asgictl.supervisor.broker import Broker
 from asgictl.supervisor.child import (
     DUMP_SIGNAL,
     WorkerContext,
     child_config,
-    ignore_interrupt,
-    run_worker,
 )
 from asgictl.supervisor.hooks import MasterHooks
 from asgictl.supervisor.listeners import Listeners
 from asgictl.supervisor.loop import Loop
-from asgictl.supervisor.metrics import MetricsTable
+from asgictl.supervisor.processes import Processes, describe_exit
 from asgictl.supervisor.slots import StatsTable, WorkerState
 from asgictl.supervisor.workers import ReloadOutcome, RollingReload, Slot, Worker
+
+if TYPE_CHECKING:
+    from asgictl.supervisor.broker import Broker
+    from asgictl.supervisor.metrics import MetricsTable
 
 logger = logging.getLogger("asgictl.error")
 
@@ -97,6 +93,8 @@ class Master:
         loop: Loop | None = None,
         broker: Broker | None = None,
         metrics: MetricsTable | None = None,
+        processes: Processes | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.listeners = listeners
@@ -109,7 +107,9 @@ class Master:
         self.slots: dict[int, Slot] = {}
         self.generation = 1
         self.exit_code = 0
-        self.started = time.monotonic()
+        self.clock = clock
+        self.processes = processes or Processes(SIGNALS)
+        self.started = clock()
         self.all_ready_once = False
         self.was_full = False
         self.boot_failures = 0  # consecutive, across slots
@@ -161,7 +161,7 @@ class Master:
         ids = sorted(self._slot_ids())
         logger.info("Reloading %s one by one (generation %d)", plural(len(ids), "worker"), self.generation)
         previous = self.reloading
-        self.reloading = RollingReload(self.generation, ids, time.monotonic())
+        self.reloading = RollingReload(self.generation, ids, self.clock())
         if previous is not None:
             previous.successor = self.reloading
             previous.end(ReloadOutcome.SUPERSEDED)
@@ -185,18 +185,19 @@ class Master:
         try:
             logger.info("Started master process [%d] for %s", os.getpid(), self.app_label)
             while not (self.stopping and not self.workers):
-                self._pass()
+                self.step()
                 self.loop.wait(POLL_INTERVAL)
         finally:
-            self._cleanup()
+            self.close()
         return self.exit_code
 
-    def _pass(self) -> None:
+    def step(self) -> None:
+        """One pass of the loop (see the module's docstring); :meth:`run` repeats it."""
         for sig in self.loop.pending_signals():
             self._handle_signal(sig)
         self.loop.run_calls()
         self._reap()
-        now = time.monotonic()
+        now = self.clock()
         self._observe(now)
         self._enforce_deadlines(now)
         if not self.stopping:
@@ -205,7 +206,7 @@ class Master:
             self._advance_reload(now)
             self._report_full()
             self._steer(now)
-        tick = time.monotonic()
+        tick = self.clock()
         self._notify(lambda hooks: hooks.tick(self, tick))
 
     # ------------------------------------------------------------------ signals
@@ -231,12 +232,7 @@ class Master:
     def _signal_all(self, sig: int, only_ready: bool = False) -> None:
         for w in list(self.workers.values()):
             if not only_ready or w.state is WorkerState.READY:
-                self._kill(w.pid, sig)
-
-    @staticmethod
-    def _kill(pid: int, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+                self.processes.kill(w.pid, sig)
 
     # ------------------------------------------------------------------ forking
 
@@ -274,33 +270,18 @@ class Master:
             metrics=self.metrics,
             master_pid=os.getpid(),
         )
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        # Block our signals across fork: the child must not run the master's handlers
-        # (which would swallow a TERM) before it has reset them.
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
-            pid = os.fork()
+            pid = self.processes.fork_worker(ctx)
         except OSError:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             self.stats.release(cell)
             for end in pair or ():
                 end.close()
             raise
-        if pid == 0:  # the worker
-            try:
-                _child_reset_signals()
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            run_worker(ctx)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         if pair is not None and self.broker is not None:
             pair[1].close()  # the worker's end lives in the worker only: its exit is our EOF
             self.broker.attach(pair[0], pid)
         self.stats.set_pid(cell, pid)
-        now = time.monotonic()
-        worker = Worker(worker_id, pid, cell, self.generation, now, limits, reason=reason)
+        worker = Worker(worker_id, pid, cell, self.generation, self.clock(), limits, reason=reason)
         self.workers[pid] = worker
         logger.info("Booting worker %d with pid %d%s", worker_id, pid, f" ({reason})" if reason else "")
         return worker
@@ -308,18 +289,10 @@ class Master:
     # ------------------------------------------------------------------ reaping
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            except InterruptedError:  # pragma: no cover
-                continue
-            if pid == 0:
-                return
+        for pid, status in self.processes.exits():
             if pid == self.upgrade_pid:
                 self.upgrade_pid = None
-                how = _describe_exit(status)
+                how = describe_exit(status)
                 logger.error("Upgrade failed: the new master %s; this one keeps serving", how)
                 continue
             worker = self.workers.pop(pid, None)
@@ -330,9 +303,9 @@ class Master:
                 self._on_exit(worker, status)
 
     def _on_exit(self, w: Worker, status: int) -> None:
-        now = time.monotonic()
+        now = self.clock()
         slot = self.slots.setdefault(w.worker_id, Slot())
-        how = _describe_exit(status)
+        how = describe_exit(status)
         if w.ready_at:
             how += f" after serving {plural(w.requests, 'request')}"
         if w.state in (WorkerState.STOPPING, WorkerState.KILLING):
@@ -443,19 +416,19 @@ class Master:
         w.reason = reason
         if fast:
             w.stop_deadline = min(w.stop_deadline or now + FAST_STOP_SECONDS, now + FAST_STOP_SECONDS)
-            self._kill(w.pid, signal.SIGQUIT)
+            self.processes.kill(w.pid, signal.SIGQUIT)
         else:
             w.stop_deadline = now + self.config.timeout_graceful_shutdown + GRACEFUL_MARGIN
             # A worker replaced by another (reload, recycle) is told so with HUP: its
             # WebSockets close with 1012 "service restart" instead of 1001 "going away".
             restart = reason not in ("shutdown", policy.SCALE) and w.ready_at > 0
-            self._kill(w.pid, signal.SIGHUP if restart else signal.SIGTERM)
+            self.processes.kill(w.pid, signal.SIGHUP if restart else signal.SIGTERM)
 
     def _dump_and_kill(self, w: Worker, reason: str, now: float) -> None:
         w.state = WorkerState.KILLING
         w.reason = reason
         w.kill_at = now + DUMP_GRACE
-        self._kill(w.pid, DUMP_SIGNAL)
+        self.processes.kill(w.pid, DUMP_SIGNAL)
 
     def _enforce_deadlines(self, now: float) -> None:
         for w in list(self.workers.values()):
@@ -479,14 +452,14 @@ class Master:
             elif w.state is WorkerState.KILLING:
                 if not w.killed_at and now >= w.kill_at:
                     w.killed_at = now
-                    self._kill(w.pid, signal.SIGKILL)
+                    self.processes.kill(w.pid, signal.SIGKILL)
                 elif w.killed_at and now - w.killed_at > REAP_DEADLINE:
                     logger.error("Worker pid %d did not die after SIGKILL; forgetting it", w.pid)
                     self.workers.pop(w.pid, None)
                     self.stats.release(w.cell)
 
     def _begin_stop(self, fast: bool) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if not self.stopping:
             self.stopping = True
             if self.reloading is not None:
@@ -518,7 +491,7 @@ class Master:
                 continue
             if need_rss and now >= w.next_rss_sample:
                 w.next_rss_sample = now + MEMORY_SAMPLE_SECONDS
-                w.rss = _rss(w)
+                w.rss = self.processes.rss(w.pid)
             cell = self.stats.read(w.cell)
             reason = policy.recycle_reason(w.limits, cell.requests, w.rss, now - w.ready_at)
             if reason is None:
@@ -642,53 +615,22 @@ class Master:
         self.old_master = None
         if old and os.getppid() == old:
             logger.info("Telling the previous master (pid %d) to stop", old)
-            self._kill(old, signal.SIGTERM)
+            self.processes.kill(old, signal.SIGTERM)
 
     # ------------------------------------------------------------------ exit
 
-    def _cleanup(self) -> None:
-        # Deadline for anything left (an exception in the loop): kill, reap briefly.
+    def close(self) -> None:
+        """Release everything the master holds; the end of :meth:`run`. Workers still
+        there (an exception in the loop) are killed and reaped for up to 5 s."""
         for w in list(self.workers.values()):
-            self._kill(w.pid, signal.SIGKILL)
+            self.processes.kill(w.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
         while self.workers and time.monotonic() < deadline:
             self._reap()
             if self.workers:
                 time.sleep(0.05)
-        self.loop.release_signals(SIGNALS)
         self.loop.close()
         # After a USR2 handover the listeners (and UDS files) belong to the new master.
         self.listeners.close(unlink=self.upgrade_pid is None)
         self.stats.close()
         logger.info("Master process [%d] exits (%d)", os.getpid(), self.exit_code)
-
-
-def _child_reset_signals() -> None:
-    # Minimal, right after fork, while signals are still blocked: child.py does the rest.
-    # SIGINT is the master's to act on from the first instant (a Ctrl+C to the group).
-    with contextlib.suppress(ValueError):
-        signal.set_wakeup_fd(-1)
-    for sig in SIGNALS:
-        signal.signal(sig, ignore_interrupt if sig == signal.SIGINT else signal.SIG_DFL)
-
-
-def _describe_exit(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"was killed by {name}"
-    return f"exited with code {os.waitstatus_to_exitcode(status)}"
-
-
-def _rss(w: Worker) -> int | None:
-    try:
-        import psutil
-
-        if w.process is None:
-            w.process = psutil.Process(w.pid)
-        return int(w.process.memory_info().rss)
-    except Exception:  # gone, or psutil missing: no sample this time
-        return None

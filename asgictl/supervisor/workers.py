@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import enum
 from dataclasses import dataclass, field
-from typing import Any
 
 from asgictl.supervisor import policy
 from asgictl.supervisor.slots import WorkerState
@@ -45,7 +44,6 @@ class Worker:
     #: The last request count read from its cell (kept after it exits).
     requests: int = 0
     next_rss_sample: float = 0.0
-    process: Any = None  # psutil.Process, created lazily
 
     @property
     def live(self) -> bool:
