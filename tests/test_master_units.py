@@ -120,7 +120,7 @@ class Harness:
         self.master.step()
 
     def pids(self, state: WorkerState | None = None) -> list[int]:
-        return sorted(w.pid for w in self.master.workers.values() if state is None or w.state is state)
+        return sorted(w.pid for w in self.master.workers if state is None or w.state is state)
 
     def boot_all(self) -> list[int]:
         """Step until every slot has a ready worker (first start: one boots alone)."""
@@ -209,7 +209,7 @@ def test_a_reload_replaces_each_worker_once_its_successor_is_ready(harness) -> N
         h.processes.exit(old_pid, exited(0))
     h.step()
     assert reload.outcome is ReloadOutcome.COMPLETE and reload.done == [1, 2]
-    assert all(w.generation == 2 for w in h.master.workers.values())
+    assert all(w.generation == 2 for w in h.master.workers)
 
 
 def test_recycling_waits_for_the_replacement_to_be_ready(harness) -> None:
@@ -228,7 +228,7 @@ def test_recycling_waits_for_the_replacement_to_be_ready(harness) -> None:
     h.processes.exit(old, exited(0))
     h.step()
     assert h.pids() == [new]
-    slot = h.master.slots[1]
+    slot = h.master.workers.slot(1)
     assert slot.reasons == {policy.MAX_REQUESTS: 1} and slot.failures == 0
 
 
@@ -239,7 +239,7 @@ def test_a_slot_that_keeps_dying_is_refilled_with_growing_back_off(harness) -> N
         h.processes.exit(pid, killed(signal.SIGSEGV))
         h.step()
         delay = policy.backoff_delay(failures)
-        assert h.master.slots[1].failures == failures
+        assert h.master.workers.slot(1).failures == failures
         if delay:
             assert h.pids() == []  # not yet
             h.step(delay * 0.9)
@@ -252,7 +252,7 @@ def test_a_slot_that_keeps_dying_is_refilled_with_growing_back_off(harness) -> N
     # A worker that stays ready long enough proves the slot healthy: the next crash
     # is refilled at once again.
     h.step(policy.STABLE_AFTER + 1)
-    assert h.master.slots[1].failures == 0
+    assert h.master.workers.slot(1).failures == 0
     h.processes.exit(pid, killed(signal.SIGSEGV))
     h.step()
     assert len(h.pids(WorkerState.BOOTING)) == 1
@@ -269,4 +269,4 @@ def test_a_stop_tells_the_workers_and_ends_when_they_are_gone(harness) -> None:
     for pid in pids:
         h.processes.exit(pid, exited(0))
     h.step()
-    assert h.master.workers == {} and h.master.exit_code == 0
+    assert len(h.master.workers) == 0 and h.master.exit_code == 0

@@ -204,14 +204,13 @@ def test_hooks_watchdog_needs_a_healthy_worker() -> None:
     hooks = SystemdHooks(notifier, watchdog=2.0, now=now - 1)
     cell = SimpleNamespace(heartbeat=now, requests=7)
     master = SimpleNamespace(
-        workers={10: SimpleNamespace(state=WorkerState.READY, cell=0)},
+        workers=[SimpleNamespace(state=WorkerState.READY, cell=0)],
         stats=_Stats({0: cell}),
         target=1,
         generation=1,
         stopping=False,
         reloading=None,
-        upgrade_pid=None,
-        old_master=None,
+        upgrade=SimpleNamespace(predecessor=None, successor=None),
         config=SimpleNamespace(timeout=30.0),
     )
     hooks.tick(master, time.monotonic())

@@ -165,7 +165,7 @@ class _ReloadOp(_Operation):
             }
         workers = [
             {"id": w.worker_id, "pid": w.pid}
-            for w in sorted(master.workers.values(), key=lambda w: w.worker_id)
+            for w in sorted(master.workers, key=lambda w: w.worker_id)
             if w.live
         ]
         return {
@@ -204,7 +204,7 @@ class _ScaleOp(_Operation):
     def _counts(self) -> tuple[int, int]:
         master = self.master
         ready = len({w.worker_id for w in master.ready_workers(within_target=True)})
-        surplus = sum(1 for w in master.workers.values() if w.worker_id > self.target)
+        surplus = sum(1 for w in master.workers if w.worker_id > self.target)
         return ready, surplus
 
     def poll(self, now: float) -> dict[str, Any] | None:
@@ -451,7 +451,7 @@ class ControlServer(MasterHooks):
         else:
             what = "control socket"
             prepare_runtime_dir(directory)
-        sock = bind_control_socket(path, take_over=master.old_master is not None, what=what)
+        sock = bind_control_socket(path, take_over=master.upgrade.predecessor is not None, what=what)
         link = None
         if path != own_entry:
             link = _link(path, own_entry)

@@ -31,17 +31,13 @@ from typing import TYPE_CHECKING, Any
 from asgictl.config import Config
 from asgictl.logs import plural, reopen_log_files
 from asgictl.supervisor import policy, upgrade
-from asgictl.supervisor.child import (
-    DUMP_SIGNAL,
-    WorkerContext,
-    child_config,
-)
+from asgictl.supervisor.child import DUMP_SIGNAL, WorkerContext, child_config
 from asgictl.supervisor.hooks import MasterHooks
 from asgictl.supervisor.listeners import Listeners
 from asgictl.supervisor.loop import Loop
 from asgictl.supervisor.processes import Processes, describe_exit
 from asgictl.supervisor.slots import StatsTable, WorkerState
-from asgictl.supervisor.workers import ReloadOutcome, RollingReload, Slot, Worker
+from asgictl.supervisor.workers import ReloadOutcome, RollingReload, Slot, Worker, WorkerTable
 
 if TYPE_CHECKING:
     from asgictl.supervisor.broker import Broker
@@ -54,36 +50,35 @@ POLL_INTERVAL = 0.25
 #: Beyond --timeout-graceful-shutdown, what a worker gets to cancel what is left and run
 #: lifespan shutdown (the Server's own post-deadline steps take up to ~3 s).
 GRACEFUL_MARGIN = 5.0
-#: A fast stop (QUIT, a second TERM) gives workers this long before SIGKILL.
-FAST_STOP_SECONDS = 3.0
-#: Between asking a worker for its stacks and SIGKILLing it (faulthandler writes at once).
-DUMP_GRACE = 0.5
 #: A SIGKILLed process not reaped after this long is forgotten (stuck in the kernel).
 REAP_DEADLINE = 10.0
 #: --balance reuseport: a worker whose event loop has not beaten for this long gets no
 #: new connections until it beats again (or is replaced); workers beat once a second.
 STEER_SILENCE = 3.0
-#: Sampling period of worker RSS for --max-worker-memory.
-MEMORY_SAMPLE_SECONDS = 1.0
 #: Shared-memory cells (processes, not slots: a replacement needs a second cell).
 CELLS = 1024
 MAX_WORKERS = CELLS // 4
 
+#: The signals the master acts on (CHLD and WINCH only wake it up).
 SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGCHLD,
-    signal.SIGWINCH,
+    *(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU),
+    *(signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGWINCH),
 )
 
 
 class Master:
+    """The supervisor of one ``asgictl start``: owns the worker table, the shared-memory
+    cells, the listeners (binding is done before; closing is its), the reload generation
+    and the stop; forks, signals and reaps the workers and takes every decision.
+
+    ``config`` is the master's Config (workers get :func:`child_config`'s); ``listeners``
+    are bound already; ``preloaded`` is the app object imported by ``--preload``, or
+    None. ``loop``, ``broker`` (``--pubsub master``), ``metrics`` (``--metrics-bind``)
+    are made by :func:`~asgictl.supervisor.wiring.run_master`; ``processes`` and
+    ``clock`` are for tests. :meth:`run` returns the exit code: 0, 1 when a worker had to
+    be killed past its stop deadline, 3 when the app does not boot.
+    """
+
     def __init__(
         self,
         config: Config,
@@ -103,8 +98,7 @@ class Master:
         self.preloaded = preloaded is not None
         self.target = min(config.workers, MAX_WORKERS)
         self.stats = StatsTable(CELLS)
-        self.workers: dict[int, Worker] = {}  # by pid
-        self.slots: dict[int, Slot] = {}
+        self.workers = WorkerTable()
         self.generation = 1
         self.exit_code = 0
         self.clock = clock
@@ -120,9 +114,8 @@ class Master:
         #: instead of stopping the master; :meth:`resume` tries again.
         self.wait_for_fix = config.reload
         self.held = False
-        self.upgrade_pid: int | None = None
-        #: The master that re-executed us (USR2), told to stop once we serve.
-        self.old_master = upgrade.predecessor()
+        #: USR2: the master that re-executed this one, the one this one started.
+        self.upgrade = upgrade.Upgrade(upgrade.predecessor())
         self.loop = loop or Loop()
         #: --pubsub master: the relay a socket pair per worker joins (else None).
         self.broker = broker
@@ -226,11 +219,11 @@ class Master:
             logger.info("Reopening log files")
             reopen_log_files()
             self._signal_all(signal.SIGUSR1, only_ready=True)
-        elif sig == signal.SIGUSR2:
-            self._upgrade()
+        elif sig == signal.SIGUSR2 and not self.stopping:
+            self.upgrade.start(self.listeners)
 
     def _signal_all(self, sig: int, only_ready: bool = False) -> None:
-        for w in list(self.workers.values()):
+        for w in self.workers:
             if not only_ready or w.state is WorkerState.READY:
                 self.processes.kill(w.pid, sig)
 
@@ -241,13 +234,6 @@ class Master:
 
     def _spawn(self, worker_id: int, reason: str) -> Worker:
         cell = self.stats.allocate()
-        limits = policy.Limits(
-            requests=policy.request_limit(self.config.limit_max_requests, self.config.max_requests_jitter),
-            memory_bytes=int(self.config.max_worker_memory * 1024 * 1024)
-            if self.config.max_worker_memory
-            else None,
-            lifetime=policy.lifetime_limit(self.config.max_worker_lifetime),
-        )
         # asgictl.pubsub (master backend): a fresh socket pair per worker process, made
         # before forking; the child keeps one end, the broker the other.
         pair = self.broker.prepare() if self.broker is not None else None
@@ -281,8 +267,9 @@ class Master:
             pair[1].close()  # the worker's end lives in the worker only: its exit is our EOF
             self.broker.attach(pair[0], pid)
         self.stats.set_pid(cell, pid)
+        limits = policy.Limits.draw(self.config)
         worker = Worker(worker_id, pid, cell, self.generation, self.clock(), limits, reason=reason)
-        self.workers[pid] = worker
+        self.workers.add(worker)
         logger.info("Booting worker %d with pid %d%s", worker_id, pid, f" ({reason})" if reason else "")
         return worker
 
@@ -290,12 +277,9 @@ class Master:
 
     def _reap(self) -> None:
         for pid, status in self.processes.exits():
-            if pid == self.upgrade_pid:
-                self.upgrade_pid = None
-                how = describe_exit(status)
-                logger.error("Upgrade failed: the new master %s; this one keeps serving", how)
+            if self.upgrade.reaped(pid, status):
                 continue
-            worker = self.workers.pop(pid, None)
+            worker = self.workers.remove(pid)
             if worker is not None:
                 worker.requests = self.stats.read(worker.cell).requests
                 self._notify(lambda hooks, w=worker: hooks.worker_exited(self, w))
@@ -304,7 +288,7 @@ class Master:
 
     def _on_exit(self, w: Worker, status: int) -> None:
         now = self.clock()
-        slot = self.slots.setdefault(w.worker_id, Slot())
+        slot = self.workers.slot(w.worker_id)
         how = describe_exit(status)
         if w.ready_at:
             how += f" after serving {plural(w.requests, 'request')}"
@@ -356,8 +340,7 @@ class Master:
         slot.respawn_at = slot.replace_after = now + delay
         if self.boot_failures >= policy.MAX_BOOT_FAILURES and not self.ready_workers():
             logger.error(
-                "%d workers in a row failed to boot and none is serving: the master stops",
-                self.boot_failures,
+                "%d workers in a row failed to boot and none is serving: the master stops", self.boot_failures
             )
             self.exit_code = 3
             self._begin_stop(fast=True)
@@ -367,14 +350,10 @@ class Master:
     def ready_workers(self, within_target: bool = False) -> list[Worker]:
         """The workers that serve; with ``within_target``, only those of slots 1..target
         (not those of a scale-down on their way out)."""
-        return [
-            w
-            for w in self.workers.values()
-            if w.state is WorkerState.READY and (not within_target or w.worker_id <= self.target)
-        ]
+        return self.workers.ready(self.target if within_target else None)
 
     def _observe(self, now: float) -> None:
-        for w in list(self.workers.values()):
+        for w in self.workers:
             cell = self.stats.read(w.cell)
             if w.state is WorkerState.BOOTING and cell.state is WorkerState.READY:
                 self._became_ready(w, now)
@@ -387,19 +366,19 @@ class Master:
                     now - cell.heartbeat,
                     self.config.timeout,
                 )
-                self.slots.setdefault(w.worker_id, Slot()).restarted(policy.HUNG)
+                self.workers.slot(w.worker_id).restarted(policy.HUNG)
                 self._dump_and_kill(w, policy.HUNG, now)
 
     def _became_ready(self, w: Worker, now: float) -> None:
         w.state = WorkerState.READY
         w.ready_at = now
         self.boot_failures = 0
-        self.slots.setdefault(w.worker_id, Slot())
+        self.workers.slot(w.worker_id)
         logger.info("Worker %d (pid %d) ready in %.2f s", w.worker_id, w.pid, now - w.started)
         # The one rule behind every graceful replacement: the newcomer serves, so the
         # others of its slot may now drain.
-        for other in list(self.workers.values()):
-            if other is not w and other.worker_id == w.worker_id and other.live:
+        for other in self.workers.live(w.worker_id):
+            if other is not w:
                 self._stop_worker(other, other.reason or w.reason or "replaced", now)
         if self.reloading is not None and self.reloading.booting is w:
             self.reloading.done.append(w.worker_id)
@@ -408,30 +387,17 @@ class Master:
     # ------------------------------------------------------------------ stopping workers
 
     def _stop_worker(self, w: Worker, reason: str, now: float, fast: bool = False) -> None:
-        if w.state is WorkerState.KILLING:
-            return
-        if w.state is WorkerState.STOPPING and not fast:
-            return
-        w.state = WorkerState.STOPPING
-        w.reason = reason
-        if fast:
-            w.stop_deadline = min(w.stop_deadline or now + FAST_STOP_SECONDS, now + FAST_STOP_SECONDS)
-            self.processes.kill(w.pid, signal.SIGQUIT)
-        else:
-            w.stop_deadline = now + self.config.timeout_graceful_shutdown + GRACEFUL_MARGIN
-            # A worker replaced by another (reload, recycle) is told so with HUP: its
-            # WebSockets close with 1012 "service restart" instead of 1001 "going away".
-            restart = reason not in ("shutdown", policy.SCALE) and w.ready_at > 0
-            self.processes.kill(w.pid, signal.SIGHUP if restart else signal.SIGTERM)
+        grace = self.config.timeout_graceful_shutdown + GRACEFUL_MARGIN
+        sig = w.stop(reason, now, grace, fast)
+        if sig is not None:
+            self.processes.kill(w.pid, sig)
 
     def _dump_and_kill(self, w: Worker, reason: str, now: float) -> None:
-        w.state = WorkerState.KILLING
-        w.reason = reason
-        w.kill_at = now + DUMP_GRACE
+        w.kill(reason, now)
         self.processes.kill(w.pid, DUMP_SIGNAL)
 
     def _enforce_deadlines(self, now: float) -> None:
-        for w in list(self.workers.values()):
+        for w in self.workers:
             if w.state is WorkerState.BOOTING and now - w.started > self.config.timeout_worker_boot:
                 logger.error(
                     "Worker %d (pid %d) did not boot within %g s (--timeout-worker-boot)",
@@ -442,9 +408,7 @@ class Master:
                 self._dump_and_kill(w, policy.BOOT_TIMEOUT, now)
             elif w.state is WorkerState.STOPPING and now > w.stop_deadline:
                 logger.warning(
-                    "Worker %d (pid %d) still running past its stop deadline; killing it",
-                    w.worker_id,
-                    w.pid,
+                    "Worker %d (pid %d) still running past its stop deadline; killing it", w.worker_id, w.pid
                 )
                 if self.exit_code == 0 and self.stopping:
                     self.exit_code = 1
@@ -455,7 +419,7 @@ class Master:
                     self.processes.kill(w.pid, signal.SIGKILL)
                 elif w.killed_at and now - w.killed_at > REAP_DEADLINE:
                     logger.error("Worker pid %d did not die after SIGKILL; forgetting it", w.pid)
-                    self.workers.pop(w.pid, None)
+                    self.workers.remove(w.pid)
                     self.stats.release(w.cell)
 
     def _begin_stop(self, fast: bool) -> None:
@@ -474,30 +438,30 @@ class Master:
             # after a USR2 handover the new master holds its own copies (and the Unix
             # socket files are its); with socket activation systemd holds the socket and
             # connections queue for the next instance.
-            self.listeners.close(unlink=self.upgrade_pid is None)
+            self.listeners.close(unlink=self.upgrade.successor is None)
             self._notify(lambda hooks: hooks.stopping(self))
         elif fast and not self.fast:
             logger.info("Stop escalated: fast")
         self.fast = self.fast or fast
-        for w in list(self.workers.values()):
-            self._stop_worker(w, "shutdown", now, fast=self.fast)
+        for w in self.workers:
+            self._stop_worker(w, policy.SHUTDOWN, now, fast=self.fast)
 
     # ------------------------------------------------------------------ policy
 
     def _recycle(self, now: float) -> None:
         need_rss = self.config.max_worker_memory is not None
-        for w in list(self.workers.values()):
+        for w in self.workers:
             if w.state is not WorkerState.READY:
                 continue
             if need_rss and now >= w.next_rss_sample:
-                w.next_rss_sample = now + MEMORY_SAMPLE_SECONDS
+                w.next_rss_sample = now + policy.MEMORY_SAMPLE_SECONDS
                 w.rss = self.processes.rss(w.pid)
             cell = self.stats.read(w.cell)
             reason = policy.recycle_reason(w.limits, cell.requests, w.rss, now - w.ready_at)
             if reason is None:
                 continue
-            slot = self.slots.setdefault(w.worker_id, Slot())
-            if now < slot.replace_after or self._booting_in(w.worker_id):
+            slot = self.workers.slot(w.worker_id)
+            if now < slot.replace_after or self.workers.booting_in(w.worker_id):
                 continue
             logger.info(
                 "Worker %d (pid %d) recycles: %s (requests %d, age %.0f s%s)",
@@ -515,22 +479,17 @@ class Master:
     def _steer(self, now: float) -> None:
         """--balance reuseport: new connections go to the slots whose worker serves and
         beats; a slot above the worker count loses its socket once nobody serves it."""
-        if not self.listeners.groups or self.old_master is not None or self.upgrade_pid is not None:
+        if not self.listeners.groups or self.upgrade.handing_over:
             # During a USR2 handover both masters' workers serve the same sockets: the old
             # master's last steering stands until the new one's workers are all ready.
             return
-        busy = {w.worker_id for w in self.workers.values()}
+        busy = {w.worker_id for w in self.workers}
         serving = {
             w.worker_id
-            for w in self.workers.values()
-            if w.state is WorkerState.READY
-            and w.worker_id <= self.target
-            and now - self.stats.read(w.cell).heartbeat < STEER_SILENCE
+            for w in self.ready_workers(within_target=True)
+            if now - self.stats.read(w.cell).heartbeat < STEER_SILENCE
         }
         self.listeners.steer(serving, self.target, busy)
-
-    def _booting_in(self, worker_id: int) -> bool:
-        return any(w.worker_id == worker_id and w.state is WorkerState.BOOTING for w in self.workers.values())
 
     def _maintain(self, now: float) -> None:
         if self.held:
@@ -542,41 +501,33 @@ class Master:
             if not self.ready_workers():
                 ids = ids[:1]
         for worker_id in ids:
-            if any(w.worker_id == worker_id and w.live for w in self.workers.values()):
+            if self.workers.live(worker_id):
                 continue
-            slot = self.slots.setdefault(worker_id, Slot())
+            slot = self.workers.slot(worker_id)
             if now >= slot.respawn_at:
                 self._spawn(worker_id, f"respawn after {slot.last_reason}" if slot.last_reason else "")
         # Scaled down: slots past the target drain.
-        for w in list(self.workers.values()):
+        for w in self.workers:
             if w.worker_id > self.target and w.live:
                 self._stop_worker(w, policy.SCALE, now)
         # A slot whose workers stayed ready long enough is healthy again.
-        for w in self.workers.values():
+        for w in self.workers:
             if w.state is WorkerState.READY and now - w.ready_at > policy.STABLE_AFTER:
-                self.slots.setdefault(w.worker_id, Slot()).failures = 0
+                self.workers.slot(w.worker_id).failures = 0
 
     def _advance_reload(self, now: float) -> None:
         reload = self.reloading
         if reload is None or reload.booting is not None:
             return
-        while reload.pending:
-            worker_id = reload.pending[0]
-            if worker_id > self.target:
-                reload.pending.pop(0)
-                continue
-            live = [w for w in self.workers.values() if w.worker_id == worker_id and w.live]
-            if not live or all(w.generation >= reload.generation for w in live):
-                reload.pending.pop(0)  # empty (respawn covers it) or already on new code
-                continue
-            if any(w.state is WorkerState.BOOTING for w in live):
-                return  # a replacement of another kind is booting here: wait for it
-            reload.pending.pop(0)
+        worker_id = reload.next_to_replace(self.workers, self.target)
+        if worker_id is not None:
+            for w in self.workers.live(worker_id):
+                w.reason = policy.RELOAD  # the new worker's READY stops them with it
             reload.booting = self._spawn(worker_id, policy.RELOAD)
-            for w in live:
-                w.reason = policy.RELOAD
-            self.slots.setdefault(worker_id, Slot()).restarted(policy.RELOAD)
+            self.workers.slot(worker_id).restarted(policy.RELOAD)
             return
+        if reload.pending:
+            return  # a replacement of another kind boots there: wait for it
         logger.info(
             "Reload complete in %.2f s: %s ready (generation %d)",
             now - reload.started,
@@ -597,32 +548,15 @@ class Master:
                 for url in self.listeners.urls(self._scheme):
                     logger.info("Asgictl running on %s (Press CTRL+C to quit)", url)
                 self._notify(lambda hooks: hooks.ready(self))
-                self._retire_old_master()
+                self.upgrade.retire_predecessor(self.processes.kill)
         self.was_full = full
-
-    # ------------------------------------------------------------------ USR2 upgrade
-
-    def _upgrade(self) -> None:
-        if self.upgrade_pid is not None:
-            logger.warning("USR2: an upgrade is already in progress (pid %d)", self.upgrade_pid)
-            return
-        if not self.stopping:
-            self.upgrade_pid = upgrade.start_new_master(self.listeners)
-
-    def _retire_old_master(self) -> None:
-        """A master started by USR2 tells its predecessor to stop, once it serves."""
-        old = self.old_master
-        self.old_master = None
-        if old and os.getppid() == old:
-            logger.info("Telling the previous master (pid %d) to stop", old)
-            self.processes.kill(old, signal.SIGTERM)
 
     # ------------------------------------------------------------------ exit
 
     def close(self) -> None:
         """Release everything the master holds; the end of :meth:`run`. Workers still
         there (an exception in the loop) are killed and reaped for up to 5 s."""
-        for w in list(self.workers.values()):
+        for w in self.workers:
             self.processes.kill(w.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
         while self.workers and time.monotonic() < deadline:
@@ -631,6 +565,6 @@ class Master:
                 time.sleep(0.05)
         self.loop.close()
         # After a USR2 handover the listeners (and UDS files) belong to the new master.
-        self.listeners.close(unlink=self.upgrade_pid is None)
+        self.listeners.close(unlink=self.upgrade.successor is None)
         self.stats.close()
         logger.info("Master process [%d] exits (%d)", os.getpid(), self.exit_code)

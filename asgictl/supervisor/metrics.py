@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 from asgictl.config import Config, ConfigError
 from asgictl.supervisor.endpoints import Channel, Endpoint
 from asgictl.supervisor.hooks import MasterHooks
-from asgictl.supervisor.slots import WorkerState
 
 logger = logging.getLogger("asgictl.error")
 
@@ -120,7 +119,7 @@ class MetricsTable:
     def totals(self, master: Master) -> dict[int, list[int]]:
         """Per worker id: retired counts plus those of its live processes."""
         result = {wid: list(values) for wid, values in self.retired.items()}
-        for w in master.workers.values():
+        for w in master.workers:
             values = self.read(w.cell)
             acc = result.setdefault(w.worker_id, [0] * WORDS)
             for i, value in enumerate(values):
@@ -177,7 +176,7 @@ class AsgictlCollector:
         connections: dict[int, int] = {}
         rss: dict[int, int] = {}
         states: dict[str, int] = {}
-        for w in master.workers.values():
+        for w in master.workers:
             connections[w.worker_id] = connections.get(w.worker_id, 0) + master.stats.read(w.cell).connections
             sample = self.sampler.get(w.pid)
             if sample.rss is not None:
@@ -197,7 +196,7 @@ class AsgictlCollector:
         restarts = CounterMetricFamily(
             "asgictl_worker_restarts", "Worker replacements, by reason.", labels=["worker", "reason"]
         )
-        for wid, slot in sorted(master.slots.items()):
+        for wid, slot in sorted(master.workers.slots.items()):
             for reason, n in sorted(slot.reasons.items()):
                 restarts.add_metric([str(wid), reason], n)
         yield restarts
@@ -281,7 +280,7 @@ def health(master: Master, ready: bool) -> tuple[bool, str]:
     worker of the target number serves and the server is not stopping, so a load
     balancer stops sending new connections as soon as a graceful stop begins.
     """
-    serving = {w.worker_id for w in master.workers.values() if w.state is WorkerState.READY}
+    serving = {w.worker_id for w in master.ready_workers()}
     counts = f"{len(serving)}/{master.target} workers ready"
     if not ready:
         return bool(serving), ("ok: " if serving else "no worker ready: ") + counts

@@ -61,7 +61,7 @@ class SystemdHooks(MasterHooks):
 
     def ready(self, master: Master) -> None:
         fields: dict[str, Any] = {}
-        if master.old_master:
+        if master.upgrade.predecessor:
             # A master started by USR2: once the old one hands over (see stopping), we are
             # the service's main process; say so ourselves too (NotifyAccess=all units).
             fields["MAINPID"] = os.getpid()
@@ -85,7 +85,7 @@ class SystemdHooks(MasterHooks):
         self.notifier.send(READY=1, STATUS=self._status(master, "Reloaded"))
 
     def stopping(self, master: Master) -> None:
-        new = master.upgrade_pid
+        new = master.upgrade.successor
         if new is not None:
             # The new master of a USR2 re-exec told us to go: it is the service now.
             # Not STOPPING=1 (that would stop the unit): hand the main pid over.
@@ -120,7 +120,7 @@ class SystemdHooks(MasterHooks):
         if master.stopping:
             return True
         limit = max(MIN_HEARTBEAT_AGE, min(master.config.timeout, self.watchdog or master.config.timeout))
-        for w in master.workers.values():
+        for w in master.workers:
             if w.state is WorkerState.READY and now - master.stats.read(w.cell).heartbeat <= limit:
                 return True
         return False
@@ -128,7 +128,7 @@ class SystemdHooks(MasterHooks):
     def _status(self, master: Master, what: str) -> str:
         ready = 0
         requests = 0
-        for w in master.workers.values():
+        for w in master.workers:
             if w.state is WorkerState.READY:
                 ready += 1
             requests += master.stats.read(w.cell).requests

@@ -77,7 +77,7 @@ class Sampler(MasterHooks):
                 psutil = False
             self._psutil = psutil
         pids = {os.getpid()}
-        for w in master.workers.values():
+        for w in master.workers:
             pids.add(w.pid)
             sample = self.samples.setdefault(w.pid, ProcessSample())
             cell = master.stats.read(w.cell)
@@ -135,9 +135,9 @@ def worker_rows(master: Master, now: float) -> list[dict[str, Any]]:
     """Every worker process of the master, by worker id then age: its table row, the
     figures of its cell and its slot's restarts."""
     rows = []
-    for w in sorted(master.workers.values(), key=lambda w: (w.worker_id, w.started)):
+    for w in sorted(master.workers, key=lambda w: (w.worker_id, w.started)):
         cell = master.stats.read(w.cell)
-        slot = master.slots.get(w.worker_id)
+        slot = master.workers.slots.get(w.worker_id)
         rows.append(
             {
                 "id": w.worker_id,

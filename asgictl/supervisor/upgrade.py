@@ -11,14 +11,53 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+from collections.abc import Callable
 
 from asgictl.supervisor.listeners import Listeners
+from asgictl.supervisor.processes import describe_exit
 
 logger = logging.getLogger("asgictl.error")
 
 #: Environment variable naming the master that re-exec'd us (USR2), to stop once ready.
 OLD_MASTER_ENV = "_ASGICTL_OLD_MASTER"
+
+
+class Upgrade:
+    """A master's part in USR2 re-execs: the ``predecessor`` that started it (told to
+    stop once this one serves), the ``successor`` it started (while that one runs)."""
+
+    def __init__(self, predecessor: int | None) -> None:
+        self.predecessor = predecessor
+        self.successor: int | None = None
+
+    @property
+    def handing_over(self) -> bool:
+        """Two masters' workers serve the same listeners now."""
+        return self.predecessor is not None or self.successor is not None
+
+    def start(self, listeners: Listeners) -> None:
+        """USR2: start a successor on ``listeners``, unless one runs already."""
+        if self.successor is not None:
+            logger.warning("USR2: an upgrade is already in progress (pid %d)", self.successor)
+            return
+        self.successor = start_new_master(listeners)
+
+    def reaped(self, pid: int, status: int) -> bool:
+        """Whether ``pid`` was the successor: it died before it took over."""
+        if pid != self.successor:
+            return False
+        self.successor = None
+        logger.error("Upgrade failed: the new master %s; this one keeps serving", describe_exit(status))
+        return True
+
+    def retire_predecessor(self, kill: Callable[[int, int], None]) -> None:
+        """This master serves: tell the one that started it to stop (once)."""
+        old, self.predecessor = self.predecessor, None
+        if old and os.getppid() == old:
+            logger.info("Telling the previous master (pid %d) to stop", old)
+            kill(old, signal.SIGTERM)
 
 
 def predecessor(pop: bool = True) -> int | None:

@@ -94,7 +94,7 @@ def _supervise(config: Config, listeners: Listeners, pid_file: PidFile | None) -
         table = MetricsTable(CELLS) if config.metrics_bind else None
         master = Master(config, listeners, preloaded, loop=loop, broker=broker, metrics=table)
         # sd_notify when NOTIFY_SOCKET is set (systemd Type=notify): READY, RELOADING...
-        notify = SystemdHooks.from_environ(old_master=master.old_master)
+        notify = SystemdHooks.from_environ(old_master=master.upgrade.predecessor)
         sampler = Sampler(master)  # psutil and req/s samples, for status and metrics
         # The control socket (and --metrics-bind) first: bound before anything else runs.
         with contextlib.ExitStack() as stack:
