@@ -293,28 +293,18 @@ class Master:
         if w.ready_at:
             how += f" after serving {plural(w.requests, 'request')}"
         if w.state in (WorkerState.STOPPING, WorkerState.KILLING):
-            logger.info("Worker %d (pid %d) %s [%s]", w.worker_id, w.pid, how, w.reason or "stopped")
+            logger.info("%s %s [%s]", w, how, w.reason or "stopped")
             if w.reason == policy.BOOT_TIMEOUT:
                 self._boot_failed(w, slot, now)
             return
         if w.state is WorkerState.BOOTING:
-            logger.error("Worker %d (pid %d) failed to boot: %s", w.worker_id, w.pid, how)
+            logger.error("%s failed to boot: %s", w, how)
             self._boot_failed(w, slot, now)
             return
         # A ready worker died on its own: a crash (segfault, os._exit, OOM killer...).
-        if w.ready_at and now - w.ready_at > policy.STABLE_AFTER:
-            slot.failures = 0
-        slot.failures += 1
-        slot.restarted(policy.CRASH)
-        delay = policy.backoff_delay(slot.failures)
-        slot.respawn_at = now + delay
-        logger.warning(
-            "Worker %d (pid %d) %s unexpectedly; %s",
-            w.worker_id,
-            w.pid,
-            how,
-            f"respawning in {delay:.1f} s" if delay else "respawning",
-        )
+        delay = slot.crashed(now, now - w.ready_at if w.ready_at else 0.0)
+        respawn = f"respawning in {delay:.1f} s" if delay else "respawning"
+        logger.warning("%s %s unexpectedly; %s", w, how, respawn)
 
     def _boot_failed(self, w: Worker, slot: Slot, now: float) -> None:
         self.boot_failures += 1
@@ -335,9 +325,7 @@ class Master:
             self.reloading = None
             self._notify(lambda hooks: hooks.reloaded(self))
             return
-        slot.failures += 1
-        delay = max(policy.backoff_delay(slot.failures), policy.BACKOFF_BASE)
-        slot.respawn_at = slot.replace_after = now + delay
+        slot.boot_failed(now)
         if self.boot_failures >= policy.MAX_BOOT_FAILURES and not self.ready_workers():
             logger.error(
                 "%d workers in a row failed to boot and none is serving: the master stops", self.boot_failures
@@ -359,10 +347,9 @@ class Master:
                 self._became_ready(w, now)
             elif w.state is WorkerState.READY and policy.is_hung(now, cell.heartbeat, self.config.timeout):
                 logger.error(
-                    "Worker %d (pid %d) is hung: its event loop has not run for %.1f s (--timeout %g);"
+                    "%s is hung: its event loop has not run for %.1f s (--timeout %g);"
                     " dumping its stacks and killing it",
-                    w.worker_id,
-                    w.pid,
+                    w,
                     now - cell.heartbeat,
                     self.config.timeout,
                 )
@@ -374,7 +361,7 @@ class Master:
         w.ready_at = now
         self.boot_failures = 0
         self.workers.slot(w.worker_id)
-        logger.info("Worker %d (pid %d) ready in %.2f s", w.worker_id, w.pid, now - w.started)
+        logger.info("%s ready in %.2f s", w, now - w.started)
         # The one rule behind every graceful replacement: the newcomer serves, so the
         # others of its slot may now drain.
         for other in self.workers.live(w.worker_id):
@@ -400,16 +387,11 @@ class Master:
         for w in self.workers:
             if w.state is WorkerState.BOOTING and now - w.started > self.config.timeout_worker_boot:
                 logger.error(
-                    "Worker %d (pid %d) did not boot within %g s (--timeout-worker-boot)",
-                    w.worker_id,
-                    w.pid,
-                    self.config.timeout_worker_boot,
+                    "%s did not boot within %g s (--timeout-worker-boot)", w, self.config.timeout_worker_boot
                 )
                 self._dump_and_kill(w, policy.BOOT_TIMEOUT, now)
             elif w.state is WorkerState.STOPPING and now > w.stop_deadline:
-                logger.warning(
-                    "Worker %d (pid %d) still running past its stop deadline; killing it", w.worker_id, w.pid
-                )
+                logger.warning("%s still running past its stop deadline; killing it", w)
                 if self.exit_code == 0 and self.stopping:
                     self.exit_code = 1
                 self._dump_and_kill(w, w.reason, now)
@@ -464,9 +446,8 @@ class Master:
             if now < slot.replace_after or self.workers.booting_in(w.worker_id):
                 continue
             logger.info(
-                "Worker %d (pid %d) recycles: %s (requests %d, age %.0f s%s)",
-                w.worker_id,
-                w.pid,
+                "%s recycles: %s (requests %d, age %.0f s%s)",
+                w,
                 reason,
                 cell.requests,
                 now - w.started,

@@ -181,8 +181,8 @@ _ROUTINE = frozenset(
     {
         # master
         "Booting worker %d with pid %d%s",
-        "Worker %d (pid %d) ready in %.2f s",
-        "Worker %d (pid %d) %s [%s]",
+        "%s ready in %.2f s",
+        "%s %s [%s]",
         "Reloading %s one by one (generation %d)",
         "Reload complete in %.2f s: %s ready (generation %d)",
         "%s ready",

@@ -56,6 +56,10 @@ class Worker:
     requests: int = 0
     next_rss_sample: float = 0.0
 
+    def __str__(self) -> str:
+        """How log lines name it: "Worker 2 (pid 4242)"."""
+        return f"Worker {self.worker_id} (pid {self.pid})"
+
     @property
     def live(self) -> bool:
         """Booting or serving, not on its way out."""
@@ -106,6 +110,24 @@ class Slot:
         self.restarts += 1
         self.last_reason = reason
         self.reasons[reason] += 1
+
+    def crashed(self, now: float, ready_for: float) -> float:
+        """Its worker died unasked after serving ``ready_for`` seconds: the delay before
+        the slot is refilled (none the first time; growing while it keeps dying)."""
+        if ready_for > policy.STABLE_AFTER:
+            self.failures = 0
+        self.failures += 1
+        self.restarted(policy.CRASH)
+        delay = policy.backoff_delay(self.failures)
+        self.respawn_at = now + delay
+        return delay
+
+    def boot_failed(self, now: float) -> None:
+        """A worker failed to boot here: back off refilling the slot and replacing its
+        worker (at least BACKOFF_BASE)."""
+        self.failures += 1
+        delay = max(policy.backoff_delay(self.failures), policy.BACKOFF_BASE)
+        self.respawn_at = self.replace_after = now + delay
 
 
 class ReloadOutcome(enum.Enum):
