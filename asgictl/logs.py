@@ -21,8 +21,9 @@ import logging.config
 import logging.handlers
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from copy import copy
+from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 __all__ = [
@@ -31,13 +32,18 @@ __all__ = [
     "ACCESS_MESSAGE_DISCONNECTED",
     "ERROR_LOGGER",
     "LOG_LEVELS",
+    "MARK",
     "PARENT_LOGGER",
+    "RESTATED",
+    "ROUTINE",
+    "SERVING",
     "TRACE_LEVEL",
     "AccessFormatter",
     "DefaultFormatter",
     "JsonFormatter",
     "LoggingOptions",
     "configure_logging",
+    "marked",
     "plural",
     "reopen_log_files",
     "set_worker_id",
@@ -85,6 +91,27 @@ class LoggingOptions(Protocol):
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
     """``"1 worker"``, ``"2 workers"``: a count and its noun, for log lines and messages."""
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+# -- Marks: what a line is for ------------------------------------------------------------------------
+# Set with ``extra=`` where a line is logged; a filter checks the mark, never the wording,
+# so that rewording a line cannot silently change what a filter does with it.
+
+#: The record attribute a mark is kept in.
+MARK = "asgictl_mark"
+#: A routine lifecycle line (a worker boots, is ready, exits as asked; the app starts):
+#: dev mode (``--reload``) leaves it off the console unless ``--log-level debug``.
+ROUTINE: Mapping[str, str] = MappingProxyType({MARK: "routine"})
+#: An error that dev mode's one reload line says again, better: left off likewise.
+RESTATED: Mapping[str, str] = MappingProxyType({MARK: "restated"})
+#: "Asgictl running on URL": the server serves. A supervised worker drops its own, since
+#: its master announces once every worker is ready (the line people and tests wait for).
+SERVING: Mapping[str, str] = MappingProxyType({MARK: "serving"})
+
+
+def marked(record: logging.LogRecord, mark: Mapping[str, str]) -> bool:
+    """Whether ``record`` was logged with ``extra=mark``."""
+    return getattr(record, MARK, None) == mark[MARK]
 
 
 # -- ANSI styling ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ as a worker does, and makes it exit with a wait status, as the kernel does.
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from asgictl.config import Config
+from asgictl.logs import MARK, RESTATED, ROUTINE
 from asgictl.supervisor import policy
 from asgictl.supervisor.child import WorkerContext
 from asgictl.supervisor.hooks import MasterHooks
@@ -137,6 +139,23 @@ class Harness:
 
 
 @pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """What the master logs (asgictl.error at INFO), as records."""
+    captured: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = captured.append  # type: ignore[method-assign]
+    logger = logging.getLogger("asgictl.error")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield captured
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.fixture
 def harness() -> Iterator[type[Harness]]:
     made: list[Harness] = []
 
@@ -174,7 +193,9 @@ def test_boot_failures_in_a_row_with_none_serving_halt_the_master_with_exit_3(ha
     assert h.master.exit_code == 3 and h.master.stopping
 
 
-def test_a_reload_whose_new_worker_fails_keeps_the_old_ones(harness) -> None:
+def test_a_reload_whose_new_worker_fails_keeps_the_old_ones(
+    harness, records: list[logging.LogRecord]
+) -> None:
     h = harness(workers=2)
     old = h.boot_all()
     reload = h.master.reload()
@@ -191,6 +212,10 @@ def test_a_reload_whose_new_worker_fails_keeps_the_old_ones(harness) -> None:
     assert not h.master.stopping and h.master.exit_code == 0
     h.step(60.0)
     assert h.pids() == old  # and nothing retries the broken code on its own
+    # Dev mode's console keeps the story short by these marks, set where the lines are logged.
+    marks = {r.getMessage().split(" ")[0]: getattr(r, MARK, None) for r in records}
+    assert marks["Booting"] == ROUTINE[MARK] and marks["Reloading"] == ROUTINE[MARK]
+    assert marks["Reload"] == RESTATED[MARK]
 
 
 def test_a_reload_replaces_each_worker_once_its_successor_is_ready(harness) -> None:

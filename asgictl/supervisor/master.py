@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from asgictl.config import Config
-from asgictl.logs import plural, reopen_log_files
+from asgictl.logs import RESTATED, ROUTINE, SERVING, plural, reopen_log_files
 from asgictl.supervisor import policy, upgrade
 from asgictl.supervisor.child import DUMP_SIGNAL, WorkerContext, child_config
 from asgictl.supervisor.hooks import MasterHooks
@@ -152,7 +152,8 @@ class Master:
             logger.warning("--preload: new workers reuse the app imported at start; USR2 loads new code")
         self.generation += 1
         ids = sorted(self._slot_ids())
-        logger.info("Reloading %s one by one (generation %d)", plural(len(ids), "worker"), self.generation)
+        workers = plural(len(ids), "worker")
+        logger.info("Reloading %s one by one (generation %d)", workers, self.generation, extra=ROUTINE)
         previous = self.reloading
         self.reloading = RollingReload(self.generation, ids, self.clock())
         if previous is not None:
@@ -270,7 +271,8 @@ class Master:
         limits = policy.Limits.draw(self.config)
         worker = Worker(worker_id, pid, cell, self.generation, self.clock(), limits, reason=reason)
         self.workers.add(worker)
-        logger.info("Booting worker %d with pid %d%s", worker_id, pid, f" ({reason})" if reason else "")
+        why = f" ({reason})" if reason else ""
+        logger.info("Booting worker %d with pid %d%s", worker_id, pid, why, extra=ROUTINE)
         return worker
 
     # ------------------------------------------------------------------ reaping
@@ -293,7 +295,7 @@ class Master:
         if w.ready_at:
             how += f" after serving {plural(w.requests, 'request')}"
         if w.state in (WorkerState.STOPPING, WorkerState.KILLING):
-            logger.info("%s %s [%s]", w, how, w.reason or "stopped")
+            logger.info("%s %s [%s]", w, how, w.reason or "stopped", extra=ROUTINE)
             if w.reason == policy.BOOT_TIMEOUT:
                 self._boot_failed(w, slot, now)
             return
@@ -320,7 +322,10 @@ class Master:
             return
         reload = self.reloading
         if reload is not None and reload.booting is w:
-            logger.error("Reload aborted: the new worker failed to boot; the previous workers keep serving")
+            logger.error(
+                "Reload aborted: the new worker failed to boot; the previous workers keep serving",
+                extra=RESTATED,
+            )
             reload.end(ReloadOutcome.ABORTED)
             self.reloading = None
             self._notify(lambda hooks: hooks.reloaded(self))
@@ -361,7 +366,7 @@ class Master:
         w.ready_at = now
         self.boot_failures = 0
         self.workers.slot(w.worker_id)
-        logger.info("%s ready in %.2f s", w, now - w.started)
+        logger.info("%s ready in %.2f s", w, now - w.started, extra=ROUTINE)
         # The one rule behind every graceful replacement: the newcomer serves, so the
         # others of its slot may now drain.
         for other in self.workers.live(w.worker_id):
@@ -514,6 +519,7 @@ class Master:
             now - reload.started,
             plural(len(self.ready_workers()), "worker"),
             reload.generation,
+            extra=ROUTINE,
         )
         reload.end(ReloadOutcome.COMPLETE)
         self.reloading = None
@@ -523,11 +529,11 @@ class Master:
         ready_ids = {w.worker_id for w in self.ready_workers(within_target=True)}
         full = len(ready_ids) >= self.target
         if full and not self.was_full:
-            logger.info("%s ready", plural(self.target, "worker"))
+            logger.info("%s ready", plural(self.target, "worker"), extra=ROUTINE)
             if not self.all_ready_once:
                 self.all_ready_once = True
                 for url in self.listeners.urls(self._scheme):
-                    logger.info("Asgictl running on %s (Press CTRL+C to quit)", url)
+                    logger.info("Asgictl running on %s (Press CTRL+C to quit)", url, extra=SERVING)
                 self._notify(lambda hooks: hooks.ready(self))
                 self.upgrade.retire_predecessor(self.processes.kill)
         self.was_full = full

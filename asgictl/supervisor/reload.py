@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from asgictl.config import Config, ConfigError
-from asgictl.logs import plural
+from asgictl.logs import RESTATED, ROUTINE, marked, plural
 from asgictl.supervisor.hooks import MasterHooks
 
 if TYPE_CHECKING:
@@ -175,32 +175,6 @@ def watched_dirs(config: Config) -> list[str]:
 
 # --------------------------------------------------------------------------- logging
 
-#: The master's and workers' routine lines, by message template: in dev mode the one
-#: reload line replaces them (they stay visible with --log-level debug).
-_ROUTINE = frozenset(
-    {
-        # master
-        "Booting worker %d with pid %d%s",
-        "%s ready in %.2f s",
-        "%s %s [%s]",
-        "Reloading %s one by one (generation %d)",
-        "Reload complete in %.2f s: %s ready (generation %d)",
-        "%s ready",
-        # workers
-        "Started server process [%d]",
-        "Finished server process [%d]",
-        "Waiting for application startup.",
-        "Application startup complete.",
-        "Waiting for application shutdown.",
-        "Application shutdown complete.",
-        "Shutting down",
-    }
-)
-
-
-#: Errors the dev reload line says again, better: dropped in dev mode (unless debug).
-_RESTATED = frozenset({"Reload aborted: the new worker failed to boot; the previous workers keep serving"})
-
 #: Where the frames of asgictl's own machinery live: a traceback of the user's broken
 #: app starts below them (the import system and the event loop are not the news either).
 _INTERNAL_PREFIXES = (
@@ -215,16 +189,16 @@ class DevLogFilter(logging.Filter):
     """Keeps a dev console short: one story, told once.
 
     Installed on the ``asgictl.error`` logger in the master before any fork, so every
-    worker inherits it. It drops the routine lifecycle lines (:data:`_ROUTINE`: N workers
-    would print the same startup story N times) and the errors the reload line restates;
+    worker inherits it. It drops the lines logged with the :data:`~asgictl.logs.ROUTINE`
+    mark below WARNING (N workers would print the same startup story N times) and those
+    with the :data:`~asgictl.logs.RESTATED` mark (errors the reload line says again);
     with ``--log-level debug`` they all pass. A traceback keeps only the app's frames
     (from the first frame outside asgictl, importlib and asyncio).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg in _ROUTINE or record.msg in _RESTATED:
-            if record.levelno < logging.WARNING or record.msg in _RESTATED:
-                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        if marked(record, RESTATED) or (marked(record, ROUTINE) and record.levelno < logging.WARNING):
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         if record.exc_info and record.exc_info[2] is not None and not record.exc_text:
             kind, value, tb = record.exc_info
             record.exc_info = (kind, value, _user_frames(tb))
