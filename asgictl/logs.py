@@ -5,12 +5,18 @@ This module owns everything about how asgictl's log output looks and where it go
 * the logger names the rest of the server logs to (``asgictl``, ``asgictl.error``, ``asgictl.access``)
   and the extra ``TRACE`` level (5);
 * the formatters (:class:`DefaultFormatter` for server messages, :class:`AccessFormatter` for the
-  one-line-per-request access log), usable from users' own log configs too;
+  one-line-per-request access log, :class:`JsonFormatter` for ``--log-format json``), usable
+  from users' own log configs too; :func:`set_worker_id` names a supervised worker in JSON lines;
+* the marks a line is logged with (``extra=ROUTINE``, ``RESTATED``, ``SERVING``) and
+  :func:`marked`, so that filters never depend on a message's wording;
 * :func:`configure_logging`, which applies either the built-in setup or a user's ``--log-config``
   file, then ``--log-level`` and ``--access-log``/``--no-access-log``;
-* :func:`reopen_log_files`, which makes file handlers reopen their files after logrotate renamed them.
+* :func:`reopen_log_files`, which makes file handlers reopen their files after logrotate renamed them;
+* :func:`plural`, the "1 worker" / "2 workers" of every message.
 
-Other modules only ever call ``logging.getLogger(ERROR_LOGGER)`` / ``logging.getLogger(ACCESS_LOGGER)``.
+Other modules log to ``logging.getLogger("asgictl.error")`` (:data:`ERROR_LOGGER`) and
+``logging.getLogger("asgictl.access")`` (:data:`ACCESS_LOGGER`) and import nothing else from
+here but the marks, :func:`plural` and the access-line helpers.
 """
 
 from __future__ import annotations

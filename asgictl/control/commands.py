@@ -1,4 +1,4 @@
-"""``asgictl status|reload|scale|stop``: find the master(s), send one request, print.
+"""``asgictl status|reload|scale|stop``: find the masters, send one request, print.
 
 Each command locates the masters it is about (``client.locate``: ``--control-socket``,
 ``--pid-file``, else every master of the user, narrowed by an app name or master pid),
@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from asgictl.config import ConfigError, resolve
 from asgictl.control.client import Client, ControlError, Running, check, locate, only_one
 from asgictl.control.render import Progress, format_list, format_status
+from asgictl.logs import plural
 
 #: How often ``status --watch`` refreshes (seconds).
 WATCH_SECONDS = 1.0
@@ -178,7 +179,8 @@ def cmd_stop(target: Running, fast: bool, as_json: bool, out: TextIO, err: TextI
     bar = Progress(err, enabled=not as_json)
 
     def progress(p: dict[str, Any]) -> None:
-        text = f"Stopping{' (fast)' if fast else ''}: {p['workers']} worker(s) left · {p['elapsed']:.1f}s"
+        left = plural(p["workers"], "worker")
+        text = f"Stopping{' (fast)' if fast else ''}: {left} left · {p['elapsed']:.1f}s"
         bar.show(text, str(p["workers"]))
 
     started = time.monotonic()

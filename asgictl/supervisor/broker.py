@@ -85,7 +85,6 @@ class Broker(MasterHooks):
         self.peers: dict[int, Peer] = {}  # by fd
         self.by_pid: dict[int, Peer] = {}
         self.channels: dict[bytes, set[Peer]] = {}
-        self.relayed = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -219,7 +218,6 @@ class Broker(MasterHooks):
                 peer.lagging = True
                 peer.dropped += 1
                 return False
-            self.relayed += 1
         peer.out.append(frame)
         peer.out_bytes += len(frame)
         return True

@@ -10,10 +10,11 @@ tick. This module owns the part they share:
   output buffer and deadlines, so a slow or misbehaving client can cost the master a
   few kilobytes and a few microseconds per pass, never a blocked call.
 
-Why no write readiness: the master's loop only watches fds for reading. Replies are
-small and sockets have large send buffers, so a ``send`` almost always takes everything
-at once; what it does not take is retried on every pass of the loop (at most
-``POLL_INTERVAL`` apart) until the write deadline closes a client that stopped reading.
+Why no write readiness: replies are small and sockets have large send buffers, so a
+``send`` almost always takes everything at once; what it does not take is retried on
+every pass of the loop (at most ``POLL_INTERVAL`` apart) until the write deadline closes
+a client that stopped reading. (The loop can watch for writing: the Pub/Sub broker,
+whose traffic is not small, does.)
 """
 
 from __future__ import annotations

@@ -169,9 +169,6 @@ class Master:
             self.target = count
             self.was_full = False
 
-    def stop(self, fast: bool = False) -> None:
-        self._begin_stop(fast)
-
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> int:
@@ -207,9 +204,9 @@ class Master:
 
     def _handle_signal(self, sig: int) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
-            self._begin_stop(fast=self.stopping)  # a second TERM escalates
+            self.stop(fast=self.stopping)  # a second TERM escalates
         elif sig == signal.SIGQUIT:
-            self._begin_stop(fast=True)
+            self.stop(fast=True)
         elif sig == signal.SIGHUP:
             self.reload()
         elif sig == signal.SIGTTIN:
@@ -318,7 +315,7 @@ class Master:
             # First start: the app is broken. Stop, do not loop; the worker printed why.
             logger.error("A worker failed to boot on first start: the master stops")
             self.exit_code = 3
-            self._begin_stop(fast=True)
+            self.stop(fast=True)
             return
         reload = self.reloading
         if reload is not None and reload.booting is w:
@@ -336,7 +333,7 @@ class Master:
                 "%d workers in a row failed to boot and none is serving: the master stops", self.boot_failures
             )
             self.exit_code = 3
-            self._begin_stop(fast=True)
+            self.stop(fast=True)
 
     # ------------------------------------------------------------------ observing
 
@@ -409,7 +406,9 @@ class Master:
                     self.workers.remove(w.pid)
                     self.stats.release(w.cell)
 
-    def _begin_stop(self, fast: bool) -> None:
+    def stop(self, fast: bool = False) -> None:
+        """Stop: refuse new connections, tell every worker (TERM; QUIT when ``fast``),
+        end once they are gone. A second call with ``fast`` hurries a graceful stop."""
         now = self.clock()
         if not self.stopping:
             self.stopping = True

@@ -15,7 +15,7 @@ Two halves, both off unless ``--metrics-bind HOST:PORT`` is given:
   tables per worker id (the ``worker`` label; a process that exits has its counts folded
   into its worker id's retired totals first, so every counter only grows across
   restarts and reloads), then the library's multiprocess collector sums the app's own
-  prometheus_client metrics across its workers (:func:`prepare_app_metrics`). The
+  prometheus_client metrics across its workers (:func:`app_metrics_dir`). The
   same listener answers the health probes ``/healthz`` and ``/readyz`` (:func:`health`).
 """
 
@@ -430,7 +430,7 @@ class MetricsServer(MasterHooks):
         self.address = sock.getsockname()
         self.endpoint = Endpoint(master.loop, sock, _MetricsChannel, self.max_clients)
         self.endpoint.owner = self  # type: ignore[attr-defined]
-        #: The app's multiprocess directory (see prepare_app_metrics), if there is one.
+        #: The app's multiprocess directory (see app_metrics_dir), if there is one.
         self.app_dir = os.environ.get(MULTIPROC_ENV) or None
         if self.app_dir is not None and not os.path.isdir(self.app_dir):
             logger.warning(

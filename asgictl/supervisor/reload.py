@@ -248,7 +248,6 @@ class Reloader(MasterHooks):
         self.pending: list[str] = []
         self.pending_since = 0.0
         self.last_begin = -1e9
-        self.reloads = 0
         self._timer: threading.Timer | None = None
         # Thread side.
         self._stop = threading.Event()
@@ -358,7 +357,6 @@ class Reloader(MasterHooks):
         ready = master.ready_workers(within_target=True)
         ok = bool(ready) and all(w.generation == master.generation for w in ready)
         what = f"{self._describe(paths)} changed" if paths else "reload requested"
-        self.reloads += 1
         if ok:
             text = f"Reloaded in {elapsed:.2f} s: {what} ({plural(len(ready), 'worker')} on new code)"
             logger.info(self._paint(text, _GREEN))
@@ -399,11 +397,6 @@ def _invalidate_bytecode(paths: list[str]) -> None:
             os.unlink(importlib.util.cache_from_source(path))
 
 
-def check_reload_config(config: Config) -> None:
-    """Options that cannot go with --reload: one line, before anything is started."""
-    watched_dirs(config)
-
-
 @contextlib.contextmanager
 def reloading(master: Master) -> Iterator[Reloader | None]:
     """Watch files while the master runs (when ``--reload``); stop the watcher after."""
@@ -411,7 +404,6 @@ def reloading(master: Master) -> Iterator[Reloader | None]:
     if not config.reload:
         yield None
         return
-    check_reload_config(config)
     reloader = Reloader(master, config)
     quiet = DevLogFilter()
     error_logger = logging.getLogger("asgictl.error")
@@ -429,7 +421,6 @@ __all__ = [
     "ChangeFilter",
     "DevLogFilter",
     "Reloader",
-    "check_reload_config",
     "reloading",
     "watched_dirs",
 ]

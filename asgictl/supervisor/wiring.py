@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from asgictl.config import Config
 from asgictl.pubsub.backends import MASTER as PUBSUB_MASTER
@@ -34,16 +34,10 @@ from asgictl.supervisor.notify import SystemdHooks
 from asgictl.supervisor.observe import Sampler
 from asgictl.supervisor.pidfile import PidFile
 from asgictl.supervisor.reload import reloading
+from asgictl.worker.loader import import_app
 from asgictl.worker.server import import_runtime
 
 logger = logging.getLogger("asgictl.error")
-
-
-def preload_app(config: Config) -> Any:
-    """Import the app (and call its factory) in the master, for copy-on-write sharing."""
-    from asgictl.worker.loader import import_app
-
-    return import_app(config)
 
 
 @contextlib.contextmanager
@@ -84,7 +78,8 @@ def run_master(config: Config) -> int:
 
 def _supervise(config: Config, listeners: Listeners, pid_file: PidFile | None) -> int:
     """The master's life once the listeners are held: preload, wire, run."""
-    preloaded = preload_app(config) if config.preload else None
+    # --preload: the app imported (its factory called) once, shared copy-on-write.
+    preloaded = import_app(config) if config.preload else None
     set_title(f"asgictl: master {config.app if isinstance(config.app, str) else 'app'}")
     try:
         loop = Loop()
