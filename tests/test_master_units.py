@@ -139,23 +139,6 @@ class Harness:
 
 
 @pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    """What the master logs (asgictl.error at INFO), as records."""
-    captured: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = captured.append  # type: ignore[method-assign]
-    logger = logging.getLogger("asgictl.error")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield captured
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
-@pytest.fixture
 def harness() -> Iterator[type[Harness]]:
     made: list[Harness] = []
 
@@ -194,7 +177,7 @@ def test_boot_failures_in_a_row_with_none_serving_halt_the_master_with_exit_3(ha
 
 
 def test_a_reload_whose_new_worker_fails_keeps_the_old_ones(
-    harness, records: list[logging.LogRecord]
+    harness, error_log: list[logging.LogRecord]
 ) -> None:
     h = harness(workers=2)
     old = h.boot_all()
@@ -213,7 +196,7 @@ def test_a_reload_whose_new_worker_fails_keeps_the_old_ones(
     h.step(60.0)
     assert h.pids() == old  # and nothing retries the broken code on its own
     # Dev mode's console keeps the story short by these marks, set where the lines are logged.
-    marks = {r.getMessage().split(" ")[0]: getattr(r, MARK, None) for r in records}
+    marks = {r.getMessage().split(" ")[0]: getattr(r, MARK, None) for r in error_log}
     assert marks["Booting"] == ROUTINE[MARK] and marks["Reloading"] == ROUTINE[MARK]
     assert marks["Reload"] == RESTATED[MARK]
 

@@ -182,7 +182,7 @@ def test_dev_log_filter_drops_routine_lines_and_trims_tracebacks() -> None:
     assert tb is not None and tb.tb_frame.f_code.co_name == "user_code"
 
 
-def test_the_apps_lifecycle_lines_carry_the_routine_mark() -> None:
+def test_the_apps_lifecycle_lines_carry_the_routine_mark(error_log: list[logging.LogRecord]) -> None:
     async def app(scope: dict, receive: object, send: object) -> None:
         while True:
             message = await receive()  # type: ignore[operator]
@@ -195,19 +195,9 @@ def test_the_apps_lifecycle_lines_carry_the_routine_mark() -> None:
         assert await lifespan.startup()
         await lifespan.shutdown()
 
-    captured: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = captured.append  # type: ignore[method-assign]
-    logger = logging.getLogger("asgictl.error")
-    old = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        asyncio.run(run())
-        assert not any(DevLogFilter().filter(r) for r in captured)  # at INFO: all dropped
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
+    asyncio.run(run())
+    captured = error_log
+    assert not any(DevLogFilter().filter(r) for r in captured)  # at INFO: all dropped
     assert [r.getMessage() for r in captured] == [
         "Waiting for application startup.",
         "Application startup complete.",
