@@ -163,6 +163,8 @@ class Master:
         return self.reloading
 
     def scale(self, count: int) -> None:
+        """Run ``count`` workers (clamped to 1..MAX_WORKERS): new slots boot, slots past
+        the count drain."""
         count = max(1, min(count, MAX_WORKERS))
         if count != self.target:
             logger.info("Scaling from %d to %s", self.target, plural(count, "worker"))
@@ -172,6 +174,8 @@ class Master:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> int:
+        """Catch the master's signals and step until stopped and every worker is gone;
+        then :meth:`close`. Returns the exit code."""
         self.loop.catch_signals(SIGNALS)
         try:
             logger.info("Started master process [%d] for %s", os.getpid(), self.app_label)
