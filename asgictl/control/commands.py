@@ -21,7 +21,6 @@ from typing import Any, TextIO
 from asgictl.config import ConfigError, resolve
 from asgictl.control.client import Client, ControlError, Running, check, locate, only_one
 from asgictl.control.render import Progress, format_list, format_status
-from asgictl.logs import plural
 
 #: How often ``status --watch`` refreshes (seconds).
 WATCH_SECONDS = 1.0
@@ -179,7 +178,8 @@ def cmd_stop(target: Running, fast: bool, as_json: bool, out: TextIO, err: TextI
     bar = Progress(err, enabled=not as_json)
 
     def progress(p: dict[str, Any]) -> None:
-        left = plural(p["workers"], "worker")
+        # Not logs.plural: the control client loads config and this package only.
+        left = f"{p['workers']} worker{'' if p['workers'] == 1 else 's'}"
         text = f"Stopping{' (fast)' if fast else ''}: {left} left · {p['elapsed']:.1f}s"
         bar.show(text, str(p["workers"]))
 
