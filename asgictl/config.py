@@ -828,11 +828,18 @@ def read_config_file(path: str, *, pyproject: bool = False) -> dict[str, Any]:
 
 
 class Config:
-    """The resolved settings of a server: one attribute per option, plus ``app``.
+    """The resolved settings of a server: one attribute per option of :data:`OPTIONS`
+    (same name, typed value, the option's default when not given), plus ``app``.
 
-    ``Config(app, port=0, http="h11")`` is the Python API (as uvicorn's); the command line
-    builds one through :func:`resolve`. ``app`` is an ASGI/WSGI callable or an import
-    string ``"module:attr"``.
+    ``Config(app, port=0, http="h11")`` is the Python API (as uvicorn's); the command line,
+    the environment and configuration files build one through :func:`resolve`. ``app`` is
+    an ASGI/WSGI callable or an import string ``"module:attr"`` (imported later, by the
+    worker: nothing is imported here). Keyword values go through the option's converter,
+    so ``"8000"`` and ``8000`` are the same port; None means "not given".
+
+    Raises TypeError for a keyword that names no option, and ConfigError (one line, naming
+    the option) for a bad value or options that cannot go together (:meth:`validate`).
+    A Config is not changed after it is made: :meth:`replace` returns a copy.
     """
 
     app: Any

@@ -5,12 +5,18 @@ This module owns everything about how asgictl's log output looks and where it go
 * the logger names the rest of the server logs to (``asgictl``, ``asgictl.error``, ``asgictl.access``)
   and the extra ``TRACE`` level (5);
 * the formatters (:class:`DefaultFormatter` for server messages, :class:`AccessFormatter` for the
-  one-line-per-request access log), usable from users' own log configs too;
+  one-line-per-request access log, :class:`JsonFormatter` for ``--log-format json``), usable
+  from users' own log configs too; :func:`set_worker_id` names a supervised worker in JSON lines;
+* the marks a line is logged with (``extra=ROUTINE``, ``RESTATED``, ``SERVING``) and
+  :func:`marked`, so that filters never depend on a message's wording;
 * :func:`configure_logging`, which applies either the built-in setup or a user's ``--log-config``
   file, then ``--log-level`` and ``--access-log``/``--no-access-log``;
-* :func:`reopen_log_files`, which makes file handlers reopen their files after logrotate renamed them.
+* :func:`reopen_log_files`, which makes file handlers reopen their files after logrotate renamed them;
+* :func:`plural`, the "1 worker" / "2 workers" of every message.
 
-Other modules only ever call ``logging.getLogger(ERROR_LOGGER)`` / ``logging.getLogger(ACCESS_LOGGER)``.
+Other modules log to ``logging.getLogger("asgictl.error")`` (:data:`ERROR_LOGGER`) and
+``logging.getLogger("asgictl.access")`` (:data:`ACCESS_LOGGER`) and import nothing else from
+here but the marks, :func:`plural` and the access-line helpers.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ import logging.config
 import logging.handlers
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from copy import copy
+from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 __all__ = [
@@ -31,13 +38,18 @@ __all__ = [
     "ACCESS_MESSAGE_DISCONNECTED",
     "ERROR_LOGGER",
     "LOG_LEVELS",
+    "MARK",
     "PARENT_LOGGER",
+    "RESTATED",
+    "ROUTINE",
+    "SERVING",
     "TRACE_LEVEL",
     "AccessFormatter",
     "DefaultFormatter",
     "JsonFormatter",
     "LoggingOptions",
     "configure_logging",
+    "marked",
     "plural",
     "reopen_log_files",
     "set_worker_id",
@@ -85,6 +97,27 @@ class LoggingOptions(Protocol):
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
     """``"1 worker"``, ``"2 workers"``: a count and its noun, for log lines and messages."""
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+# -- Marks: what a line is for ------------------------------------------------------------------------
+# Set with ``extra=`` where a line is logged; a filter checks the mark, never the wording,
+# so that rewording a line cannot silently change what a filter does with it.
+
+#: The record attribute a mark is kept in.
+MARK = "asgictl_mark"
+#: A routine lifecycle line (a worker boots, is ready, exits as asked; the app starts):
+#: dev mode (``--reload``) leaves it off the console unless ``--log-level debug``.
+ROUTINE: Mapping[str, str] = MappingProxyType({MARK: "routine"})
+#: An error that dev mode's one reload line says again, better: left off likewise.
+RESTATED: Mapping[str, str] = MappingProxyType({MARK: "restated"})
+#: "Asgictl running on URL": the server serves. A supervised worker drops its own, since
+#: its master announces once every worker is ready (the line people and tests wait for).
+SERVING: Mapping[str, str] = MappingProxyType({MARK: "serving"})
+
+
+def marked(record: logging.LogRecord, mark: Mapping[str, str]) -> bool:
+    """Whether ``record`` was logged with ``extra=mark``."""
+    return getattr(record, MARK, None) == mark[MARK]
 
 
 # -- ANSI styling ------------------------------------------------------------------------------------

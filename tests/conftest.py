@@ -9,7 +9,9 @@ test elsewhere that uses real sockets or processes carries ``@pytest.mark.e2e``.
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterator
 
 import pytest
 from support import APPS
@@ -27,3 +29,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
         elif item.get_closest_marker("e2e") is None:
             item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture
+def error_log() -> Iterator[list[logging.LogRecord]]:
+    """The records logged to ``asgictl.error`` at INFO and above during the test."""
+    captured: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = captured.append  # type: ignore[method-assign]
+    logger = logging.getLogger("asgictl.error")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield captured
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -23,18 +23,26 @@ from asgictl.logs import JsonFormatter, set_worker_id
 from asgictl.supervisor.control import bind_control_socket
 from asgictl.supervisor.metrics import BUCKETS, MetricsTable, exposition, parse_bind
 from asgictl.supervisor.observe import ProcessSample
-from asgictl.supervisor.slots import StatsTable
+from asgictl.supervisor.policy import Limits
+from asgictl.supervisor.slots import StatsTable, WorkerState
+from asgictl.supervisor.workers import Worker, WorkerTable
 
 # --------------------------------------------------------------------------- metrics
 
 
+def _worker(worker_id: int, cell: int) -> Worker:
+    worker = Worker(worker_id, 1000 + cell, cell, 1, 0.0, Limits(None, None, None))
+    worker.state = WorkerState.READY
+    return worker
+
+
 def _fake_master(table_cells: dict[int, int], stats: StatsTable) -> SimpleNamespace:
-    workers = {
-        1000 + cell: SimpleNamespace(worker_id=wid, cell=cell, pid=1000 + cell, state="ready")
-        for cell, wid in table_cells.items()
-    }
-    slots = {1: SimpleNamespace(reasons={"reload": 2, "crash": 1}), 2: SimpleNamespace(reasons={})}
-    return SimpleNamespace(workers=workers, stats=stats, slots=slots)
+    workers = WorkerTable()
+    for cell, wid in table_cells.items():
+        workers.add(_worker(wid, cell))
+    workers.slot(1).reasons.update({"reload": 2, "crash": 1})
+    workers.slot(2)
+    return SimpleNamespace(workers=workers, stats=stats)
 
 
 def _record(table: MetricsTable, cell: int, status: int, seconds: float = 0.01) -> None:
@@ -70,10 +78,10 @@ def test_retired_counts_keep_counters_monotonic_and_the_cell_is_cleared() -> Non
     master = _fake_master({0: 1, 1: 2}, stats)
     before = table.totals(master)  # type: ignore[arg-type]
     table.retire(1, 0)  # worker 1's process exits...
-    del master.workers[1000]
+    master.workers.remove(1000)
     assert table.read(0) == (0,) * len(table.read(0))
     _record(table, 2, 200)  # ...and its replacement serves one more
-    master.workers[1002] = SimpleNamespace(worker_id=1, cell=2, pid=1002, state="ready")
+    master.workers.add(_worker(1, 2))
     after = table.totals(master)  # type: ignore[arg-type]
     assert after[1][2] == before[1][2] + 1 == 2
     assert after[2] == before[2]

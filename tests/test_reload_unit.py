@@ -3,14 +3,17 @@ the dev defaults' precedence, bytecode invalidation and the dev log filter."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from asgictl.config import START, ConfigError, resolve
+from asgictl.logs import RESTATED, ROUTINE, marked
 from asgictl.supervisor.reload import (
     DEV_DEFAULTS,
     ChangeFilter,
@@ -18,6 +21,7 @@ from asgictl.supervisor.reload import (
     _invalidate_bytecode,
     watched_dirs,
 )
+from asgictl.worker.lifespan import Lifespan
 
 
 def test_default_globs_are_uvicorns(tmp_path: Path) -> None:
@@ -138,17 +142,24 @@ def test_dev_log_filter_drops_routine_lines_and_trims_tracebacks() -> None:
     f = DevLogFilter()
     logger = logging.getLogger("asgictl.error")
 
-    def record(msg: str, level: int = logging.INFO, exc_info: object = None) -> logging.LogRecord:
-        return logger.makeRecord(logger.name, level, __file__, 1, msg, (1,), exc_info)  # type: ignore[arg-type]
+    def record(
+        msg: str, level: int = logging.INFO, exc_info: object = None, mark: Mapping[str, str] | None = None
+    ) -> logging.LogRecord:
+        return logger.makeRecord(logger.name, level, __file__, 1, msg, (1,), exc_info, extra=mark)  # type: ignore[arg-type]
 
     old = logger.level
     logger.setLevel(logging.INFO)
     try:
-        assert not f.filter(record("Started server process [%d]"))
-        assert f.filter(record("Reloaded in 0.1 s: app.py changed"))
-        assert f.filter(record("Worker %d (pid %d) failed to boot: %s", logging.ERROR))
-        logger.setLevel(logging.DEBUG)
+        # The mark decides, never the wording.
+        assert not f.filter(record("Started server process [%d]", mark=ROUTINE))
         assert f.filter(record("Started server process [%d]"))
+        assert f.filter(record("Reloaded in 0.1 s: app.py changed"))
+        assert f.filter(record("%s failed to boot: %s", logging.ERROR))
+        assert f.filter(record("A routine line that warns", logging.WARNING, mark=ROUTINE))
+        assert not f.filter(record("Reload aborted", logging.ERROR, mark=RESTATED))
+        logger.setLevel(logging.DEBUG)
+        assert f.filter(record("Started server process [%d]", mark=ROUTINE))
+        assert f.filter(record("Reload aborted", logging.ERROR, mark=RESTATED))
     finally:
         logger.setLevel(old)
 
@@ -169,3 +180,28 @@ def test_dev_log_filter_drops_routine_lines_and_trims_tracebacks() -> None:
     assert f.filter(rec)
     tb = rec.exc_info[2]  # type: ignore[index]
     assert tb is not None and tb.tb_frame.f_code.co_name == "user_code"
+
+
+def test_the_apps_lifecycle_lines_carry_the_routine_mark(error_log: list[logging.LogRecord]) -> None:
+    async def app(scope: dict, receive: object, send: object) -> None:
+        while True:
+            message = await receive()  # type: ignore[operator]
+            await send({"type": message["type"] + ".complete"})  # type: ignore[operator]
+            if message["type"] == "lifespan.shutdown":
+                return
+
+    async def run() -> None:
+        lifespan = Lifespan(app, "on", {})
+        assert await lifespan.startup()
+        await lifespan.shutdown()
+
+    asyncio.run(run())
+    captured = error_log
+    assert not any(DevLogFilter().filter(r) for r in captured)  # at INFO: all dropped
+    assert [r.getMessage() for r in captured] == [
+        "Waiting for application startup.",
+        "Application startup complete.",
+        "Waiting for application shutdown.",
+        "Application shutdown complete.",
+    ]
+    assert all(marked(r, ROUTINE) for r in captured)

@@ -19,9 +19,9 @@ from asgictl.config import Config, ConfigError, resolve
 from asgictl.supervisor import policy, reuseport
 from asgictl.supervisor.child import child_config
 from asgictl.supervisor.listeners import BindSpec, open_listeners, parse_bind, specs_from_config
-from asgictl.supervisor.master import PidFile, running_master
+from asgictl.supervisor.pidfile import PidFile, running_master
 from asgictl.supervisor.reuseport import PortGroup, steering_program
-from asgictl.supervisor.slots import BOOTING, FREE, READY, StatsTable
+from asgictl.supervisor.slots import StatsTable, WorkerState
 
 # ----------------------------------------------------------------------------- policy
 
@@ -206,7 +206,7 @@ def test_stats_table_is_shared_with_a_forked_child() -> None:
     table = StatsTable(8)
     cell = table.allocate()
     other = table.allocate()
-    assert cell != other and table.read(cell).state == BOOTING
+    assert cell != other and table.read(cell).state is WorkerState.BOOTING
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         writer = table.writer(cell)
@@ -216,11 +216,11 @@ def test_stats_table_is_shared_with_a_forked_child() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     snap = table.read(cell)
-    assert (snap.state, snap.requests, snap.connections) == (READY, 42, 3)
+    assert (snap.state, snap.requests, snap.connections) == (WorkerState.READY, 42, 3)
     assert abs(snap.heartbeat - time.monotonic()) < 5 and snap.ready_at > 0
     assert table.read(other).requests == 0  # cells do not overlap
     table.release(cell)
-    assert table.read(cell).state == FREE
+    assert table.read(cell).state is WorkerState.FREE
     assert table.allocate() == cell  # reused
     table.close()
 

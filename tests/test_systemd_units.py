@@ -23,6 +23,8 @@ from types import SimpleNamespace
 import pytest
 
 from asgictl import systemd
+from asgictl.supervisor.notify import SystemdHooks
+from asgictl.supervisor.slots import WorkerState
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
@@ -199,29 +201,28 @@ def test_hooks_watchdog_needs_a_healthy_worker() -> None:
     notifier = systemd.Notifier("/nonexistent")
     notifier.send = lambda **fields: sent.append(fields) or True  # type: ignore[method-assign]
     now = time.monotonic()
-    hooks = systemd.SystemdHooks(notifier, watchdog=2.0, now=now - 1)
+    hooks = SystemdHooks(notifier, watchdog=2.0, now=now - 1)
     cell = SimpleNamespace(heartbeat=now, requests=7)
     master = SimpleNamespace(
-        workers={10: SimpleNamespace(state="ready", cell=0)},
+        workers=[SimpleNamespace(state=WorkerState.READY, cell=0)],
         stats=_Stats({0: cell}),
         target=1,
         generation=1,
         stopping=False,
         reloading=None,
-        upgrade_pid=None,
-        old_master=None,
+        upgrade=SimpleNamespace(predecessor=None, successor=None),
         config=SimpleNamespace(timeout=30.0),
     )
-    hooks.tick(master)
+    hooks.tick(master, time.monotonic())
     assert sent == [{"WATCHDOG": 1}]
-    hooks.tick(master)  # within the interval: nothing
+    hooks.tick(master, time.monotonic())  # within the interval: nothing
     assert sent == [{"WATCHDOG": 1}]
     hooks._next_ping = 0
     cell.heartbeat = now - 10  # the loop stopped beating
-    hooks.tick(master)
+    hooks.tick(master, time.monotonic())
     assert sent == [{"WATCHDOG": 1}]
     master.stopping = True  # draining: the master's loop alone keeps pinging
-    hooks.tick(master)
+    hooks.tick(master, time.monotonic())
     assert sent[-1] == {"WATCHDOG": 1} and len(sent) == 2
     hooks.ready(master)
     assert sent[-1]["READY"] == 1 and "1/1 workers serving, 7 requests" in str(sent[-1]["STATUS"])
@@ -229,9 +230,9 @@ def test_hooks_watchdog_needs_a_healthy_worker() -> None:
     master.stopping = False
     hooks.interval = None
     hooks._next_status = 0
-    hooks.tick(master)
+    hooks.tick(master, time.monotonic())
     assert "READY" in sent[-1]
     cell.requests = 9
     hooks._next_status = 0
-    hooks.tick(master)
+    hooks.tick(master, time.monotonic())
     assert sent[-1] == {"STATUS": "Ready: 1/1 workers serving, 9 requests by current workers"}

@@ -1,4 +1,4 @@
-"""``asgictl status|reload|scale|stop``: find the master(s), send one request, print.
+"""``asgictl status|reload|scale|stop``: find the masters, send one request, print.
 
 Each command locates the masters it is about (``client.locate``: ``--control-socket``,
 ``--pid-file``, else every master of the user, narrowed by an app name or master pid),
@@ -178,7 +178,9 @@ def cmd_stop(target: Running, fast: bool, as_json: bool, out: TextIO, err: TextI
     bar = Progress(err, enabled=not as_json)
 
     def progress(p: dict[str, Any]) -> None:
-        text = f"Stopping{' (fast)' if fast else ''}: {p['workers']} worker(s) left · {p['elapsed']:.1f}s"
+        # Not logs.plural: the control client loads config and this package only.
+        left = f"{p['workers']} worker{'' if p['workers'] == 1 else 's'}"
+        text = f"Stopping{' (fast)' if fast else ''}: {left} left · {p['elapsed']:.1f}s"
         bar.show(text, str(p["workers"]))
 
     started = time.monotonic()

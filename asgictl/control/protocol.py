@@ -131,7 +131,8 @@ def check_request(message: Mapping[str, Any]) -> tuple[Command, dict[str, Any]]:
     arguments = {k: v for k, v in message.items() if k not in ("v", "cmd", "id")}
     unknown = sorted(set(arguments) - set(command.arguments))
     if unknown:
-        raise ProtocolError(f"{name}: unknown argument(s) {', '.join(unknown)}")
+        noun = "argument" if len(unknown) == 1 else "arguments"
+        raise ProtocolError(f"{name}: unknown {noun} {', '.join(unknown)}")
     for key, value in arguments.items():
         kind = command.arguments[key]
         if not _is(value, kind):

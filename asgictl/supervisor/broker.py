@@ -27,9 +27,15 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from asgictl.logs import plural
 from asgictl.pubsub import framing
+from asgictl.supervisor.hooks import MasterHooks
+
+if TYPE_CHECKING:
+    from asgictl.supervisor.master import Master
+    from asgictl.supervisor.workers import Worker
 
 logger = logging.getLogger("asgictl.error")
 
@@ -59,7 +65,7 @@ class Peer:
         self.dropped = 0
 
 
-class Broker:
+class Broker(MasterHooks):
     """Routes frames between the workers' socket pairs. Driven by the master's loop
     through ``add_reader`` / ``add_writer`` callbacks; single-threaded."""
 
@@ -79,7 +85,6 @@ class Broker:
         self.peers: dict[int, Peer] = {}  # by fd
         self.by_pid: dict[int, Peer] = {}
         self.channels: dict[bytes, set[Peer]] = {}
-        self.relayed = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -106,6 +111,9 @@ class Broker:
         peer = self.by_pid.get(pid)
         if peer is not None:
             self._drop(peer)
+
+    def worker_exited(self, master: Master, worker: Worker) -> None:
+        self.forget(worker.pid)
 
     def close(self) -> None:
         for peer in list(self.peers.values()):
@@ -210,7 +218,6 @@ class Broker:
                 peer.lagging = True
                 peer.dropped += 1
                 return False
-            self.relayed += 1
         peer.out.append(frame)
         peer.out_bytes += len(frame)
         return True

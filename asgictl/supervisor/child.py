@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from asgictl.config import Config
-from asgictl.logs import AccessFormatter, DefaultFormatter, reopen_log_files, set_worker_id
+from asgictl.logs import SERVING, AccessFormatter, DefaultFormatter, marked, reopen_log_files, set_worker_id
 from asgictl.pubsub import backends as pubsub_backends
 from asgictl.pubsub.relay import MasterBackend
 from asgictl.supervisor.metrics import MetricsTable
@@ -127,10 +127,10 @@ def tag_log_lines(tag: str) -> None:
                 handler.setFormatter(_TaggedFormatter(fmt, tag))
 
 
-def _drop_running_on(record: logging.LogRecord) -> bool:
-    # The master prints "running on URL" once, when every worker is ready (the line people
-    # and tests wait for); a worker printing it too would announce readiness too early.
-    return not str(record.msg).startswith("Asgictl running on")
+def _drop_serving(record: logging.LogRecord) -> bool:
+    # The master says it serves once, when every worker is ready (the line people and
+    # tests wait for); a worker saying it too would announce readiness too early.
+    return not marked(record, SERVING)
 
 
 def _reset_process_state(ctx: WorkerContext) -> None:
@@ -209,7 +209,7 @@ def _run(ctx: WorkerContext) -> int:
     set_title(f"asgictl: worker {ctx.worker_id} {ctx.app_label}")
     tag_log_lines(f"[worker {ctx.worker_id} pid {os.getpid()}] ")
     set_worker_id(ctx.worker_id)  # --log-format json: a "worker" field on every line
-    logger.addFilter(_drop_running_on)
+    logger.addFilter(_drop_serving)
     writer = ctx.stats.writer(ctx.cell)
     if ctx.pubsub_socket is not None:
         # Pinned: the Server keeps it rather than installing the one its Config names.

@@ -42,10 +42,12 @@ from asgictl.control.protocol import (
     runtime_dir,
 )
 from asgictl.supervisor.endpoints import Channel, Endpoint
+from asgictl.supervisor.hooks import MasterHooks
 from asgictl.supervisor.observe import Sampler, status_report, working_directory
+from asgictl.supervisor.workers import ReloadOutcome, RollingReload
 
 if TYPE_CHECKING:
-    from asgictl.supervisor.master import Master, _Reload
+    from asgictl.supervisor.master import Master
 
 logger = logging.getLogger("asgictl.error")
 
@@ -136,40 +138,40 @@ class _ReloadOp(_Operation):
     def __init__(self, server: ControlServer, now: float) -> None:
         super().__init__(server, now)
         master = self.master
-        master.reload()
-        self.reload: _Reload | None = master.reloading
-        self.total = len(self.reload.queue) if self.reload else 0
+        self.reload: RollingReload | None = master.reload()
+        self.total = len(self.reload.pending) if self.reload else 0
         self.generation = master.generation
 
     def poll(self, now: float) -> dict[str, Any] | None:
         master = self.master
-        if self.reload is None:
+        reload = self.reload
+        if reload is None:
             return {"ok": False, "error": "the server is stopping"}
-        current = master.reloading
-        if current is self.reload:
+        if reload.outcome is None:
             return None
-        if current is not None:  # a newer reload replaced ours: wait for that one
-            self.reload, self.generation = current, current.generation
-            self.total = max(self.total, len(current.queue) + len(current.done))
-            return None
-        if master.stopping:
+        if reload.successor is not None:  # a newer reload replaced ours: wait for that one
+            newer = reload.successor
+            self.reload, self.generation = newer, newer.generation
+            self.total = max(self.total, len(newer.pending) + len(newer.done))
+            return self.poll(now)
+        if reload.outcome is ReloadOutcome.INTERRUPTED:
             return {"ok": False, "error": "reload interrupted: the server is stopping"}
-        if self.reload.current is not None or self.reload.queue:
+        if reload.outcome is ReloadOutcome.ABORTED:
             return {
                 "ok": False,
                 "error": "reload aborted: a new worker failed to boot; the previous workers keep serving",
-                "done": len(self.reload.done),
+                "done": len(reload.done),
                 "total": self.total,
             }
         workers = [
             {"id": w.worker_id, "pid": w.pid}
-            for w in sorted(master.workers.values(), key=lambda w: w.worker_id)
+            for w in sorted(master.workers, key=lambda w: w.worker_id)
             if w.live
         ]
         return {
             "ok": True,
             "generation": self.generation,
-            "reloaded": len(self.reload.done),
+            "reloaded": len(reload.done),
             "total": self.total,
             "workers": workers,
             "elapsed": round(now - self.started, 3),
@@ -179,7 +181,7 @@ class _ReloadOp(_Operation):
         r = self.reload
         if r is None:
             return None
-        current = r.current
+        current = r.booting
         return {
             "done": len(r.done),
             "total": self.total,
@@ -200,9 +202,9 @@ class _ScaleOp(_Operation):
         self.deadline = now + config.timeout_worker_boot + config.timeout_graceful_shutdown + 30.0
 
     def _counts(self) -> tuple[int, int]:
-        workers = self.master.workers.values()
-        ready = len({w.worker_id for w in workers if w.state == "ready" and w.worker_id <= self.target})
-        surplus = sum(1 for w in workers if w.worker_id > self.target)
+        master = self.master
+        ready = len({w.worker_id for w in master.ready_workers(within_target=True)})
+        surplus = sum(1 for w in master.workers if w.worker_id > self.target)
         return ready, surplus
 
     def poll(self, now: float) -> dict[str, Any] | None:
@@ -405,7 +407,7 @@ def _stop(server: ControlServer, arguments: dict[str, Any], now: float) -> _Oper
 # ----------------------------------------------------------------------------- server
 
 
-class ControlServer:
+class ControlServer(MasterHooks):
     """The control socket of one master: ``path`` (listening on ``sock``) and, when the
     socket lives elsewhere, ``link`` (its entry in the runtime directory)."""
 
@@ -426,7 +428,7 @@ class ControlServer:
         #: runtime directory.
         self.discoverable = discoverable
         self._inode = os.stat(path).st_ino
-        self.endpoint = Endpoint(master, sock, _ControlChannel, MAX_CLIENTS)
+        self.endpoint = Endpoint(master.loop, sock, _ControlChannel, MAX_CLIENTS)
         self.endpoint.owner = self  # type: ignore[attr-defined]
         #: The metrics listener's URL, for ``status`` (set by ``run_master``).
         self.metrics_url: str | None = None
@@ -449,7 +451,7 @@ class ControlServer:
         else:
             what = "control socket"
             prepare_runtime_dir(directory)
-        sock = bind_control_socket(path, take_over=master.old_master is not None, what=what)
+        sock = bind_control_socket(path, take_over=master.upgrade.predecessor is not None, what=what)
         link = None
         if path != own_entry:
             link = _link(path, own_entry)
@@ -469,7 +471,7 @@ class ControlServer:
 
     # -- lifetime ----------------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
+    def tick(self, master: Master, now: float) -> None:
         self.endpoint.tick(now)
 
     def close(self) -> None:
@@ -505,7 +507,6 @@ def serving_control(master: Master, sampler: Sampler) -> Iterator[ControlServer]
     control = ControlServer.open(master, sampler)
     select = str(os.getpid()) if control.discoverable else f"--control-socket {control.path}"
     logger.info("Control socket: %s (asgictl status %s)", control.path, select)
-    master.add_tick_callback(lambda: control.tick(time.monotonic()))
     try:
         yield control
     finally:

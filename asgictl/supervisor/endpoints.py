@@ -1,8 +1,8 @@
-"""Small non-blocking stream servers that live inside the master's ``select`` loop.
+"""Small non-blocking stream servers that live inside the master's loop.
 
-The master has no event loop of its own (it is a plain signal/select loop), so the
-control socket and the metrics responder are served from it through
-:meth:`Master.add_reader` and a per-pass tick. This module owns the part they share:
+The master runs no asyncio (its loop is ``loop.py``'s), so the control socket and the
+metrics responder are served from it through :meth:`Loop.add_reader` and a per-pass
+tick. This module owns the part they share:
 
 * :class:`Endpoint` accepts on a non-blocking listening socket, at most ``max_clients``
   connections at once (one more is answered by :meth:`Channel.refuse` and closed);
@@ -10,10 +10,11 @@ control socket and the metrics responder are served from it through
   output buffer and deadlines, so a slow or misbehaving client can cost the master a
   few kilobytes and a few microseconds per pass, never a blocked call.
 
-Why no write readiness: the master's loop only watches fds for reading. Replies are
-small and sockets have large send buffers, so a ``send`` almost always takes everything
-at once; what it does not take is retried on every pass of the loop (at most
-``POLL_INTERVAL`` apart) until the write deadline closes a client that stopped reading.
+Why no write readiness: replies are small and sockets have large send buffers, so a
+``send`` almost always takes everything at once; what it does not take is retried on
+every pass of the loop (at most ``POLL_INTERVAL`` apart) until the write deadline closes
+a client that stopped reading. (The loop can watch for writing: the Pub/Sub broker,
+whose traffic is not small, does.)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ WRITE_STALL_SECONDS = 10.0
 
 
 class Loop(Protocol):
-    """The two seams of the master these servers need."""
+    """What these servers need of the master's loop (:class:`~asgictl.supervisor.loop.Loop`)."""
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
     def remove_reader(self, fd: int) -> None: ...

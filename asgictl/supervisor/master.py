@@ -1,330 +1,198 @@
-"""The master's loop: fork workers, watch them, act on signals. No event loop, no app code.
+"""The master: fork workers, watch them, act on signals. No asyncio, no app code.
 
-The master is a plain ``selectors`` loop (epoll where there is one: any descriptor number
-works, unlike ``select.select``) over a self-pipe (``signal.set_wakeup_fd``) with a short
-timeout. Signal handlers only queue the signal number; every decision is taken in
-the loop, in one thread, from state that cannot change under it. Each pass:
+Every decision is taken in the master's loop (:mod:`~asgictl.supervisor.loop`), in one
+thread, from state that cannot change under it. Each pass (:meth:`Master.step`):
 
-1. drains the wakeup pipe and handles queued signals and thread-safe callbacks;
-2. reaps dead children (``waitpid(WNOHANG)``: never blocks);
+1. handles the signals queued since the last pass and calls handed over by threads;
+2. reaps exited children (never blocks);
 3. reads every worker's shared-memory cell: booting -> ready transitions, heartbeats;
 4. applies the policy: respawn (with back-off), recycle, kill hung workers, enforce
-   every deadline (boot, graceful stop, stack dump), advance a rolling reload.
+   every deadline (boot, graceful stop, stack dump), advance a rolling reload;
+5. tells its subscribers (:class:`~asgictl.supervisor.hooks.MasterHooks`) the pass ended.
 
 Worker ids (1..N, the "slots" people see) are distinct from processes: during a
 replacement a slot briefly has two processes, the old one serving until the new one is
 ready. The rule that makes every replacement graceful is one line: *when a worker becomes
 ready, the other live workers of its slot are told to stop*.
 
-Seams for later issues: :class:`MasterHooks` (sd_notify, issue 6), :meth:`Master.reload`
-(watchfiles, issue 4), :meth:`Master.add_reader`, :meth:`Master.call_soon_threadsafe`,
-:meth:`Master.scale`, :meth:`Master.stop` and :meth:`Master.snapshot` (control socket,
-issue 7).
+Processes are forked, signalled and reaped through :class:`Processes`, and time is read
+from ``clock``: a test hands in its own of both and drives :meth:`Master.step`.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import errno
 import logging
 import os
-import selectors
 import signal
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from asgictl import systemd
-from asgictl.config import Config, ConfigError
-from asgictl.logs import plural, reopen_log_files
-from asgictl.pubsub.backends import MASTER as PUBSUB_MASTER
-from asgictl.pubsub.backends import mode as pubsub_mode
-from asgictl.supervisor import policy
-from asgictl.supervisor.broker import Broker
-from asgictl.supervisor.child import (
-    DUMP_SIGNAL,
-    WorkerContext,
-    child_config,
-    ignore_interrupt,
-    run_worker,
-    set_title,
-)
-from asgictl.supervisor.control import serving_control
-from asgictl.supervisor.listeners import INHERIT_ENV, INHERIT_GROUPS_ENV, Listeners, open_listeners
-from asgictl.supervisor.metrics import MetricsServer, MetricsTable, app_metrics_dir
-from asgictl.supervisor.observe import Sampler
-from asgictl.supervisor.reload import reloading
-from asgictl.supervisor.slots import READY, StatsTable
-from asgictl.worker.server import import_runtime
+from asgictl.config import Config
+from asgictl.logs import RESTATED, ROUTINE, SERVING, plural, reopen_log_files
+from asgictl.supervisor import policy, upgrade
+from asgictl.supervisor.child import DUMP_SIGNAL, WorkerContext, child_config
+from asgictl.supervisor.hooks import MasterHooks
+from asgictl.supervisor.listeners import Listeners
+from asgictl.supervisor.loop import Loop
+from asgictl.supervisor.processes import Processes, describe_exit
+from asgictl.supervisor.slots import StatsTable, WorkerState
+from asgictl.supervisor.workers import ReloadOutcome, RollingReload, Slot, Worker, WorkerTable
+
+if TYPE_CHECKING:
+    from asgictl.supervisor.broker import Broker
+    from asgictl.supervisor.metrics import MetricsTable
 
 logger = logging.getLogger("asgictl.error")
-
-#: Environment variable naming the master that re-exec'd us (USR2), to stop once ready.
-OLD_MASTER_ENV = "_ASGICTL_OLD_MASTER"
 
 #: How often the loop wakes when nothing happens (heartbeat and deadline resolution).
 POLL_INTERVAL = 0.25
 #: Beyond --timeout-graceful-shutdown, what a worker gets to cancel what is left and run
 #: lifespan shutdown (the Server's own post-deadline steps take up to ~3 s).
 GRACEFUL_MARGIN = 5.0
-#: A fast stop (QUIT, a second TERM) gives workers this long before SIGKILL.
-FAST_STOP_SECONDS = 3.0
-#: Between asking a worker for its stacks and SIGKILLing it (faulthandler writes at once).
-DUMP_GRACE = 0.5
 #: A SIGKILLed process not reaped after this long is forgotten (stuck in the kernel).
 REAP_DEADLINE = 10.0
 #: --balance reuseport: a worker whose event loop has not beaten for this long gets no
 #: new connections until it beats again (or is replaced); workers beat once a second.
 STEER_SILENCE = 3.0
-#: Sampling period of worker RSS for --max-worker-memory.
-MEMORY_SAMPLE_SECONDS = 1.0
 #: Shared-memory cells (processes, not slots: a replacement needs a second cell).
 CELLS = 1024
 MAX_WORKERS = CELLS // 4
 
-# Process states, master side.
-BOOTING = "booting"
-RUNNING = "ready"
-STOPPING = "stopping"
-KILLING = "killing"
-
+#: The signals the master acts on (CHLD and WINCH only wake it up).
 SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGCHLD,
-    signal.SIGWINCH,
+    *(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU),
+    *(signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGWINCH),
 )
 
 
-class MasterHooks:
-    """Notifications of the master's life, for sd_notify and friends. No-ops here."""
-
-    def ready(self, master: Master) -> None: ...
-    def reloading(self, master: Master) -> None: ...
-    def reloaded(self, master: Master) -> None: ...
-    def stopping(self, master: Master) -> None: ...
-    def tick(self, master: Master) -> None: ...
-
-
-@dataclass
-class Worker:
-    """One worker process as the master tracks it."""
-
-    worker_id: int
-    pid: int
-    cell: int
-    generation: int
-    started: float
-    limits: policy.Limits
-    state: str = BOOTING
-    reason: str = ""  # why it is being stopped / was started
-    ready_at: float = 0.0
-    stop_deadline: float = 0.0
-    kill_at: float = 0.0
-    killed_at: float = 0.0
-    rss: int | None = None
-    requests: int = 0  # last count read from its cell (kept after it exits)
-    next_rss_sample: float = 0.0
-    process: Any = None  # psutil.Process, created lazily
-
-    @property
-    def live(self) -> bool:
-        """Booting or serving, not on its way out."""
-        return self.state in (BOOTING, RUNNING)
-
-
-@dataclass
-class Slot:
-    """The history of one worker id, across the processes that held it."""
-
-    failures: int = 0  # consecutive unexpected deaths
-    respawn_at: float = 0.0
-    replace_after: float = 0.0  # back-off for recycle replacements that failed to boot
-    restarts: int = 0
-    last_reason: str = ""
-    reasons: collections.Counter[str] = field(default_factory=collections.Counter)  # restarts by reason
-
-
-@dataclass
-class _Reload:
-    generation: int
-    queue: list[int]
-    started: float
-    current: Worker | None = None
-    done: list[int] = field(default_factory=list)
-
-
 class Master:
+    """The supervisor of one ``asgictl start``: owns the worker table, the shared-memory
+    cells, the listeners (binding is done before; closing is its), the reload generation
+    and the stop; forks, signals and reaps the workers and takes every decision.
+
+    ``config`` is the master's Config (workers get :func:`child_config`'s); ``listeners``
+    are bound already; ``preloaded`` is the app object imported by ``--preload``, or
+    None. ``loop``, ``broker`` (``--pubsub master``), ``metrics`` (``--metrics-bind``)
+    are made by :func:`~asgictl.supervisor.wiring.run_master`; ``processes`` and
+    ``clock`` are for tests. :meth:`run` returns the exit code: 0, 1 when a worker had to
+    be killed past its stop deadline, 3 when the app does not boot.
+    """
+
     def __init__(
         self,
         config: Config,
         listeners: Listeners,
         preloaded: Any = None,
-        hooks: MasterHooks | None = None,
+        *,
+        loop: Loop | None = None,
+        broker: Broker | None = None,
+        metrics: MetricsTable | None = None,
+        processes: Processes | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.listeners = listeners
-        self.hooks = hooks or MasterHooks()
         self.app_label = config.app if isinstance(config.app, str) else getattr(config.app, "__name__", "app")
         self.child_config = child_config(config, preloaded)
         self.preloaded = preloaded is not None
         self.target = min(config.workers, MAX_WORKERS)
         self.stats = StatsTable(CELLS)
-        self.workers: dict[int, Worker] = {}  # by pid
-        self.slots: dict[int, Slot] = {}
+        self.workers = WorkerTable()
         self.generation = 1
         self.exit_code = 0
-        self.started = time.monotonic()
+        self.clock = clock
+        self.processes = processes or Processes(SIGNALS)
+        self.started = clock()
         self.all_ready_once = False
         self.was_full = False
         self.boot_failures = 0  # consecutive, across slots
         self.stopping = False
         self.fast = False
-        self.reloading: _Reload | None = None
+        self.reloading: RollingReload | None = None
         #: --reload: an app that fails to boot on first start waits for a change (held)
         #: instead of stopping the master; :meth:`resume` tries again.
-        self.wait_for_fix = False
+        self.wait_for_fix = config.reload
         self.held = False
-        self.upgrade_pid: int | None = None
-        self.old_master = _old_master()
-        self._signals: collections.deque[int] = collections.deque()
-        self._calls: collections.deque[Callable[[], None]] = collections.deque()
-        self._readers: dict[int, Callable[[], None]] = {}
-        self._writers: dict[int, Callable[[], None]] = {}
-        self._selector = selectors.DefaultSelector()
-        # Issue 7 (control.py, metrics.py): per-pass callbacks, reaped-worker callbacks, and
-        # the shared per-response counters handed to workers (None: --metrics-bind is off).
-        self._tick_callbacks: list[Callable[[], None]] = []
-        self._exit_callbacks: list[Callable[[Worker], None]] = []
-        self.metrics: MetricsTable | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        #: USR2: the master that re-executed this one, the one this one started.
+        self.upgrade = upgrade.Upgrade(upgrade.predecessor())
+        self.loop = loop or Loop()
+        #: --pubsub master: the relay a socket pair per worker joins (else None).
+        self.broker = broker
+        #: --metrics-bind: the per-response counters handed to workers (else None).
+        self.metrics = metrics
         self._scheme = "https" if config.is_ssl else "http"
-        # Issue 10: asgictl.pubsub's `master` backend relays between workers in this loop.
-        self.broker: Broker | None = None
-        if pubsub_mode(config.pubsub, supervised=True) == PUBSUB_MASTER:
-            self.broker = Broker(self.add_reader, self.remove_reader, self.add_writer, self.remove_writer)
-            self.add_exit_callback(lambda w: self.broker.forget(w.pid) if self.broker else None)
+        self._subscribers: list[MasterHooks] = []
 
     # ------------------------------------------------------------------ public seams
 
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        """Call ``callback`` in the loop when ``fd`` is readable (control socket)."""
-        self._readers[fd] = callback
-        self._watch(fd)
+    def subscribe(self, hooks: MasterHooks) -> None:
+        """Have ``hooks`` told of the master's life (after those subscribed before)."""
+        self._subscribers.append(hooks)
 
-    def remove_reader(self, fd: int) -> None:
-        if self._readers.pop(fd, None) is not None:
-            self._watch(fd)
-
-    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
-        """Call ``callback`` in the loop when ``fd`` is writable (the pub/sub broker)."""
-        self._writers[fd] = callback
-        self._watch(fd)
-
-    def remove_writer(self, fd: int) -> None:
-        if self._writers.pop(fd, None) is not None:
-            self._watch(fd)
-
-    def add_tick_callback(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` at the end of every pass of the loop (at least every POLL_INTERVAL)."""
-        self._tick_callbacks.append(callback)
-
-    def add_exit_callback(self, callback: Callable[[Worker], None]) -> None:
-        """Call ``callback(worker)`` for each reaped worker, before its cell is released."""
-        self._exit_callbacks.append(callback)
-
-    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` in the master's loop (from a watcher thread, for one)."""
-        self._calls.append(callback)
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"\0")
+    def _notify(self, call: Callable[[MasterHooks], None]) -> None:
+        for hooks in self._subscribers:
+            try:
+                call(hooks)
+            except Exception:
+                logger.exception("Error in a master hook of %s", type(hooks).__name__)
 
     def resume(self) -> None:
         """After a held first-start failure (--reload): boot the workers again."""
         self.held = False
 
-    def reload(self) -> None:
-        """Rolling restart: one slot after another, each gated on its new worker's READY."""
+    def reload(self) -> RollingReload | None:
+        """Rolling restart: one slot after another, each gated on its new worker's READY.
+
+        Returns the reload begun (None while stopping); one already running is superseded.
+        """
         if self.stopping:
-            return
+            return None
         if self.preloaded:
             logger.warning("--preload: new workers reuse the app imported at start; USR2 loads new code")
         self.generation += 1
         ids = sorted(self._slot_ids())
-        logger.info("Reloading %s one by one (generation %d)", plural(len(ids), "worker"), self.generation)
-        self.reloading = _Reload(self.generation, ids, time.monotonic())
-        self.hooks.reloading(self)
+        workers = plural(len(ids), "worker")
+        logger.info("Reloading %s one by one (generation %d)", workers, self.generation, extra=ROUTINE)
+        previous = self.reloading
+        self.reloading = RollingReload(self.generation, ids, self.clock())
+        if previous is not None:
+            previous.successor = self.reloading
+            previous.end(ReloadOutcome.SUPERSEDED)
+        self._notify(lambda hooks: hooks.reloading(self))
+        return self.reloading
 
     def scale(self, count: int) -> None:
+        """Run ``count`` workers (clamped to 1..MAX_WORKERS): new slots boot, slots past
+        the count drain."""
         count = max(1, min(count, MAX_WORKERS))
         if count != self.target:
             logger.info("Scaling from %d to %s", self.target, plural(count, "worker"))
             self.target = count
             self.was_full = False
 
-    def stop(self, fast: bool = False) -> None:
-        self._begin_stop(fast)
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Every worker process: what issue 7's ``status`` will show."""
-        now = time.monotonic()
-        rows = []
-        for w in sorted(self.workers.values(), key=lambda w: (w.worker_id, w.started)):
-            cell = self.stats.read(w.cell)
-            slot = self.slots.get(w.worker_id, Slot())
-            rows.append(
-                {
-                    "id": w.worker_id,
-                    "pid": w.pid,
-                    "state": w.state,
-                    "age": round(now - w.started, 3),
-                    "generation": w.generation,
-                    "requests": cell.requests,
-                    "connections": cell.connections,
-                    "heartbeat_age": round(now - cell.heartbeat, 3),
-                    "rss": w.rss,
-                    "restarts": slot.restarts,
-                    "last_reason": slot.last_reason,
-                }
-            )
-        return rows
-
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> int:
-        self._install_signals()
+        """Catch the master's signals and step until stopped and every worker is gone;
+        then :meth:`close`. Returns the exit code."""
+        self.loop.catch_signals(SIGNALS)
         try:
             logger.info("Started master process [%d] for %s", os.getpid(), self.app_label)
             while not (self.stopping and not self.workers):
-                self._pass()
-                self._wait(POLL_INTERVAL)
+                self.step()
+                self.loop.wait(POLL_INTERVAL)
         finally:
-            self._cleanup()
+            self.close()
         return self.exit_code
 
-    def _pass(self) -> None:
-        self._drain_wakeups()
-        while self._signals:
-            self._handle_signal(self._signals.popleft())
-        while self._calls:
-            try:
-                self._calls.popleft()()
-            except Exception:
-                logger.exception("Error in a master callback")
+    def step(self) -> None:
+        """One pass of the loop (see the module's docstring); :meth:`run` repeats it."""
+        for sig in self.loop.pending_signals():
+            self._handle_signal(sig)
+        self.loop.run_calls()
         self._reap()
-        now = time.monotonic()
+        now = self.clock()
         self._observe(now)
         self._enforce_deadlines(now)
         if not self.stopping:
@@ -333,70 +201,16 @@ class Master:
             self._advance_reload(now)
             self._report_full()
             self._steer(now)
-        self.hooks.tick(self)
-        for callback in self._tick_callbacks:
-            try:
-                callback()
-            except Exception:
-                logger.exception("Error in a master tick callback")
-
-    def _watch(self, fd: int) -> None:
-        """Tell the selector what ``fd`` is watched for now (read, write, both, nothing).
-
-        Registered afresh each time: a descriptor number closed and reused since it was
-        last registered must not be taken for the one the selector knew."""
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(fd)
-        events = (selectors.EVENT_READ if fd in self._readers else 0) | (
-            selectors.EVENT_WRITE if fd in self._writers else 0
-        )
-        if events:
-            self._selector.register(fd, events)
-
-    def _loop_fds(self) -> list[int]:
-        """The selector's own descriptor (epoll), if it has one: a child closes it."""
-        fileno = getattr(self._selector, "fileno", None)
-        return [fileno()] if fileno is not None else []
-
-    def _wait(self, timeout: float) -> None:
-        ready = self._selector.select(timeout)
-        # Writers first: a writer callback may drop a peer whose reader is also ready.
-        for key, events in ready:
-            wcallback = self._writers.get(key.fd) if events & selectors.EVENT_WRITE else None
-            if wcallback is not None:
-                try:
-                    wcallback()
-                except Exception:
-                    logger.exception("Error in a writer callback")
-        for key, events in ready:
-            callback = self._readers.get(key.fd) if events & selectors.EVENT_READ else None
-            if callback is not None:
-                try:
-                    callback()
-                except Exception:
-                    logger.exception("Error in a reader callback")
-
-    def _drain_wakeups(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            while os.read(self._wake_r, 4096):
-                pass
+        tick = self.clock()
+        self._notify(lambda hooks: hooks.tick(self, tick))
 
     # ------------------------------------------------------------------ signals
 
-    def _install_signals(self) -> None:
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for sig in SIGNALS:
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        # Runs between two bytecodes of the loop: only queue; the loop acts.
-        self._signals.append(signum)
-
     def _handle_signal(self, sig: int) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
-            self._begin_stop(fast=self.stopping)  # a second TERM escalates
+            self.stop(fast=self.stopping)  # a second TERM escalates
         elif sig == signal.SIGQUIT:
-            self._begin_stop(fast=True)
+            self.stop(fast=True)
         elif sig == signal.SIGHUP:
             self.reload()
         elif sig == signal.SIGTTIN:
@@ -407,18 +221,13 @@ class Master:
             logger.info("Reopening log files")
             reopen_log_files()
             self._signal_all(signal.SIGUSR1, only_ready=True)
-        elif sig == signal.SIGUSR2:
-            self._upgrade()
+        elif sig == signal.SIGUSR2 and not self.stopping:
+            self.upgrade.start(self.listeners)
 
     def _signal_all(self, sig: int, only_ready: bool = False) -> None:
-        for w in list(self.workers.values()):
-            if not only_ready or w.state == RUNNING:
-                self._kill(w.pid, sig)
-
-    @staticmethod
-    def _kill(pid: int, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+        for w in self.workers:
+            if not only_ready or w.state is WorkerState.READY:
+                self.processes.kill(w.pid, sig)
 
     # ------------------------------------------------------------------ forking
 
@@ -427,13 +236,6 @@ class Master:
 
     def _spawn(self, worker_id: int, reason: str) -> Worker:
         cell = self.stats.allocate()
-        limits = policy.Limits(
-            requests=policy.request_limit(self.config.limit_max_requests, self.config.max_requests_jitter),
-            memory_bytes=int(self.config.max_worker_memory * 1024 * 1024)
-            if self.config.max_worker_memory
-            else None,
-            lifetime=policy.lifetime_limit(self.config.max_worker_lifetime),
-        )
         # asgictl.pubsub (master backend): a fresh socket pair per worker process, made
         # before forking; the child keeps one end, the broker the other.
         pair = self.broker.prepare() if self.broker is not None else None
@@ -446,10 +248,7 @@ class Master:
             config=self.child_config,
             app_label=self.app_label,
             close_fds=[
-                self._wake_r,
-                self._wake_w,
-                *self._loop_fds(),
-                *self._readers,
+                *self.loop.private_fds(),
                 *([pair[0].fileno()] if pair else []),
                 # Other slots' sockets: a copy held here would keep them open (and
                 # queueing) after the master closed its own.
@@ -459,93 +258,56 @@ class Master:
             metrics=self.metrics,
             master_pid=os.getpid(),
         )
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        # Block our signals across fork: the child must not run the master's handlers
-        # (which would swallow a TERM) before it has reset them.
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
-            pid = os.fork()
+            pid = self.processes.fork_worker(ctx)
         except OSError:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             self.stats.release(cell)
             for end in pair or ():
                 end.close()
             raise
-        if pid == 0:  # the worker
-            try:
-                _child_reset_signals()
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            run_worker(ctx)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         if pair is not None and self.broker is not None:
             pair[1].close()  # the worker's end lives in the worker only: its exit is our EOF
             self.broker.attach(pair[0], pid)
         self.stats.set_pid(cell, pid)
-        now = time.monotonic()
-        worker = Worker(worker_id, pid, cell, self.generation, now, limits, reason=reason)
-        self.workers[pid] = worker
-        logger.info("Booting worker %d with pid %d%s", worker_id, pid, f" ({reason})" if reason else "")
+        limits = policy.Limits.draw(self.config)
+        worker = Worker(worker_id, pid, cell, self.generation, self.clock(), limits, reason=reason)
+        self.workers.add(worker)
+        why = f" ({reason})" if reason else ""
+        logger.info("Booting worker %d with pid %d%s", worker_id, pid, why, extra=ROUTINE)
         return worker
 
     # ------------------------------------------------------------------ reaping
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            except InterruptedError:  # pragma: no cover
+        for pid, status in self.processes.exits():
+            if self.upgrade.reaped(pid, status):
                 continue
-            if pid == 0:
-                return
-            if pid == self.upgrade_pid:
-                self.upgrade_pid = None
-                how = _describe_exit(status)
-                logger.error("Upgrade failed: the new master %s; this one keeps serving", how)
-                continue
-            worker = self.workers.pop(pid, None)
+            worker = self.workers.remove(pid)
             if worker is not None:
                 worker.requests = self.stats.read(worker.cell).requests
-                for callback in self._exit_callbacks:
-                    callback(worker)
+                self._notify(lambda hooks, w=worker: hooks.worker_exited(self, w))
                 self.stats.release(worker.cell)
                 self._on_exit(worker, status)
 
     def _on_exit(self, w: Worker, status: int) -> None:
-        now = time.monotonic()
-        slot = self.slots.setdefault(w.worker_id, Slot())
-        how = _describe_exit(status)
+        now = self.clock()
+        slot = self.workers.slot(w.worker_id)
+        how = describe_exit(status)
         if w.ready_at:
             how += f" after serving {plural(w.requests, 'request')}"
-        if w.state in (STOPPING, KILLING):
-            logger.info("Worker %d (pid %d) %s [%s]", w.worker_id, w.pid, how, w.reason or "stopped")
+        if w.state in (WorkerState.STOPPING, WorkerState.KILLING):
+            logger.info("%s %s [%s]", w, how, w.reason or "stopped", extra=ROUTINE)
             if w.reason == policy.BOOT_TIMEOUT:
                 self._boot_failed(w, slot, now)
             return
-        if w.state == BOOTING:
-            logger.error("Worker %d (pid %d) failed to boot: %s", w.worker_id, w.pid, how)
+        if w.state is WorkerState.BOOTING:
+            logger.error("%s failed to boot: %s", w, how)
             self._boot_failed(w, slot, now)
             return
         # A ready worker died on its own: a crash (segfault, os._exit, OOM killer...).
-        if w.ready_at and now - w.ready_at > policy.STABLE_AFTER:
-            slot.failures = 0
-        slot.failures += 1
-        slot.restarts += 1
-        slot.last_reason = policy.CRASH
-        slot.reasons[slot.last_reason] += 1
-        delay = policy.backoff_delay(slot.failures)
-        slot.respawn_at = now + delay
-        logger.warning(
-            "Worker %d (pid %d) %s unexpectedly; %s",
-            w.worker_id,
-            w.pid,
-            how,
-            f"respawning in {delay:.1f} s" if delay else "respawning",
-        )
+        delay = slot.crashed(now, now - w.ready_at if w.ready_at else 0.0)
+        respawn = f"respawning in {delay:.1f} s" if delay else "respawning"
+        logger.warning("%s %s unexpectedly; %s", w, how, respawn)
 
     def _boot_failed(self, w: Worker, slot: Slot, now: float) -> None:
         self.boot_failures += 1
@@ -557,123 +319,106 @@ class Master:
             # First start: the app is broken. Stop, do not loop; the worker printed why.
             logger.error("A worker failed to boot on first start: the master stops")
             self.exit_code = 3
-            self._begin_stop(fast=True)
+            self.stop(fast=True)
             return
         reload = self.reloading
-        if reload is not None and reload.current is w:
-            logger.error("Reload aborted: the new worker failed to boot; the previous workers keep serving")
-            self.reloading = None
-            self.hooks.reloaded(self)
-            return
-        slot.failures += 1
-        delay = max(policy.backoff_delay(slot.failures), policy.BACKOFF_BASE)
-        slot.respawn_at = slot.replace_after = now + delay
-        if self.boot_failures >= policy.MAX_BOOT_FAILURES and not self._ready_workers():
+        if reload is not None and reload.booting is w:
             logger.error(
-                "%d workers in a row failed to boot and none is serving: the master stops",
-                self.boot_failures,
+                "Reload aborted: the new worker failed to boot; the previous workers keep serving",
+                extra=RESTATED,
+            )
+            reload.end(ReloadOutcome.ABORTED)
+            self.reloading = None
+            self._notify(lambda hooks: hooks.reloaded(self))
+            return
+        slot.boot_failed(now)
+        if self.boot_failures >= policy.MAX_BOOT_FAILURES and not self.ready_workers():
+            logger.error(
+                "%d workers in a row failed to boot and none is serving: the master stops", self.boot_failures
             )
             self.exit_code = 3
-            self._begin_stop(fast=True)
+            self.stop(fast=True)
 
     # ------------------------------------------------------------------ observing
 
-    def _ready_workers(self) -> list[Worker]:
-        return [w for w in self.workers.values() if w.state == RUNNING]
+    def ready_workers(self, within_target: bool = False) -> list[Worker]:
+        """The workers that serve; with ``within_target``, only those of slots 1..target
+        (not those of a scale-down on their way out)."""
+        return self.workers.ready(self.target if within_target else None)
 
     def _observe(self, now: float) -> None:
-        for w in list(self.workers.values()):
+        for w in self.workers:
             cell = self.stats.read(w.cell)
-            if w.state == BOOTING and cell.state == READY:
+            if w.state is WorkerState.BOOTING and cell.state is WorkerState.READY:
                 self._became_ready(w, now)
-            elif w.state == RUNNING and policy.is_hung(now, cell.heartbeat, self.config.timeout):
+            elif w.state is WorkerState.READY and policy.is_hung(now, cell.heartbeat, self.config.timeout):
                 logger.error(
-                    "Worker %d (pid %d) is hung: its event loop has not run for %.1f s (--timeout %g);"
+                    "%s is hung: its event loop has not run for %.1f s (--timeout %g);"
                     " dumping its stacks and killing it",
-                    w.worker_id,
-                    w.pid,
+                    w,
                     now - cell.heartbeat,
                     self.config.timeout,
                 )
-                slot = self.slots.setdefault(w.worker_id, Slot())
-                slot.restarts += 1
-                slot.last_reason = policy.HUNG
-                slot.reasons[slot.last_reason] += 1
+                self.workers.slot(w.worker_id).restarted(policy.HUNG)
                 self._dump_and_kill(w, policy.HUNG, now)
 
     def _became_ready(self, w: Worker, now: float) -> None:
-        w.state = RUNNING
+        w.state = WorkerState.READY
         w.ready_at = now
         self.boot_failures = 0
-        self.slots.setdefault(w.worker_id, Slot())
-        logger.info("Worker %d (pid %d) ready in %.2f s", w.worker_id, w.pid, now - w.started)
+        self.workers.slot(w.worker_id)
+        logger.info("%s ready in %.2f s", w, now - w.started, extra=ROUTINE)
         # The one rule behind every graceful replacement: the newcomer serves, so the
         # others of its slot may now drain.
-        for other in list(self.workers.values()):
-            if other is not w and other.worker_id == w.worker_id and other.live:
+        for other in self.workers.live(w.worker_id):
+            if other is not w:
                 self._stop_worker(other, other.reason or w.reason or "replaced", now)
-        if self.reloading is not None and self.reloading.current is w:
+        if self.reloading is not None and self.reloading.booting is w:
             self.reloading.done.append(w.worker_id)
-            self.reloading.current = None
+            self.reloading.booting = None
 
     # ------------------------------------------------------------------ stopping workers
 
     def _stop_worker(self, w: Worker, reason: str, now: float, fast: bool = False) -> None:
-        if w.state == KILLING:
-            return
-        if w.state == STOPPING and not fast:
-            return
-        w.state = STOPPING
-        w.reason = reason
-        if fast:
-            w.stop_deadline = min(w.stop_deadline or now + FAST_STOP_SECONDS, now + FAST_STOP_SECONDS)
-            self._kill(w.pid, signal.SIGQUIT)
-        else:
-            w.stop_deadline = now + self.config.timeout_graceful_shutdown + GRACEFUL_MARGIN
-            # A worker replaced by another (reload, recycle) is told so with HUP: its
-            # WebSockets close with 1012 "service restart" instead of 1001 "going away".
-            restart = reason not in ("shutdown", policy.SCALE) and w.ready_at > 0
-            self._kill(w.pid, signal.SIGHUP if restart else signal.SIGTERM)
+        grace = self.config.timeout_graceful_shutdown + GRACEFUL_MARGIN
+        sig = w.stop(reason, now, grace, fast)
+        if sig is not None:
+            self.processes.kill(w.pid, sig)
 
     def _dump_and_kill(self, w: Worker, reason: str, now: float) -> None:
-        w.state = KILLING
-        w.reason = reason
-        w.kill_at = now + DUMP_GRACE
-        self._kill(w.pid, DUMP_SIGNAL)
+        w.kill(reason, now)
+        self.processes.kill(w.pid, DUMP_SIGNAL)
 
     def _enforce_deadlines(self, now: float) -> None:
-        for w in list(self.workers.values()):
-            if w.state == BOOTING and now - w.started > self.config.timeout_worker_boot:
+        for w in self.workers:
+            if w.state is WorkerState.BOOTING and now - w.started > self.config.timeout_worker_boot:
                 logger.error(
-                    "Worker %d (pid %d) did not boot within %g s (--timeout-worker-boot)",
-                    w.worker_id,
-                    w.pid,
-                    self.config.timeout_worker_boot,
+                    "%s did not boot within %g s (--timeout-worker-boot)", w, self.config.timeout_worker_boot
                 )
                 self._dump_and_kill(w, policy.BOOT_TIMEOUT, now)
-            elif w.state == STOPPING and now > w.stop_deadline:
-                logger.warning(
-                    "Worker %d (pid %d) still running past its stop deadline; killing it",
-                    w.worker_id,
-                    w.pid,
-                )
+            elif w.state is WorkerState.STOPPING and now > w.stop_deadline:
+                logger.warning("%s still running past its stop deadline; killing it", w)
                 if self.exit_code == 0 and self.stopping:
                     self.exit_code = 1
                 self._dump_and_kill(w, w.reason, now)
-            elif w.state == KILLING:
+            elif w.state is WorkerState.KILLING:
                 if not w.killed_at and now >= w.kill_at:
                     w.killed_at = now
-                    self._kill(w.pid, signal.SIGKILL)
+                    self.processes.kill(w.pid, signal.SIGKILL)
                 elif w.killed_at and now - w.killed_at > REAP_DEADLINE:
                     logger.error("Worker pid %d did not die after SIGKILL; forgetting it", w.pid)
-                    self.workers.pop(w.pid, None)
+                    self.workers.remove(w.pid)
                     self.stats.release(w.cell)
 
-    def _begin_stop(self, fast: bool) -> None:
-        now = time.monotonic()
+    def stop(self, fast: bool = False) -> None:
+        """Stop: refuse new connections, tell every worker (TERM; QUIT when ``fast``),
+        end once they are gone. A second call with ``fast`` hurries a graceful stop."""
+        now = self.clock()
         if not self.stopping:
             self.stopping = True
-            self.reloading = None
+            if self.reloading is not None:
+                self.reloading.end(ReloadOutcome.INTERRUPTED)
+                self.reloading = None
             logger.info(
                 "Stopping %s (%s)", "fast" if fast else "gracefully", plural(len(self.workers), "worker")
             )
@@ -683,65 +428,57 @@ class Master:
             # after a USR2 handover the new master holds its own copies (and the Unix
             # socket files are its); with socket activation systemd holds the socket and
             # connections queue for the next instance.
-            self.listeners.close(unlink=self.upgrade_pid is None)
-            self.hooks.stopping(self)
+            self.listeners.close(unlink=self.upgrade.successor is None)
+            self._notify(lambda hooks: hooks.stopping(self))
         elif fast and not self.fast:
             logger.info("Stop escalated: fast")
         self.fast = self.fast or fast
-        for w in list(self.workers.values()):
-            self._stop_worker(w, "shutdown", now, fast=self.fast)
+        for w in self.workers:
+            self._stop_worker(w, policy.SHUTDOWN, now, fast=self.fast)
 
     # ------------------------------------------------------------------ policy
 
     def _recycle(self, now: float) -> None:
         need_rss = self.config.max_worker_memory is not None
-        for w in list(self.workers.values()):
-            if w.state != RUNNING:
+        for w in self.workers:
+            if w.state is not WorkerState.READY:
                 continue
             if need_rss and now >= w.next_rss_sample:
-                w.next_rss_sample = now + MEMORY_SAMPLE_SECONDS
-                w.rss = _rss(w)
+                w.next_rss_sample = now + policy.MEMORY_SAMPLE_SECONDS
+                w.rss = self.processes.rss(w.pid)
             cell = self.stats.read(w.cell)
             reason = policy.recycle_reason(w.limits, cell.requests, w.rss, now - w.ready_at)
             if reason is None:
                 continue
-            slot = self.slots.setdefault(w.worker_id, Slot())
-            if now < slot.replace_after or self._booting_in(w.worker_id):
+            slot = self.workers.slot(w.worker_id)
+            if now < slot.replace_after or self.workers.booting_in(w.worker_id):
                 continue
             logger.info(
-                "Worker %d (pid %d) recycles: %s (requests %d, age %.0f s%s)",
-                w.worker_id,
-                w.pid,
+                "%s recycles: %s (requests %d, age %.0f s%s)",
+                w,
                 reason,
                 cell.requests,
                 now - w.started,
                 f", rss {w.rss / 1048576:.0f} MB" if w.rss else "",
             )
             w.reason = reason  # the replacement's READY will stop it with this reason
-            slot.restarts += 1
-            slot.last_reason = reason
-            slot.reasons[slot.last_reason] += 1
+            slot.restarted(reason)
             self._spawn(w.worker_id, reason)
 
     def _steer(self, now: float) -> None:
         """--balance reuseport: new connections go to the slots whose worker serves and
         beats; a slot above the worker count loses its socket once nobody serves it."""
-        if not self.listeners.groups or self.old_master is not None or self.upgrade_pid is not None:
+        if not self.listeners.groups or self.upgrade.handing_over:
             # During a USR2 handover both masters' workers serve the same sockets: the old
             # master's last steering stands until the new one's workers are all ready.
             return
-        busy = {w.worker_id for w in self.workers.values()}
+        busy = {w.worker_id for w in self.workers}
         serving = {
             w.worker_id
-            for w in self.workers.values()
-            if w.state == RUNNING
-            and w.worker_id <= self.target
-            and now - self.stats.read(w.cell).heartbeat < STEER_SILENCE
+            for w in self.ready_workers(within_target=True)
+            if now - self.stats.read(w.cell).heartbeat < STEER_SILENCE
         }
         self.listeners.steer(serving, self.target, busy)
-
-    def _booting_in(self, worker_id: int) -> bool:
-        return any(w.worker_id == worker_id and w.state == BOOTING for w in self.workers.values())
 
     def _maintain(self, now: float) -> None:
         if self.held:
@@ -750,318 +487,74 @@ class Master:
         if not self.all_ready_once:
             # First start: one worker boots alone, so a broken app fails once, printing
             # its error once, instead of N times at once.
-            if not self._ready_workers():
+            if not self.ready_workers():
                 ids = ids[:1]
         for worker_id in ids:
-            if any(w.worker_id == worker_id and w.live for w in self.workers.values()):
+            if self.workers.live(worker_id):
                 continue
-            slot = self.slots.setdefault(worker_id, Slot())
+            slot = self.workers.slot(worker_id)
             if now >= slot.respawn_at:
                 self._spawn(worker_id, f"respawn after {slot.last_reason}" if slot.last_reason else "")
         # Scaled down: slots past the target drain.
-        for w in list(self.workers.values()):
+        for w in self.workers:
             if w.worker_id > self.target and w.live:
                 self._stop_worker(w, policy.SCALE, now)
         # A slot whose workers stayed ready long enough is healthy again.
-        for w in self.workers.values():
-            if w.state == RUNNING and now - w.ready_at > policy.STABLE_AFTER:
-                self.slots.setdefault(w.worker_id, Slot()).failures = 0
+        for w in self.workers:
+            if w.state is WorkerState.READY and now - w.ready_at > policy.STABLE_AFTER:
+                self.workers.slot(w.worker_id).failures = 0
 
     def _advance_reload(self, now: float) -> None:
         reload = self.reloading
-        if reload is None or reload.current is not None:
+        if reload is None or reload.booting is not None:
             return
-        while reload.queue:
-            worker_id = reload.queue[0]
-            if worker_id > self.target:
-                reload.queue.pop(0)
-                continue
-            live = [w for w in self.workers.values() if w.worker_id == worker_id and w.live]
-            if not live or all(w.generation >= reload.generation for w in live):
-                reload.queue.pop(0)  # empty (respawn covers it) or already on new code
-                continue
-            if any(w.state == BOOTING for w in live):
-                return  # a replacement of another kind is booting here: wait for it
-            reload.queue.pop(0)
-            reload.current = self._spawn(worker_id, policy.RELOAD)
-            for w in live:
-                w.reason = policy.RELOAD
-            slot = self.slots.setdefault(worker_id, Slot())
-            slot.restarts += 1
-            slot.last_reason = policy.RELOAD
-            slot.reasons[slot.last_reason] += 1
+        worker_id = reload.next_to_replace(self.workers, self.target)
+        if worker_id is not None:
+            for w in self.workers.live(worker_id):
+                w.reason = policy.RELOAD  # the new worker's READY stops them with it
+            reload.booting = self._spawn(worker_id, policy.RELOAD)
+            self.workers.slot(worker_id).restarted(policy.RELOAD)
             return
+        if reload.pending:
+            return  # a replacement of another kind boots there: wait for it
         logger.info(
             "Reload complete in %.2f s: %s ready (generation %d)",
             now - reload.started,
-            plural(len(self._ready_workers()), "worker"),
+            plural(len(self.ready_workers()), "worker"),
             reload.generation,
+            extra=ROUTINE,
         )
+        reload.end(ReloadOutcome.COMPLETE)
         self.reloading = None
-        self.hooks.reloaded(self)
+        self._notify(lambda hooks: hooks.reloaded(self))
 
     def _report_full(self) -> None:
-        ready_ids = {w.worker_id for w in self._ready_workers() if w.worker_id <= self.target}
+        ready_ids = {w.worker_id for w in self.ready_workers(within_target=True)}
         full = len(ready_ids) >= self.target
         if full and not self.was_full:
-            logger.info("%s ready", plural(self.target, "worker"))
+            logger.info("%s ready", plural(self.target, "worker"), extra=ROUTINE)
             if not self.all_ready_once:
                 self.all_ready_once = True
                 for url in self.listeners.urls(self._scheme):
-                    logger.info("Asgictl running on %s (Press CTRL+C to quit)", url)
-                self.hooks.ready(self)
-                self._retire_old_master()
+                    logger.info("Asgictl running on %s (Press CTRL+C to quit)", url, extra=SERVING)
+                self._notify(lambda hooks: hooks.ready(self))
+                self.upgrade.retire_predecessor(self.processes.kill)
         self.was_full = full
-
-    # ------------------------------------------------------------------ USR2 upgrade
-
-    def _upgrade(self) -> None:
-        if self.upgrade_pid is not None:
-            logger.warning("USR2: an upgrade is already in progress (pid %d)", self.upgrade_pid)
-            return
-        if self.stopping:
-            return
-        env = {**os.environ, **self.listeners.inherit_environ(), OLD_MASTER_ENV: str(os.getpid())}
-        argv = [sys.executable, "-m", "asgictl", *sys.argv[1:]]
-        try:
-            self.upgrade_pid = os.posix_spawn(sys.executable, argv, env)
-        except OSError as exc:
-            logger.error("USR2: cannot start a new master: %s", exc)
-            return
-        finally:
-            self.listeners.uninherit()
-        logger.info("USR2: started a new master (pid %d) on the same listeners", self.upgrade_pid)
-
-    def _retire_old_master(self) -> None:
-        """A master started by USR2 tells its predecessor to stop, once it serves."""
-        old = self.old_master
-        self.old_master = None
-        if old and os.getppid() == old:
-            logger.info("Telling the previous master (pid %d) to stop", old)
-            self._kill(old, signal.SIGTERM)
 
     # ------------------------------------------------------------------ exit
 
-    def _cleanup(self) -> None:
-        # Deadline for anything left (an exception in the loop): kill, reap briefly.
-        for w in list(self.workers.values()):
-            self._kill(w.pid, signal.SIGKILL)
+    def close(self) -> None:
+        """Release everything the master holds; the end of :meth:`run`. Workers still
+        there (an exception in the loop) are killed and reaped for up to 5 s."""
+        for w in self.workers:
+            self.processes.kill(w.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
         while self.workers and time.monotonic() < deadline:
             self._reap()
             if self.workers:
                 time.sleep(0.05)
-        with contextlib.suppress(ValueError):
-            signal.set_wakeup_fd(-1)
-        for sig in SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        self._selector.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self.loop.close()
         # After a USR2 handover the listeners (and UDS files) belong to the new master.
-        self.listeners.close(unlink=self.upgrade_pid is None)
+        self.listeners.close(unlink=self.upgrade.successor is None)
         self.stats.close()
         logger.info("Master process [%d] exits (%d)", os.getpid(), self.exit_code)
-
-
-def _child_reset_signals() -> None:
-    # Minimal, right after fork, while signals are still blocked: child.py does the rest.
-    # SIGINT is the master's to act on from the first instant (a Ctrl+C to the group).
-    with contextlib.suppress(ValueError):
-        signal.set_wakeup_fd(-1)
-    for sig in SIGNALS:
-        signal.signal(sig, ignore_interrupt if sig == signal.SIGINT else signal.SIG_DFL)
-
-
-def _old_master(pop: bool = True) -> int | None:
-    value = os.environ.pop(OLD_MASTER_ENV, None) if pop else os.environ.get(OLD_MASTER_ENV)
-    return int(value) if value and value.isdigit() else None
-
-
-def _describe_exit(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"was killed by {name}"
-    return f"exited with code {os.waitstatus_to_exitcode(status)}"
-
-
-def _rss(w: Worker) -> int | None:
-    try:
-        import psutil
-
-        if w.process is None:
-            w.process = psutil.Process(w.pid)
-        return int(w.process.memory_info().rss)
-    except Exception:  # gone, or psutil missing: no sample this time
-        return None
-
-
-class PidFile:
-    """``--pid-file``: our pid, for ``kill``, systemd's ``PIDFile=`` and logrotate.
-
-    A start that is refused must never harm the master already running: :meth:`check`
-    (before anything is bound or written) refuses a file that names a running master;
-    :meth:`write` comes last, once every resource (listeners, control socket, metrics) is
-    held; :meth:`remove` removes the file only if this process wrote it and it is still
-    that file with our pid (after a USR2 upgrade it is the new master's).
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = os.path.abspath(path)
-        self._written: tuple[int, int] | None = None  # (st_dev, st_ino) of our file
-
-    def read(self) -> int | None:
-        """The pid the file names, or None (absent, unreadable, not a number)."""
-        try:
-            with open(self.path, encoding="ascii") as fh:
-                text = fh.read(32).strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-        return int(text) if text.isdigit() else None
-
-    def check(self, predecessor: int | None = None) -> None:
-        """ConfigError if the file names a running master other than ``predecessor`` (the
-        one that re-executed us with USR2). A stale file is left for :meth:`write`."""
-        pid = self.read()
-        if pid is None or pid in (os.getpid(), predecessor) or not running_master(pid):
-            return
-        raise ConfigError(
-            f"--pid-file: {self.path} names a running master (pid {pid}); stop it first or use"
-            " another pid file"
-        )
-
-    def write(self) -> None:
-        """Write our pid atomically: a temporary file in the same directory, then rename."""
-        directory = os.path.dirname(self.path)
-        tmp = os.path.join(directory, f".{os.path.basename(self.path)}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="ascii") as fh:
-            fh.write(f"{os.getpid()}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-            info = os.fstat(fh.fileno())
-        os.replace(tmp, self.path)
-        self._written = (info.st_dev, info.st_ino)
-
-    def remove(self) -> None:
-        """Remove the file if it is still the one we wrote, naming us; else leave it."""
-        if self._written is None:
-            return
-        try:
-            info = os.stat(self.path)
-            if (info.st_dev, info.st_ino) == self._written and self.read() == os.getpid():
-                os.unlink(self.path)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                logger.warning("Could not remove the pid file %s: %s", self.path, exc)
-        self._written = None
-
-
-def running_master(pid: int) -> bool:
-    """Whether ``pid`` is a live asgictl master (by its title or command line); a pid
-    reused by another program is not. Another user's process counts (we cannot tell)."""
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        argv = process.cmdline()
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-    return bool(argv) and (
-        argv[0].startswith("asgictl: master") or ("asgictl" in " ".join(argv) and "start" in argv)
-    )
-
-
-def preload_app(config: Config) -> Any:
-    """Import the app (and call its factory) in the master, for copy-on-write sharing."""
-    from asgictl.worker.loader import import_app
-
-    return import_app(config)
-
-
-def _serve_metrics(master: Master, sampler: Sampler, stack: contextlib.ExitStack) -> str:
-    """``--metrics-bind``: the shared per-response counters and their HTTP listener,
-    closed by ``stack``; returns the listener's URL."""
-    table = MetricsTable(master.stats.capacity)
-    metrics = MetricsServer(master, table, sampler, master.config.metrics_bind or "")
-    stack.callback(metrics.close)
-    master.metrics = table
-    master.add_exit_callback(metrics.worker_exited)
-    master.add_tick_callback(lambda: metrics.tick(time.monotonic()))
-    logger.info("Metrics: %s", metrics.url)
-    return metrics.url
-
-
-def run_master(config: Config) -> int:
-    """``asgictl start``: bind, (preload), supervise until stopped; returns the exit code.
-
-    Raises ConfigError (bad listener, a running master's pid file, a control socket in
-    use) and AppLoadError (--preload) for the CLI to print. The CLI then ends the process
-    with :func:`exit_process`.
-    """
-    pid_file = PidFile(config.pid_file) if config.pid_file else None
-    if pid_file is not None:
-        pid_file.check(predecessor=_old_master(pop=False))  # before anything is bound
-    listeners = open_listeners(config)
-    for name in (INHERIT_ENV, INHERIT_GROUPS_ENV):
-        os.environ.pop(name, None)  # neither workers nor the app need to see them
-    try:
-        import_runtime(config)
-        # --metrics-bind: the app's prometheus_client metrics go to a directory shared by
-        # the workers, set before anything imports the library (a preloaded app included).
-        with app_metrics_dir(config):
-            return _supervise(config, listeners, pid_file)
-    except BaseException:
-        listeners.close()
-        raise
-
-
-def _supervise(config: Config, listeners: Listeners, pid_file: PidFile | None) -> int:
-    """The master's life once the listeners are held: preload, wire, run."""
-    preloaded = preload_app(config) if config.preload else None
-    set_title(f"asgictl: master {config.app if isinstance(config.app, str) else 'app'}")
-    try:
-        master = Master(config, listeners, preloaded)
-        # sd_notify when NOTIFY_SOCKET is set (systemd Type=notify): READY, RELOADING...
-        notify_hooks = systemd.SystemdHooks.from_environ(old_master=master.old_master)
-        if notify_hooks is not None:
-            master.hooks = notify_hooks  # type: ignore[assignment]  # duck-typed MasterHooks
-        sampler = Sampler(master)  # psutil and req/s samples, for status and metrics
-        master.add_exit_callback(sampler.worker_exited)
-        master.add_tick_callback(lambda: sampler.tick(time.monotonic()))
-        # The control socket (and --metrics-bind) first: bound before anything else runs.
-        with contextlib.ExitStack() as stack:
-            control = stack.enter_context(serving_control(master, sampler))
-            if config.metrics_bind:
-                control.metrics_url = _serve_metrics(master, sampler, stack)
-            stack.enter_context(reloading(master))  # --reload's file watcher
-            if pid_file is not None:
-                pid_file.write()  # last: every resource is held
-            return master.run()
-    finally:
-        if pid_file is not None:
-            pid_file.remove()
-
-
-def exit_process(code: int | str | None) -> NoReturn:
-    """End ``asgictl start``'s process once the master's work is done (or it was refused).
-
-    Flushes the logs and the standard streams, then ``os._exit``: a non-daemon thread the
-    app started at import (``--preload`` runs the import in the master) would otherwise
-    keep the process alive after its "exits" line, the interpreter waiting for it. As in
-    the workers, atexit handlers do not run: the master's own cleanup is explicit.
-    """
-    with contextlib.suppress(Exception):
-        logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code if isinstance(code, int) else (0 if code is None else 1))

@@ -15,7 +15,7 @@ Two halves, both off unless ``--metrics-bind HOST:PORT`` is given:
   tables per worker id (the ``worker`` label; a process that exits has its counts folded
   into its worker id's retired totals first, so every counter only grows across
   restarts and reloads), then the library's multiprocess collector sums the app's own
-  prometheus_client metrics across its workers (:func:`prepare_app_metrics`). The
+  prometheus_client metrics across its workers (:func:`app_metrics_dir`). The
   same listener answers the health probes ``/healthz`` and ``/readyz`` (:func:`health`).
 """
 
@@ -36,12 +36,14 @@ from typing import TYPE_CHECKING, Any
 
 from asgictl.config import Config, ConfigError
 from asgictl.supervisor.endpoints import Channel, Endpoint
+from asgictl.supervisor.hooks import MasterHooks
 
 logger = logging.getLogger("asgictl.error")
 
 if TYPE_CHECKING:
-    from asgictl.supervisor.master import Master, Worker
+    from asgictl.supervisor.master import Master
     from asgictl.supervisor.observe import Sampler
+    from asgictl.supervisor.workers import Worker
 
 #: Upper bounds (seconds) of the request duration histogram: Prometheus' defaults.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -123,7 +125,7 @@ class MetricsTable:
     def totals(self, master: Master) -> dict[int, list[int]]:
         """Per worker id: retired counts plus those of its live processes."""
         result = {wid: list(values) for wid, values in self.retired.items()}
-        for w in master.workers.values():
+        for w in master.workers:
             values = self.read(w.cell)
             acc = result.setdefault(w.worker_id, [0] * WORDS)
             for i, value in enumerate(values):
@@ -188,12 +190,12 @@ class AsgictlCollector:
         connections: dict[int, int] = {}
         rss: dict[int, int] = {}
         states: dict[str, int] = {}
-        for w in master.workers.values():
+        for w in master.workers:
             connections[w.worker_id] = connections.get(w.worker_id, 0) + master.stats.read(w.cell).connections
             sample = self.sampler.get(w.pid)
             if sample.rss is not None:
                 rss[w.worker_id] = rss.get(w.worker_id, 0) + sample.rss
-            states[w.state] = states.get(w.state, 0) + 1
+            states[str(w.state)] = states.get(str(w.state), 0) + 1
 
         def gauge(name: str, help_text: str, label: str, values: dict[Any, int]) -> GaugeMetricFamily:
             family = GaugeMetricFamily(name, help_text, labels=[label])
@@ -208,7 +210,7 @@ class AsgictlCollector:
         restarts = CounterMetricFamily(
             "asgictl_worker_restarts", "Worker replacements, by reason.", labels=["worker", "reason"]
         )
-        for wid, slot in sorted(master.slots.items()):
+        for wid, slot in sorted(master.workers.slots.items()):
             for reason, n in sorted(slot.reasons.items()):
                 restarts.add_metric([str(wid), reason], n)
         yield restarts
@@ -292,7 +294,7 @@ def health(master: Master, ready: bool) -> tuple[bool, str]:
     worker of the target number serves and the server is not stopping, so a load
     balancer stops sending new connections as soon as a graceful stop begins.
     """
-    serving = {w.worker_id for w in master.workers.values() if w.state == "ready"}
+    serving = {w.worker_id for w in master.ready_workers()}
     counts = f"{len(serving)}/{master.target} workers ready"
     if not ready:
         return bool(serving), ("ok: " if serving else "no worker ready: ") + counts
@@ -419,7 +421,7 @@ def parse_bind(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class MetricsServer:
+class MetricsServer(MasterHooks):
     """The ``--metrics-bind`` listener, served from the master's loop."""
 
     max_clients = 16
@@ -440,9 +442,9 @@ class MetricsServer:
             raise ConfigError(f"--metrics-bind: cannot listen on {bind}: {exc.strerror or exc}") from None
         sock.set_inheritable(False)
         self.address = sock.getsockname()
-        self.endpoint = Endpoint(master, sock, _MetricsChannel, self.max_clients)
+        self.endpoint = Endpoint(master.loop, sock, _MetricsChannel, self.max_clients)
         self.endpoint.owner = self  # type: ignore[attr-defined]
-        #: The app's multiprocess directory (see prepare_app_metrics), if there is one.
+        #: The app's multiprocess directory (see app_metrics_dir), if there is one.
         self.app_dir = os.environ.get(MULTIPROC_ENV) or None
         if self.app_dir is not None and not os.path.isdir(self.app_dir):
             logger.warning(
@@ -470,7 +472,7 @@ class MetricsServer:
             cached = self._cache[accept] = (now, encode(self.registry), content_type)
         return cached[1], cached[2]
 
-    def worker_exited(self, worker: Worker) -> None:
+    def worker_exited(self, master: Master, worker: Worker) -> None:
         self.table.retire(worker.worker_id, worker.cell)
         if self.app_dir is not None:
             # The library's bookkeeping for a dead process: its live gauges go away,
@@ -479,7 +481,7 @@ class MetricsServer:
 
             multiprocess.mark_process_dead(worker.pid, self.app_dir)
 
-    def tick(self, now: float) -> None:
+    def tick(self, master: Master, now: float) -> None:
         self.endpoint.tick(now)
 
     def close(self) -> None:

@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asgictl import __version__
+from asgictl.supervisor.hooks import MasterHooks
+from asgictl.supervisor.slots import WorkerState
 
 if TYPE_CHECKING:
-    from asgictl.supervisor.master import Master, Worker
+    from asgictl.supervisor.master import Master
+    from asgictl.supervisor.workers import Worker
 
 #: Sampling period: the "last interval" of CPU% and the resolution of req/s.
 SAMPLE_SECONDS = 1.0
@@ -43,7 +46,7 @@ class ProcessSample:
     )
 
 
-class Sampler:
+class Sampler(MasterHooks):
     """Once-a-second psutil and request-rate samples of the master and its workers."""
 
     def __init__(self, master: Master) -> None:
@@ -54,11 +57,11 @@ class Sampler:
         #: Requests served by workers that have exited (the master's count is since start).
         self.retired_requests = 0
 
-    def worker_exited(self, worker: Worker) -> None:
-        """An exit callback of the master: keep the requests of a reaped worker."""
+    def worker_exited(self, master: Master, worker: Worker) -> None:
+        """Keep the requests of a reaped worker."""
         self.retired_requests += worker.requests
 
-    def tick(self, now: float) -> None:
+    def tick(self, master: Master, now: float) -> None:
         if self._next is None:
             # The first sample waits a period: psutil is imported then (about 10 ms,
             # which would otherwise delay the first workers' boot).
@@ -73,9 +76,8 @@ class Sampler:
             except ImportError:  # pragma: no cover - a dependency; the figures stay blank
                 psutil = False
             self._psutil = psutil
-        master = self.master
         pids = {os.getpid()}
-        for w in master.workers.values():
+        for w in master.workers:
             pids.add(w.pid)
             sample = self.samples.setdefault(w.pid, ProcessSample())
             cell = master.stats.read(w.cell)
@@ -129,20 +131,45 @@ def _master_state(master: Master) -> str:
     return "ready" if master.all_ready_once else "booting"
 
 
+def worker_rows(master: Master, now: float) -> list[dict[str, Any]]:
+    """Every worker process of the master, by worker id then age: its table row, the
+    figures of its cell and its slot's restarts."""
+    rows = []
+    for w in sorted(master.workers, key=lambda w: (w.worker_id, w.started)):
+        cell = master.stats.read(w.cell)
+        slot = master.workers.slots.get(w.worker_id)
+        rows.append(
+            {
+                "id": w.worker_id,
+                "pid": w.pid,
+                "state": str(w.state),
+                "age": round(now - w.started, 3),
+                "generation": w.generation,
+                "requests": cell.requests,
+                "connections": cell.connections,
+                "heartbeat_age": round(now - cell.heartbeat, 3),
+                "rss": w.rss,
+                "restarts": slot.restarts if slot else 0,
+                "last_reason": slot.last_reason if slot else "",
+            }
+        )
+    return rows
+
+
 def status_report(master: Master, sampler: Sampler, now: float) -> dict[str, Any]:
     """What ``asgictl status`` shows: ``{"master": {...}, "workers": [{...}, ...]}``.
 
-    Each worker: the master's snapshot row plus requests/s, RSS (bytes) and CPU% of the
+    Each worker: its :func:`worker_rows` row plus requests/s, RSS (bytes) and CPU% of the
     last sample; a worker stopping while the master is not shows as ``draining``
     (replaced or scaled away, finishing its requests). The master: pid, state, age (s),
     version, app, working directory, target, generation, totals over its workers since
     start, its own RSS and CPU%, and its listeners as URLs.
     """
     workers = []
-    for row in master.snapshot():
+    for row in worker_rows(master, now):
         sample = sampler.get(row["pid"])
         state = row["state"]
-        if state == "stopping" and not master.stopping:
+        if state == str(WorkerState.STOPPING) and not master.stopping:
             state = "draining"
         workers.append(
             {

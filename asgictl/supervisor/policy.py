@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from asgictl.config import Config
 
 #: First retry delay after a second consecutive death, and the ceiling.
 BACKOFF_BASE = 0.5
@@ -20,8 +24,10 @@ STABLE_AFTER = 10.0
 #: Consecutive boot failures (no worker became ready in between) after which the master
 #: gives up instead of looping: the app is broken, a person must look.
 MAX_BOOT_FAILURES = 5
+#: Sampling period of worker RSS for --max-worker-memory.
+MEMORY_SAMPLE_SECONDS = 1.0
 
-# Reasons, as logged and as issue 7's status will show them.
+# Reasons, as logged and as status and metrics show them.
 CRASH = "crash"
 HUNG = "hung"
 MAX_REQUESTS = "max-requests"
@@ -30,6 +36,8 @@ LIFETIME = "lifetime"
 RELOAD = "reload"
 SCALE = "scale"
 BOOT_TIMEOUT = "boot-timeout"
+#: A worker stopped because the master stops.
+SHUTDOWN = "shutdown"
 
 
 def backoff_delay(failures: int) -> float:
@@ -60,6 +68,17 @@ class Limits:
     requests: int | None
     memory_bytes: int | None
     lifetime: float | None
+
+    @classmethod
+    def draw(cls, config: Config, rng: random.Random | None = None) -> Limits:
+        """A new worker's thresholds from --limit-max-requests (+ jitter),
+        --max-worker-memory (MiB) and --max-worker-lifetime (+ up to 10%)."""
+        memory = config.max_worker_memory
+        return cls(
+            requests=request_limit(config.limit_max_requests, config.max_requests_jitter, rng),
+            memory_bytes=int(memory * 1024 * 1024) if memory else None,
+            lifetime=lifetime_limit(config.max_worker_lifetime, rng),
+        )
 
 
 def recycle_reason(limits: Limits, requests: int, rss_bytes: int | None, age: float) -> str | None:

@@ -34,13 +34,14 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import PurePath
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from asgictl.config import Config, ConfigError
-from asgictl.logs import plural
+from asgictl.logs import RESTATED, ROUTINE, marked, plural
+from asgictl.supervisor.hooks import MasterHooks
 
 if TYPE_CHECKING:
-    from asgictl.supervisor.master import Master, MasterHooks
+    from asgictl.supervisor.master import Master
 
 logger = logging.getLogger("asgictl.error")
 
@@ -174,32 +175,6 @@ def watched_dirs(config: Config) -> list[str]:
 
 # --------------------------------------------------------------------------- logging
 
-#: The master's and workers' routine lines, by message template: in dev mode the one
-#: reload line replaces them (they stay visible with --log-level debug).
-_ROUTINE = frozenset(
-    {
-        # master
-        "Booting worker %d with pid %d%s",
-        "Worker %d (pid %d) ready in %.2f s",
-        "Worker %d (pid %d) %s [%s]",
-        "Reloading %s one by one (generation %d)",
-        "Reload complete in %.2f s: %s ready (generation %d)",
-        "%s ready",
-        # workers
-        "Started server process [%d]",
-        "Finished server process [%d]",
-        "Waiting for application startup.",
-        "Application startup complete.",
-        "Waiting for application shutdown.",
-        "Application shutdown complete.",
-        "Shutting down",
-    }
-)
-
-
-#: Errors the dev reload line says again, better: dropped in dev mode (unless debug).
-_RESTATED = frozenset({"Reload aborted: the new worker failed to boot; the previous workers keep serving"})
-
 #: Where the frames of asgictl's own machinery live: a traceback of the user's broken
 #: app starts below them (the import system and the event loop are not the news either).
 _INTERNAL_PREFIXES = (
@@ -214,16 +189,16 @@ class DevLogFilter(logging.Filter):
     """Keeps a dev console short: one story, told once.
 
     Installed on the ``asgictl.error`` logger in the master before any fork, so every
-    worker inherits it. It drops the routine lifecycle lines (:data:`_ROUTINE`: N workers
-    would print the same startup story N times) and the errors the reload line restates;
+    worker inherits it. It drops the lines logged with the :data:`~asgictl.logs.ROUTINE`
+    mark below WARNING (N workers would print the same startup story N times) and those
+    with the :data:`~asgictl.logs.RESTATED` mark (errors the reload line says again);
     with ``--log-level debug`` they all pass. A traceback keeps only the app's frames
     (from the first frame outside asgictl, importlib and asyncio).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg in _ROUTINE or record.msg in _RESTATED:
-            if record.levelno < logging.WARNING or record.msg in _RESTATED:
-                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        if marked(record, RESTATED) or (marked(record, ROUTINE) and record.levelno < logging.WARNING):
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         if record.exc_info and record.exc_info[2] is not None and not record.exc_text:
             kind, value, tb = record.exc_info
             record.exc_info = (kind, value, _user_frames(tb))
@@ -253,7 +228,7 @@ def _colors(config: Config) -> bool:
 # --------------------------------------------------------------------------- the watcher
 
 
-class Reloader:
+class Reloader(MasterHooks):
     """Watches files in a thread; reloads the master's workers on a change.
 
     One reload at a time, and at most one per ``--reload-delay``: changes seen while a
@@ -273,7 +248,6 @@ class Reloader:
         self.pending: list[str] = []
         self.pending_since = 0.0
         self.last_begin = -1e9
-        self.reloads = 0
         self._timer: threading.Timer | None = None
         # Thread side.
         self._stop = threading.Event()
@@ -322,7 +296,8 @@ class Reloader:
             ):
                 seen = time.monotonic()
                 paths = sorted({path for _, path in changes})
-                self.master.call_soon_threadsafe(lambda paths=paths, seen=seen: self.changed(paths, seen))
+                call = self.master.loop.call_soon_threadsafe
+                call(lambda paths=paths, seen=seen: self.changed(paths, seen))
         except Exception:
             if not self._stop.is_set():
                 logger.exception("The file watcher failed: --reload is off from now on")
@@ -349,7 +324,7 @@ class Reloader:
         wait = self.last_begin + self.config.reload_delay - time.monotonic()
         if wait > 0:
             if self._timer is None or not self._timer.is_alive():
-                self._timer = threading.Timer(wait, lambda: master.call_soon_threadsafe(self._flush))
+                self._timer = threading.Timer(wait, lambda: master.loop.call_soon_threadsafe(self._flush))
                 self._timer.daemon = True
                 self._timer.start()
             return
@@ -377,14 +352,11 @@ class Reloader:
         self._flush()
 
     def _report(self, paths: list[str], seen: float) -> None:
-        from asgictl.supervisor.master import RUNNING
-
         master = self.master
         elapsed = time.monotonic() - seen
-        ready = [w for w in master.workers.values() if w.state == RUNNING and w.worker_id <= master.target]
+        ready = master.ready_workers(within_target=True)
         ok = bool(ready) and all(w.generation == master.generation for w in ready)
         what = f"{self._describe(paths)} changed" if paths else "reload requested"
-        self.reloads += 1
         if ok:
             text = f"Reloaded in {elapsed:.2f} s: {what} ({plural(len(ready), 'worker')} on new code)"
             logger.info(self._paint(text, _GREEN))
@@ -425,34 +397,6 @@ def _invalidate_bytecode(paths: list[str]) -> None:
             os.unlink(importlib.util.cache_from_source(path))
 
 
-class _ReloadHooks:
-    """The master's hooks, with the reloader told when a reload ends.
-
-    Delegates everything else to the hooks the master had (sd_notify...), including
-    hooks added after this was written.
-    """
-
-    def __init__(self, inner: MasterHooks, reloader: Reloader) -> None:
-        self._inner = inner
-        self._reloader = reloader
-
-    def reloading(self, master: Master) -> None:
-        self._inner.reloading(master)
-        self._reloader.reloading(master)
-
-    def reloaded(self, master: Master) -> None:
-        self._inner.reloaded(master)
-        self._reloader.reloaded(master)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-def check_reload_config(config: Config) -> None:
-    """Options that cannot go with --reload: one line, before anything is started."""
-    watched_dirs(config)
-
-
 @contextlib.contextmanager
 def reloading(master: Master) -> Iterator[Reloader | None]:
     """Watch files while the master runs (when ``--reload``); stop the watcher after."""
@@ -460,10 +404,7 @@ def reloading(master: Master) -> Iterator[Reloader | None]:
     if not config.reload:
         yield None
         return
-    check_reload_config(config)
     reloader = Reloader(master, config)
-    master.wait_for_fix = True
-    master.hooks = cast("MasterHooks", _ReloadHooks(master.hooks, reloader))
     quiet = DevLogFilter()
     error_logger = logging.getLogger("asgictl.error")
     error_logger.addFilter(quiet)
@@ -480,7 +421,6 @@ __all__ = [
     "ChangeFilter",
     "DevLogFilter",
     "Reloader",
-    "check_reload_config",
     "reloading",
     "watched_dirs",
 ]

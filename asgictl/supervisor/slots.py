@@ -13,22 +13,49 @@ so reading them at slightly different instants is harmless.
 
 Cells are per *process*, not per worker id: during a rolling restart the old and the new
 worker of the same id both report at once.
+
+:class:`WorkerState` is the one vocabulary of a worker's life, here and everywhere else
+(the master's table, status, metrics, sd_notify): a cell stores its value.
 """
 
 from __future__ import annotations
 
+import enum
 import mmap
 import struct
 import time
 from dataclasses import dataclass
 
-# Worker states as stored in a cell.
-FREE = 0
-BOOTING = 1
-READY = 2
-STOPPING = 3
 
-STATE_NAMES = {FREE: "free", BOOTING: "booting", READY: "ready", STOPPING: "stopping"}
+class WorkerState(enum.Enum):
+    """Where a worker process is in its life.
+
+    The value is what a shared-memory cell stores; ``str()`` is the name status, metrics
+    and logs show. A cell only ever holds FREE, BOOTING or READY (the worker's own news);
+    STOPPING and KILLING are the master's decisions, kept in its table.
+    """
+
+    #: A cell no process owns.
+    FREE = 0
+    #: Forked: importing the app, running the lifespan startup.
+    BOOTING = 1
+    #: Serving: the worker wrote it into its cell once its listeners were up.
+    READY = 2
+    #: Told to stop (TERM, HUP or QUIT): finishing its requests.
+    STOPPING = 3
+    #: Its stacks were asked for; SIGKILL follows.
+    KILLING = 4
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+    @property
+    def live(self) -> bool:
+        """Booting or serving, not on its way out."""
+        return self is WorkerState.BOOTING or self is WorkerState.READY
+
+
+_BY_VALUE = {state.value: state for state in WorkerState}
 
 # Layout of one cell: pid, state, heartbeat (CLOCK_MONOTONIC seconds, which is the same
 # clock in every process of the machine), requests served, open connections, the
@@ -55,15 +82,11 @@ class CellSnapshot:
     """What the master read from a cell at one instant."""
 
     pid: int
-    state: int
+    state: WorkerState
     heartbeat: float
     requests: int
     connections: int
     ready_at: float
-
-    @property
-    def state_name(self) -> str:
-        return STATE_NAMES.get(self.state, "?")
 
 
 class StatsTable:
@@ -77,15 +100,16 @@ class StatsTable:
 
     # -- master side -------------------------------------------------------------------
 
-    def allocate(self, pid: int = 0) -> int:
-        """Reserve a free cell for a worker about to be forked; the cell starts BOOTING."""
+    def allocate(self) -> int:
+        """Reserve a free cell for a worker about to be forked; the cell starts BOOTING.
+
+        RuntimeError when every cell is owned."""
         for index in range(self.capacity):
             if index not in self._owned:
                 self._owned.add(index)
                 base = index * CELL_SIZE
                 self._mem[base : base + CELL_SIZE] = bytes(CELL_SIZE)
-                _Q.pack_into(self._mem, base + _OFF_PID, pid)
-                _Q.pack_into(self._mem, base + _OFF_STATE, BOOTING)
+                _Q.pack_into(self._mem, base + _OFF_STATE, WorkerState.BOOTING.value)
                 _D.pack_into(self._mem, base + _OFF_HEARTBEAT, time.monotonic())
                 return index
         raise RuntimeError(f"no free worker cell (capacity {self.capacity})")
@@ -96,7 +120,12 @@ class StatsTable:
         self._mem[base : base + CELL_SIZE] = bytes(CELL_SIZE)
 
     def read(self, index: int) -> CellSnapshot:
-        return CellSnapshot(*struct.unpack_from(_FMT, self._mem, index * CELL_SIZE))
+        pid, state, heartbeat, requests, connections, ready_at = struct.unpack_from(
+            _FMT, self._mem, index * CELL_SIZE
+        )
+        return CellSnapshot(
+            pid, _BY_VALUE.get(state, WorkerState.FREE), heartbeat, requests, connections, ready_at
+        )
 
     def set_pid(self, index: int, pid: int) -> None:
         _Q.pack_into(self._mem, index * CELL_SIZE + _OFF_PID, pid)
@@ -119,14 +148,11 @@ class CellWriter:
         self._mem = mem
         self._base = index * CELL_SIZE
 
-    def set_state(self, state: int) -> None:
-        _Q.pack_into(self._mem, self._base + _OFF_STATE, state)
-
     def ready(self) -> None:
         now = time.monotonic()
         _D.pack_into(self._mem, self._base + _OFF_READY_AT, now)
         _D.pack_into(self._mem, self._base + _OFF_HEARTBEAT, now)
-        self.set_state(READY)
+        _Q.pack_into(self._mem, self._base + _OFF_STATE, WorkerState.READY.value)
 
     def beat(self, requests: int, connections: int) -> None:
         base = self._base

@@ -12,6 +12,8 @@ import asyncio
 import logging
 from typing import Any
 
+from asgictl.logs import ROUTINE
+
 logger = logging.getLogger("asgictl.error")
 
 
@@ -35,7 +37,7 @@ class Lifespan:
         """Run the startup half. False means the server must not start."""
         if not self.supported:
             return True
-        logger.info("Waiting for application startup.")
+        logger.info("Waiting for application startup.", extra=ROUTINE)
         loop = asyncio.get_running_loop()
         self.startup_done = loop.create_future()
         self.shutdown_done = loop.create_future()
@@ -45,7 +47,7 @@ class Lifespan:
         if self.failure is not None:
             return False
         if self.supported:
-            logger.info("Application startup complete.")
+            logger.info("Application startup complete.", extra=ROUTINE)
         return True
 
     async def cancel_startup(self, timeout: float) -> None:
@@ -65,12 +67,12 @@ class Lifespan:
     async def shutdown(self) -> None:
         if not self.supported or self.task is None or self.task.done():
             return
-        logger.info("Waiting for application shutdown.")
+        logger.info("Waiting for application shutdown.", extra=ROUTINE)
         await self.queue.put({"type": "lifespan.shutdown"})
         assert self.shutdown_done is not None
         await self.shutdown_done
         if self.supported:
-            logger.info("Application shutdown complete.")
+            logger.info("Application shutdown complete.", extra=ROUTINE)
 
     async def _main(self) -> None:
         scope = {

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from asgictl.config import Config
-from asgictl.logs import plural
+from asgictl.logs import ROUTINE, SERVING, plural
 from asgictl.protocols.access import compile_format
 from asgictl.protocols.factory import connection_factory
 from asgictl.protocols.http import protocol_class
@@ -125,7 +125,7 @@ class Server:
     async def _serve(self, sockets: list[socket.socket] | None) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
-        logger.info("Started server process [%d]", os.getpid())
+        logger.info("Started server process [%d]", os.getpid(), extra=ROUTINE)
         ssl_context = create_ssl_context(config)
         self._exit_waiter = loop.create_future()
         try:
@@ -169,7 +169,7 @@ class Server:
         if not self.should_exit:
             await self._exit_waiter
         await self._shutdown(lifespan)
-        logger.info("Finished server process [%d]", os.getpid())
+        logger.info("Finished server process [%d]", os.getpid(), extra=ROUTINE)
 
     async def _startup(self, lifespan: Lifespan) -> bool | None:
         """The lifespan startup, unless a stop comes first: then it is cancelled (None)."""
@@ -208,14 +208,14 @@ class Server:
             self.servers.append(server)
         scheme = "https" if ssl_context else "http"
         for sock in self.sockets:
-            logger.info("Asgictl running on %s (Press CTRL+C to quit)", describe(sock, scheme))
+            logger.info("Asgictl running on %s (Press CTRL+C to quit)", describe(sock, scheme), extra=SERVING)
 
     async def _shutdown(self, lifespan: Lifespan) -> None:
         state = self.state
         assert state is not None
         loop = asyncio.get_running_loop()
         self._stop_tick()
-        logger.info("Shutting down")
+        logger.info("Shutting down", extra=ROUTINE)
         for server in self.servers:
             server.close()
         state.shutting_down = True
