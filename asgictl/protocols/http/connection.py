@@ -19,8 +19,9 @@ import logging
 from typing import Any
 from urllib.parse import unquote
 
-from asgictl.protocols.flow import FlowControlled
+from asgictl.protocols.asgi import ASGI_VERSION
 from asgictl.protocols.http.cycle import HTTPCycle
+from asgictl.protocols.http.framing import ResponseFraming
 from asgictl.protocols.http.response import simple_response
 from asgictl.protocols.http.strict import EXPECT_CONTINUE, FORWARDED, check_head
 from asgictl.protocols.proxy import parse_forwarded_proto
@@ -33,7 +34,6 @@ TRACE = 5
 #: Unread request body past this many bytes pauses reading from the socket.
 HIGH_WATER = 64 * 1024
 
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.trailers": {},
     "http.response.pathsend": {},
@@ -80,7 +80,7 @@ async def service_unavailable(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"Service Unavailable"})
 
 
-class HTTPConnection(FlowControlled):
+class HTTPConnection(ResponseFraming):
     __slots__ = (
         "_starting",
         "body_mark",
@@ -412,7 +412,7 @@ class HTTPConnection(FlowControlled):
             # The head is gone: the only honest signal left is to cut the connection,
             # after what the app did send.
             cycle.response_complete = True
-            cycle.flush()
+            self.flush()
             self.transport.close()
 
     # ----------------------------------------------------------------- housekeeping

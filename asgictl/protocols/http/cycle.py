@@ -1,58 +1,102 @@
-"""One HTTP request and its response, as the ASGI app sees them.
+"""One HTTP request and its response, as the ASGI app sees them, whatever carries them.
 
-An :class:`HTTPCycle` owns the app's ``receive`` and ``send`` callables for one request.
-It is the same for every parser: the parser adapters feed it request body through its
-connection, and it writes the response through the connection's transport.
+An :class:`HTTPCycle` owns the app's ``receive`` and ``send`` callables for one request
+and the ASGI semantics of its response, once for every HTTP version: the order of the
+messages, no body for HEAD, 1xx, 204 and 304, the app's Content-Length held to what it
+sends, trailers, pathsend, ``http.disconnect``, an app error turned into a 500 or a cut
+response, the access log and the response observer.
 
-Framing of the response is decided when the first body message arrives, so that a small
-response (start + a single body) leaves in ONE ``transport.write``: the head is held back
-until then and joined with the body. A response without a Content-Length of the app's is
-given one when its body is complete in the first message; otherwise it is sent chunked
-(HTTP/1.1) or delimited by closing the connection (HTTP/1.0).
+What goes on the wire is its host's: the object that carries the request (an HTTP/1.1
+connection, an HTTP/2 stream) and implements :class:`CycleHost`. The host frames the
+response (HTTP/1.1: status line, Content-Length or chunked, Connection, the head joined
+with the first body in one write; HTTP/2: HEADERS, DATA within the peer's windows,
+trailers, END_STREAM), feeds the request body in (:meth:`HTTPCycle.feed_body`, ``more_body``,
+:meth:`HTTPCycle.on_disconnect`), and decides what follows a complete response.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from asgictl.protocols.http.response import (
-    CONNECTION,
-    CONTENT_LENGTH,
-    CONTINUE_100,
-    CRLF,
-    LAST_CHUNK,
-    NO_BODY_STATUSES,
-    SPECIAL_HEADERS,
-    STATUS_LINES,
-    TRANSFER_ENCODING,
-    chunk,
-    status_line,
-)
+from asgictl.protocols.asgi import ClientDisconnected, log_http_access
+from asgictl.protocols.http.response import NO_BODY_STATUSES
 
 if TYPE_CHECKING:
     import asyncio
 
-    from asgictl.protocols.http.connection import HTTPConnection
+    from asgictl.protocols.state import ServerState
 
 logger = logging.getLogger("asgictl.error")
-access_logger = logging.getLogger("asgictl.access")
 
 _DISCONNECT = {"type": "http.disconnect"}
-_KEEP_ALIVE_LINE = b"connection: keep-alive\r\n"
-_CLOSE_LINE = b"connection: close\r\n"
-_CHUNKED_LINE = b"transfer-encoding: chunked\r\n"
 _PATHSEND_CHUNK = 256 * 1024
-#: Streamed body bytes held back at most before a write (see HTTPCycle._buffer).
-_FLUSH_AT = 64 * 1024
+
+__all__ = ["ClientDisconnected", "CycleHost", "HTTPCycle"]
 
 
-class ClientDisconnected(OSError):
-    """Raised by ``send`` once the client has gone (ASGI spec 2.4)."""
+class CycleHost(Protocol):
+    """What an :class:`HTTPCycle` needs from what carries its request.
+
+    The attributes: ``state`` (the ServerState), ``loop``; ``read_eof`` (no more request
+    bytes can arrive: receive() answers http.disconnect), ``read_paused`` (request body
+    is held back until the app reads), ``write_paused`` (``send`` must ``await drain()``
+    before the next message).
+
+    Response methods, called in ASGI order for one cycle: ``start_response`` once (set
+    ``cycle.head`` to the held-back head and ``cycle.length_left`` to the app's
+    Content-Length, or None), then ``write_body`` for each body message (the data as the
+    app sent it: the host drops it when ``cycle.no_body``, and sets ``cycle.head`` to
+    None once the head is on its way), ``body_length`` when pathsend knows the size
+    first, and ``write_trailers`` when the app sends trailers.
+    """
+
+    state: ServerState
+    loop: asyncio.AbstractEventLoop
+    read_eof: bool
+    read_paused: bool
+    write_paused: bool
+
+    def resume_reading(self) -> None:
+        """The app waits for request body: let the client send more."""
+
+    async def drain(self) -> None:
+        """Wait until the response may take more (write buffer, flow-control window)."""
+
+    def write_continue(self, cycle: HTTPCycle) -> None:
+        """Tell a client waiting on ``Expect: 100-continue`` to send its body."""
+
+    def start_response(self, cycle: HTTPCycle, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Check and hold the head of the response (``http.response.start``)."""
+
+    def write_body(self, cycle: HTTPCycle, data: bytes, more: bool) -> None:
+        """A body piece, the head with it if not written yet; raises RuntimeError for a head
+        the host refuses (nothing written then)."""
+
+    def body_length(self, cycle: HTTPCycle, size: int) -> None:
+        """pathsend: the body is ``size`` bytes (frame it so when the app set no framing)."""
+
+    def write_trailers(self, cycle: HTTPCycle, headers: Iterable[tuple[bytes, bytes]], more: bool) -> None:
+        """Trailer fields (``http.response.trailers``), the last of the response unless ``more``."""
+
+    def cycle_done(self, cycle: HTTPCycle) -> None:
+        """The response of ``cycle`` is complete."""
+
+    def app_failed(self, cycle: HTTPCycle, exc: BaseException | None) -> None:
+        """The app raised ``exc`` (None: returned without a complete response)."""
 
 
 class HTTPCycle:
+    """The ASGI ``receive``/``send`` of one request, carried by ``conn`` (a CycleHost).
+
+    ``run(app)`` runs the app; the host feeds the request body with :meth:`feed_body`
+    and ``more_body = False`` (then :meth:`wake`), and reports a peer that went away with
+    :meth:`on_disconnect`. ``send`` raises RuntimeError for a message out of order and
+    ClientDisconnected once the peer has gone.
+    """
+
     __slots__ = (
         "conn",
         "scope",
@@ -68,28 +112,24 @@ class HTTPCycle:
         # response side
         "status",
         "head",
-        "head_lines",
         "response_started",
         "response_complete",
-        "chunked",
         "length_left",
         "no_body",
         "trailers",
         "started_at",
-        "pending",
-        "pending_size",
-        "flush_handle",
     )
 
     def __init__(
         self,
-        conn: HTTPConnection,
+        conn: CycleHost,
         scope: dict[str, Any],
         keep_alive: bool,
         expect_continue: bool,
     ) -> None:
         self.conn = conn
         self.scope = scope
+        #: the connection may carry another request after this one (HTTP/1.1's concern)
         self.keep_alive = keep_alive
         self.body = b""
         self.more_body = True
@@ -100,15 +140,13 @@ class HTTPCycle:
         self.disconnected = False
         self.response_started = False
         self.response_complete = False
-        #: the head block, held back until the first body message (None once written)
-        self.head: list[bytes] | None = None
+        #: the host's head, held back until the first body message (None once written)
+        self.head: Any = None
         self.started_at = 0.0
-        #: streamed body pieces not written yet (see _buffer)
-        self.pending: list[bytes] | None = None
-        # The rest of the response side (status, framing, head_lines, ...) is set by
-        # _start: one request costs fewer stores, and nothing reads them before it.
+        # The rest of the response side (status, no_body, trailers, length_left) is set
+        # by _start: one request costs fewer stores, and nothing reads them before it.
 
-    # ------------------------------------------------------------------ from the parser
+    # -------------------------------------------------------------------- from the host
 
     def feed_body(self, data: bytes) -> None:
         self.body = self.body + data if self.body else data
@@ -133,8 +171,8 @@ class HTTPCycle:
             # The client waits for this before sending the body: send it only now that
             # the app asks for the body (RFC 9110 10.1.1).
             self.expect_continue = False
-            if not self.response_started and not self.disconnected and conn.transport is not None:
-                conn.transport.write(CONTINUE_100)
+            if not self.response_started and not self.disconnected:
+                conn.write_continue(self)
         while not (self.disconnected or self.response_complete):
             if self.body or (self.more_body is False and not self.body_delivered):
                 break
@@ -165,9 +203,8 @@ class HTTPCycle:
         if kind == "http.response.body":
             if not self.response_started:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
-            data = message.get("body", b"")
             more = message.get("more_body", False)
-            self._write_body(data, more)
+            self._write_body(message.get("body", b""), more)
             if not more and not self.trailers:
                 self._finish()
             elif self.conn.write_paused and not self.disconnected:
@@ -179,7 +216,12 @@ class HTTPCycle:
         elif kind == "http.response.trailers":
             if not self.response_started or not self.trailers or self.head is not None:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
-            self._write_trailers(message)
+            more = message.get("more_trailers", False)
+            if not self.disconnected:
+                self.conn.write_trailers(self, message.get("headers", ()), more)
+                self.trailers = 2
+            if not more:
+                self._finish()
         elif kind == "http.response.pathsend":
             if self.head is None:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
@@ -189,44 +231,11 @@ class HTTPCycle:
 
     def _start(self, message: dict[str, Any]) -> None:
         status = message["status"]
-        state = self.conn.state
-        default_headers = state.default_headers
-        head = [STATUS_LINES.get(status) or status_line(status), default_headers]
-        no_body = status in NO_BODY_STATUSES
-        length: int | None = None
-        chunked = False
-        keep_alive = self.keep_alive
-        for name, value in message.get("headers", ()):
-            if name in SPECIAL_HEADERS or (not name.islower() and name.lower() in SPECIAL_HEADERS):
-                lname = name.lower()
-                if lname == CONTENT_LENGTH:
-                    if no_body:
-                        continue
-                    length = int(value)
-                elif lname == TRANSFER_ENCODING:
-                    # The server does the chunking; an app's chunked header is honoured,
-                    # any other coding of its own is left to the app (RFC 9112 6.1).
-                    if value.lower() == b"chunked":
-                        chunked = True
-                        continue
-                elif lname == CONNECTION:
-                    if value.lower() == b"close":
-                        keep_alive = False
-                    continue
-                else:  # server or date: the app's replaces the default one
-                    default_headers = head[1] = _without(head[1], lname)
-            head += (name, b": ", value, CRLF)
-        # Lines the head has so far; _write_body checks the joined bytes against it.
-        self.head_lines = 1 + (len(head) - 2) // 4 + (
-            state.default_lines if default_headers is state.default_headers else default_headers.count(b"\n")
-        )
         self.status = status
-        self.no_body = no_body or self.scope["method"] == "HEAD"
+        self.no_body = status in NO_BODY_STATUSES or self.scope["method"] == "HEAD"
+        # 0: no trailers; 1: announced by the app; 2: the first trailers were sent
         self.trailers = 1 if message.get("trailers", False) else 0
-        self.length_left = length
-        self.chunked = chunked
-        self.keep_alive = keep_alive
-        self.head = head
+        self.conn.start_response(self, status, message.get("headers", ()))
         self.response_started = True
 
     def _write_body(self, data: bytes, more: bool) -> None:
@@ -234,126 +243,20 @@ class HTTPCycle:
             raise RuntimeError(_unexpected("http.response.body", True))
         if self.disconnected:
             return
-        head = self.head
-        if head is not None:
-            # The first body message: decide the framing and finish the head block.
-            self.head = None
-            pieces = len(head)
-            http10 = self.scope["http_version"] == "1.0"
-            if self.length_left is None and not self.chunked and self.status not in NO_BODY_STATUSES:
-                if not more and not self.trailers:
-                    head.append(b"content-length: %d\r\n" % len(data))
-                    self.length_left = len(data)
-                elif http10:
-                    self.keep_alive = False  # the body ends when the connection closes
-                else:
-                    self.chunked = True
-            if self.chunked:
-                if http10:
-                    self.chunked = False
-                    self.keep_alive = False
-                else:
-                    head.append(_CHUNKED_LINE)
-            if self.expect_continue and self.more_body:
-                # Answered without asking for the body the client is holding back: it
-                # may send it or not, so the connection's next bytes cannot be trusted.
-                self.keep_alive = False
-            if not self.keep_alive:
-                head.append(_CLOSE_LINE)
-            elif http10:
-                head.append(_KEEP_ALIVE_LINE)
-            head.append(CRLF)
-            # One scan of the head for the whole header block instead of a check per
-            # header: a CR or LF inside a name or value (response splitting) shows up
-            # as a line break too many. The head's lines: the app's headers and the
-            # default ones counted in _start, plus one per piece added just above.
-            lines = self.head_lines + len(head) - pieces
-        if self.no_body:
-            data = b""
-        elif self.length_left is not None:
-            self.length_left -= len(data)
-            if self.length_left < 0:
+        left = self.length_left
+        if left is not None and not self.no_body:
+            left = self.length_left = left - len(data)
+            if left < 0:
                 raise RuntimeError("Response content longer than Content-Length")
-        if self.chunked and not self.no_body:
-            framed = chunk(data) if data else b""
-            if not more and self.trailers == 0:
-                framed += LAST_CHUNK
-            data = framed
-        if head is not None:
-            head.append(data)
-            payload = b"".join(head)
-            end = len(payload) - len(data)
-            if payload.count(b"\n", 0, end) != lines or payload.count(b"\r", 0, end) != lines:
-                self.response_started = False  # nothing was written: the app gets its 500
-                raise RuntimeError("Invalid HTTP header: CR or LF in a response header")
-            data = payload
-        if more:
-            if data:
-                self._buffer(data)
-        elif self.pending is None:
-            if data:
-                self.conn.transport.write(data)  # the common case: nothing held back
-        else:
-            self.flush(data)
-
-    def _buffer(self, data: bytes) -> None:
-        """Hold a streamed piece until the app yields to the loop (or 64 KiB pile up):
-        an app that sends many small chunks back to back then costs one write, not
-        one system call per chunk, and nothing waits longer than one loop iteration."""
-        pending = self.pending
-        if pending is None:
-            self.pending = [data]
-            self.pending_size = len(data)
-            self.flush_handle = self.conn.loop.call_soon(self.flush, b"")
-        else:
-            pending.append(data)
-            self.pending_size += len(data)
-        if self.pending_size >= _FLUSH_AT:
-            self.flush(b"")
-
-    def flush(self, data: bytes = b"") -> None:
-        """Write what is pending plus ``data``, in one write."""
-        pending = self.pending
-        if pending is not None:
-            self.pending = None
-            self.pending_size = 0
-            if self.flush_handle is not None:
-                self.flush_handle.cancel()
-                self.flush_handle = None
-            if data:
-                pending.append(data)
-            data = b"".join(pending)
-        transport = self.conn.transport
-        if data and not transport.is_closing():
-            transport.write(data)
-
-    def _write_trailers(self, message: dict[str, Any]) -> None:
-        more = message.get("more_trailers", False)
-        if self.chunked and not self.no_body and not self.disconnected:
-            first = self.trailers == 1
-            self.trailers = 2
-            lines = [b"0\r\n"] if first else []
-            for name, value in message.get("headers", ()):
-                lines += (name, b": ", value, CRLF)
-            block = b"".join(lines)
-            expected = len(lines) // 4 + first
-            if block.count(b"\n") != expected or block.count(b"\r") != expected:
-                raise RuntimeError("Invalid HTTP trailer: CR or LF in a trailer field")
-            self.flush(block + CRLF if not more else block)
-        # Without chunked framing (HTTP/1.0, or a Content-Length of the app's) there is
-        # no place for trailers on the wire: they are dropped, as RFC 9110 6.5 allows.
-        if not more:
-            self._finish()
+        self.conn.write_body(self, data, more)
 
     async def _pathsend(self, path: str) -> None:
-        assert self.head is not None
+        conn = self.conn
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            if self.length_left is None and not self.chunked and not self.trailers:
+            if self.length_left is None and not self.trailers:
                 # Known size: framed by Content-Length so the connection stays reusable.
-                self.head.append(b"content-length: %d\r\n" % size)
-                self.head_lines += 1
-                self.length_left = size
+                conn.body_length(self, size)
             sent = 0
             while True:
                 data = fh.read(_PATHSEND_CHUNK)
@@ -362,8 +265,8 @@ class HTTPCycle:
                 self._write_body(data, more)
                 if not more or self.disconnected:
                     break
-                if self.conn.write_paused:
-                    await self.conn.drain()
+                if conn.write_paused:
+                    await conn.drain()
         if self.disconnected:
             raise ClientDisconnected("client disconnected during pathsend")
         if not self.trailers:
@@ -380,32 +283,14 @@ class HTTPCycle:
         self.response_complete = True
         if self.waiter is not None:  # a receive() waiting for body gets http.disconnect
             self.wake()
-        state = self.conn.state
+        conn = self.conn
+        state = conn.state
         if state.access_log:
-            self._log_access()
+            log_http_access(self.scope, self.status, conn.loop.time() - self.started_at)
         observe = state.on_response
         if observe is not None:
-            observe(self.status, self.conn.loop.time() - self.started_at)
-        self.conn.cycle_done(self)
-
-    def _log_access(self) -> None:
-        scope = self.scope
-        client = scope.get("client")
-        client_addr = f"{client[0]}:{client[1]}" if client else "-"
-        path = scope["path"]
-        query = scope["query_string"]
-        if query:
-            path = f"{path}?{query.decode('latin-1')}"
-        duration_ms = (self.conn.loop.time() - self.started_at) * 1000
-        access_logger.info(
-            '%s - "%s %s HTTP/%s" %d %.1fms',
-            client_addr,
-            scope["method"],
-            path,
-            scope["http_version"],
-            self.status,
-            duration_ms,
-        )
+            observe(self.status, conn.loop.time() - self.started_at)
+        conn.cycle_done(self)
 
     # -------------------------------------------------------------------------- running
 
@@ -428,11 +313,6 @@ class HTTPCycle:
                 self.conn.app_failed(self, None)
         finally:
             self.conn.state.active_requests -= 1
-
-
-def _without(block: bytes, name: bytes) -> bytes:
-    prefix = name + b": "
-    return b"".join(line + CRLF for line in block.split(CRLF) if line and not line.startswith(prefix))
 
 
 def _unexpected(kind: str, complete: bool) -> str:

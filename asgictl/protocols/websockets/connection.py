@@ -36,12 +36,12 @@ import os
 from collections import deque
 from typing import Any
 
+from asgictl.protocols.asgi import ASGI_VERSION, ClientDisconnected, log_websocket_access
 from asgictl.protocols.flow import FlowControlled
 from asgictl.protocols.http.response import STATUS_LINES, simple_response
 from asgictl.protocols.state import ServerState
 
 logger = logging.getLogger("asgictl.error")
-access_logger = logging.getLogger("asgictl.access")
 
 # Phases of a connection, from the app's side.
 CONNECTING = 0  # the app has not answered the handshake yet
@@ -57,7 +57,6 @@ CLOSE_TIMEOUT = 5.0
 #: reading pauses until then.
 EARLY_LIMIT = 64 * 1024
 
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 EXTENSIONS: dict[str, dict[str, Any]] = {"websocket.http.response": {}}
 _CONNECT = {"type": "websocket.connect"}
 _HANDSHAKE_MESSAGES = frozenset({"websocket.accept", "websocket.close", "websocket.http.response.start"})
@@ -65,10 +64,6 @@ _OPEN_MESSAGES = frozenset({"websocket.send", "websocket.close"})
 _DENY_MESSAGES = frozenset({"websocket.http.response.body"})
 _ALL_MESSAGES = _HANDSHAKE_MESSAGES | _OPEN_MESSAGES | _DENY_MESSAGES
 _CLOSE_REASONS = {1001: "server shutting down", 1012: "server restarting"}
-
-
-class ClientDisconnected(OSError):
-    """Raised by ``send`` once the peer has gone or the connection was closed under the app."""
 
 
 def websocket_scope(http_scope: dict[str, Any]) -> dict[str, Any]:
@@ -489,13 +484,5 @@ class WSConnection(FlowControlled):
         return raw_path + b"?" + query if query else raw_path
 
     def _log_access(self, status: int) -> None:
-        if not self.state.access_log:
-            return
-        scope = self.scope
-        client = scope.get("client")
-        path = scope["path"]
-        if scope["query_string"]:
-            path = f"{path}?{scope['query_string'].decode('latin-1')}"
-        access_logger.info(
-            '%s - "WebSocket %s" %d', f"{client[0]}:{client[1]}" if client else "-", path, status
-        )
+        if self.state.access_log:
+            log_websocket_access(self.scope, status)

@@ -1,0 +1,158 @@
+"""Instructions per hello request, counted by callgrind: a deterministic hot-path figure.
+
+    python benchmarks/callgrind_hello.py [--http httptools|h11] [--protocol 1.1|2] [--requests N]
+
+Runs valgrind's callgrind on this script's in-process loop twice (N and 2N requests
+through the real connection class over an in-memory transport, ``apps.hello`` as the
+app, PYTHONHASHSEED fixed) and prints the difference divided by N: the instructions one
+more request costs, with interpreter start-up and imports cancelled out. Unlike req/s
+this does not move with the machine's load, so a change to the hot path can be judged
+on a shared machine to a fraction of a percent.
+
+``--protocol 2`` drives the HTTP/2 connection instead (one connection, one stream per
+request, answered by the server's engine); ``--http`` still picks the HTTP/1.1 class
+the connection starts as.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+        self.protocol: Any = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+
+def _loop(http: str, protocol: str, requests: int) -> None:
+    from apps import hello
+
+    from asgictl.config import Config
+    from asgictl.protocols.http import protocol_class
+    from asgictl.protocols.state import ServerState
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    config = Config(hello, http=http, access_log=False)
+    state = ServerState(config, hello, loop)
+    transport = _Transport()
+    conn = protocol_class(http)(state)
+    transport.protocol = conn
+    conn.connection_made(transport)
+    if protocol == "2":
+        import h2.config
+        import h2.connection
+
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        conn.data_received(client.data_to_send())
+        frames = []
+        headers = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "localhost")]
+        for i in range(requests):
+            client.send_headers(1 + 2 * i, headers, end_stream=True)
+            frames.append(client.data_to_send())
+        feed = transport.protocol.data_received
+
+        async def drive() -> None:
+            for data in frames:
+                feed(data)
+                await asyncio.sleep(0)
+
+    else:
+
+        async def drive() -> None:
+            for _ in range(requests):
+                conn.data_received(REQUEST)
+                await asyncio.sleep(0)
+
+    loop.run_until_complete(drive())
+    assert transport.written > requests * 13, "the app was not answered"
+
+
+def _count(http: str, protocol: str, requests: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                __file__,
+                "--inner",
+                "--http",
+                http,
+                "--protocol",
+                protocol,
+                "--requests",
+                str(requests),
+            ],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        text = Path(out).read_text()
+    match = re.search(r"^summary:\s+(\d+)", text, re.MULTILINE) or re.search(r"^totals:\s+(\d+)", text, re.M)
+    assert match, "no callgrind summary"
+    return int(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--http", default="httptools", choices=["httptools", "h11"])
+    parser.add_argument("--protocol", default="1.1", choices=["1.1", "2"])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner:
+        _loop(args.http, args.protocol, args.requests)
+        return
+    small = _count(args.http, args.protocol, args.requests)
+    large = _count(args.http, args.protocol, 2 * args.requests)
+    per = (large - small) / args.requests
+    print(f"{args.http} HTTP/{args.protocol}: {per:,.0f} instructions per hello request")
+
+
+if __name__ == "__main__":
+    main()
