@@ -175,7 +175,7 @@ class Server:
         idle = False
         for conn in list(state.connections):
             conn.closing = True
-            if conn.cycle is not None or conn.pipeline:
+            if conn.busy():
                 conn.shutdown()
             else:
                 idle = True

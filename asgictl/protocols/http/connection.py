@@ -24,8 +24,10 @@ from asgictl.protocols.http.cycle import HTTPCycle
 from asgictl.protocols.http.framing import ResponseFraming
 from asgictl.protocols.http.response import simple_response
 from asgictl.protocols.http.strict import EXPECT_CONTINUE, FORWARDED, check_head
-from asgictl.protocols.proxy import parse_forwarded_proto
 from asgictl.protocols.state import ServerState
+
+#: The HTTP/2 client connection preface (RFC 9113 3.4).
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 logger = logging.getLogger("asgictl.error")
 
@@ -94,6 +96,7 @@ class HTTPConnection(ResponseFraming):
         "idle_since",
         "parsing",
         "pipeline",
+        "preface",
         "scheme",
         "server",
         "state",
@@ -125,6 +128,9 @@ class HTTPConnection(ResponseFraming):
         self.body_seen = 0
         self.body_mark: tuple[int, float] | None = None
         self._starting = False
+        #: the first bytes while they may still be the HTTP/2 client preface (None once
+        #: decided, or with --no-http2): the adapters look at it only then
+        self.preface: bytes | None = b"" if state.h2_protocol is not None else None
 
     # ------------------------------------------------------------------ asyncio events
 
@@ -132,8 +138,8 @@ class HTTPConnection(ResponseFraming):
         self.transport = transport  # type: ignore[assignment]
         state = self.state
         state.connections.add(self)
-        self.server = _address(transport.get_extra_info("sockname"))
-        self.client = _address(transport.get_extra_info("peername"))  # type: ignore[assignment]
+        self.server = address(transport.get_extra_info("sockname"))
+        self.client = address(transport.get_extra_info("peername"))  # type: ignore[assignment]
         if state.is_ssl or transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
         if state.trusted is not None:
@@ -145,6 +151,10 @@ class HTTPConnection(ResponseFraming):
             self.closing = True
         if state.trace:
             logger.log(TRACE, "%s - HTTP connection made", _peer(self.client, self.server))
+        if self.preface is not None and self.scheme == "https":
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self.switch_to_http2(b"")  # ALPN chose HTTP/2 (RFC 9113 3.2)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
@@ -171,6 +181,41 @@ class HTTPConnection(ResponseFraming):
         if self.cycle is not None:
             self.cycle.wake()  # a receive() waiting for more can only get http.disconnect now
         return True
+
+    def sniff(self, data: bytes) -> bytes:
+        """The adapters' first look at a connection's bytes: what HTTP/1.1 must parse, or
+        b"" when it is (or may yet be) the HTTP/2 client preface (prior knowledge, RFC 9113
+        3.3). Called only until that is decided, so it costs nothing per request."""
+        data = self.preface + data if self.preface else data
+        size = min(len(data), len(PREFACE))
+        if data[:size] != PREFACE[:size]:
+            self.preface = None
+            return data
+        if size < len(PREFACE):
+            self.preface = data  # the preface may be split over reads
+            return b""
+        self.preface = None
+        self.switch_to_http2(data)
+        return b""
+
+    def switch_to_http2(self, data: bytes) -> None:
+        """Hand the transport to an HTTP/2 connection, with the bytes read so far."""
+        factory = self.state.h2_protocol
+        assert factory is not None
+        self.closing = True
+        self.state.connections.discard(self)
+        protocol = factory(self.state)
+        transport = self.transport
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+        protocol.start(data)
+
+    def busy(self) -> bool:
+        """A request is in progress or queued (shutdown then lets it finish)."""
+        return self.cycle is not None or bool(self.pipeline)
 
     def resume_reading(self) -> None:
         # Requests queued behind the one in progress keep reading paused (pipelining).
@@ -223,7 +268,7 @@ class HTTPConnection(ResponseFraming):
         scope["headers"] = headers
         scope["state"] = state.lifespan_state.copy()
         if flags & FORWARDED and self.trusted:
-            scope["client"], scope["scheme"] = self._forwarded(headers, self.client, self.scheme)
+            scope["client"], scope["scheme"] = state.trusted.forwarded(headers, self.client, self.scheme)  # type: ignore[union-attr]
         if self.closing:
             keep_alive = False
         elif not keep_alive:
@@ -468,24 +513,6 @@ class HTTPConnection(ResponseFraming):
                 if cycle is not None:
                     cycle.keep_alive = False
 
-    # ----------------------------------------------------------------------- helpers
-
-    def _forwarded(self, headers: list[tuple[bytes, bytes]], client: Any, scheme: str) -> tuple[Any, str]:
-        trusted = self.state.trusted
-        assert trusted is not None
-        for name, value in headers:
-            if name == b"x-forwarded-proto":
-                proto = parse_forwarded_proto(value)
-                if proto is not None:
-                    scheme = proto
-            elif name == b"x-forwarded-for":
-                host = trusted.client_from_forwarded_for(value.decode("latin-1"))
-                if host:
-                    client = (host, 0)
-        if scheme in ("ws", "wss"):
-            scheme = "https" if scheme == "wss" else "http"
-        return client, scheme
-
 
 def _is_websocket_handshake(scope: dict[str, Any]) -> bool:
     """GET, HTTP/1.1, ``Upgrade: websocket`` and ``Connection: upgrade`` (RFC 6455 4.1)."""
@@ -506,7 +533,7 @@ def _peer(client: Any, server: Any) -> str:
     return f"unix:{server[0]}" if server else "-"
 
 
-def _address(info: Any) -> Any:
+def address(info: Any) -> Any:
     """(host, port) for TCP, (path, None) for a Unix socket, None if unknown."""
     if isinstance(info, tuple) and len(info) >= 2:
         return (str(info[0]), int(info[1]))

@@ -115,9 +115,6 @@ class WSConnection(FlowControlled):
         "waiter",
     )
 
-    #: The server's shutdown looks for queued requests on every connection: never here.
-    pipeline: tuple[()] = ()
-
     def __init__(self, state: ServerState, scope: dict[str, Any]) -> None:
         super().__init__(state.loop)
         self.state = state
@@ -394,6 +391,10 @@ class WSConnection(FlowControlled):
             self._answer_http(simple_response(503, b"Service Unavailable", self.state.default_headers))
         # DENYING: the app's response finishes (or the server's deadline cuts it);
         # CLOSING: the close handshake is under way.
+
+    def busy(self) -> bool:
+        """The app is running (shutdown then lets it finish)."""
+        return self.cycle is not None
 
     def check_idle(self, now: float) -> None:
         """Keepalive, from the worker's once-a-second clock."""

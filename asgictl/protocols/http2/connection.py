@@ -1,0 +1,488 @@
+"""One HTTP/2 connection: streams, limits, floods, flow control and shutdown.
+
+:class:`HTTP2Connection` is the asyncio protocol a connection switches to once it is
+known to speak HTTP/2: TLS ALPN ``h2``, the client preface at the start of a cleartext
+connection (prior knowledge), or an accepted ``Upgrade: h2c``. The framing engine (the
+``h2`` library, :mod:`~asgictl.protocols.http2.h2_engine`) turns bytes into calls here
+(the engine seam: ``on_request``, ``on_data``, ``on_trailers``, ``on_reset``,
+``on_window_update``, ``on_settings``, ``on_ping``, ``on_ping_ack``, ``on_priority``,
+``on_goaway``) and frames what this class asks for; everything else is here, once:
+
+- each request stream becomes an ASGI ``http`` scope (``http_version`` "2",
+  ``:authority`` as ``host``) run by the same :class:`HTTPCycle` as HTTP/1.1, with an
+  :class:`~asgictl.protocols.http2.stream.H2Stream` as its host; an extended CONNECT
+  with ``:protocol websocket`` (RFC 8441) runs the ASGI websocket cycle over the stream;
+- the request checks of RFC 9113 8.2-8.3 (a malformed request is a stream error
+  PROTOCOL_ERROR) and the shared strictness policy of HTTP/1.1 (``strict.check_head``);
+- limits: SETTINGS_MAX_CONCURRENT_STREAMS, the header list size (the HTTP/1.1 head
+  budget), ``--limit-concurrency`` (503), ``--limit-request-body`` (413 or a reset);
+- floods (rapid reset, empty DATA, SETTINGS, PING and PRIORITY floods, control frames
+  piling up unread) end the connection with GOAWAY ENHANCE_YOUR_CALM; the engine
+  answers CONTINUATION floods, HPACK bombs and window overflows with the RFC's error;
+- deadlines from the worker's clock (``check_idle``): a header block left open
+  (``--timeout-header-read``), an idle connection (``--timeout-keep-alive``), a stream
+  whose body stops coming (``--timeout-body-read``), a peer that never opens its window;
+- graceful shutdown (RFC 9113 6.8): GOAWAY with the last possible stream id and a
+  PING; at the PING's answer, GOAWAY with the real last stream id; streams in flight
+  finish, new ones are refused.
+
+Frames are written once per read (the engine's output batched) or once per loop
+iteration for what the apps send in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from asgictl.protocols.flow import FlowControlled
+from asgictl.protocols.http.connection import address, service_unavailable
+from asgictl.protocols.http.cycle import HTTPCycle
+from asgictl.protocols.http.strict import InvalidRequest
+from asgictl.protocols.http2.h2_engine import EngineError, H2Engine
+from asgictl.protocols.http2.request import MalformedRequest, build_scope
+from asgictl.protocols.http2.stream import H2Stream
+from asgictl.protocols.state import ServerState
+
+logger = logging.getLogger("asgictl.error")
+
+NO_ERROR = 0x0
+PROTOCOL_ERROR = 0x1
+INTERNAL_ERROR = 0x2
+REFUSED_STREAM = 0x7
+CANCEL = 0x8
+ENHANCE_YOUR_CALM = 0xB
+
+# SETTINGS identifiers (RFC 9113 6.5.2, RFC 8441 3).
+HEADER_TABLE_SIZE = 0x1
+ENABLE_PUSH = 0x2
+MAX_CONCURRENT_STREAMS = 0x3
+INITIAL_WINDOW_SIZE = 0x4
+MAX_FRAME_SIZE = 0x5
+MAX_HEADER_LIST_SIZE = 0x6
+ENABLE_CONNECT_PROTOCOL = 0x8
+
+#: Request body a stream may have in flight, and the whole connection (bounded buffering).
+STREAM_WINDOW = 256 * 1024
+CONNECTION_WINDOW = 1024 * 1024
+#: Seconds a response may wait for the peer to open its window before the stream is reset.
+SEND_STALL_TIMEOUT = 30.0
+#: Flood budgets, per second of the worker's clock (a legitimate client stays far below).
+MAX_RESETS = 200  # streams the client opened and reset before their response (rapid reset)
+MAX_EMPTY_DATA = 100  # DATA frames with neither payload nor END_STREAM
+MAX_CONTROL = 200  # SETTINGS and PING frames
+MAX_PRIORITY = 1000  # PRIORITY frames
+#: Seconds the shutdown's PING may take before the second GOAWAY goes without it.
+GOAWAY_PING_WAIT = 1.0
+#: Frames owed an ACK while the peer does not read what is written (bounded ACK queue).
+MAX_UNREAD_ACKS = 64
+
+
+class HTTP2Connection(FlowControlled):
+    __slots__ = (
+        "acks_unread",
+        "client",
+        "closing",
+        "control",
+        "empty_data",
+        "engine",
+        "flush_handle",
+        "goaway_ping",
+        "idle_since",
+        "last_stream_id",
+        "priority",
+        "resets",
+        "scheme",
+        "server",
+        "state",
+        "streams",
+        "trusted",
+        "headers_since",
+    )
+
+    def __init__(self, state: ServerState) -> None:
+        super().__init__(state.loop)
+        self.state = state
+        self.server: Any = None
+        self.client: Any = None
+        self.scheme = "http"
+        self.trusted = False
+        self.engine: H2Engine = None  # type: ignore[assignment]
+        self.streams: dict[int, H2Stream] = {}
+        #: no new streams (shutdown, GOAWAY sent or received)
+        self.closing = False
+        self.idle_since: float | None = None
+        self.flush_handle: asyncio.Handle | None = None
+        #: the shutdown's first GOAWAY went out with this PING payload; None otherwise
+        self.goaway_ping: bytes | None = None
+        #: streams above this id are refused (the second GOAWAY's last stream id)
+        self.last_stream_id = 2**31 - 1
+        self.resets = self.empty_data = self.control = self.priority = self.acks_unread = 0
+        self.headers_since: float | None = None
+
+    # ------------------------------------------------------------------ asyncio events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        state = self.state
+        state.connections.add(self)
+        self.server = address(transport.get_extra_info("sockname"))
+        self.client = address(transport.get_extra_info("peername"))
+        if state.is_ssl or transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        if state.trusted is not None:
+            peer = self.client[0] if self.client else (self.server[0] if self.server else None)
+            self.trusted = peer in state.trusted
+        self.idle_since = self.loop.time()
+        self.engine = H2Engine(self, self._settings(), CONNECTION_WINDOW)
+        if state.shutting_down:
+            self.shutdown()
+
+    def _settings(self) -> dict[int, int]:
+        state = self.state
+        return {
+            HEADER_TABLE_SIZE: 4096,
+            ENABLE_PUSH: 0,
+            MAX_CONCURRENT_STREAMS: state.h2_max_concurrent_streams,
+            INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            MAX_FRAME_SIZE: 16384,
+            MAX_HEADER_LIST_SIZE: state.limit_head,
+            ENABLE_CONNECT_PROTOCOL: 0,
+        }
+
+    def start(self, data: bytes) -> None:
+        """The first bytes (from the preface on), read by the HTTP/1.1 protocol."""
+        self.flush()
+        if data:
+            self.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        try:
+            self.engine.receive(data)
+        except EngineError as exc:
+            logger.debug("HTTP/2 connection error %d: %s", exc.code, exc)
+            self.abandon()
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # the peer is gone: close (connection_lost follows)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        self.closing = True
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        for stream in list(self.streams.values()):
+            stream.reset = True
+            stream.release_drain()
+            if stream.cycle is not None:
+                stream.cycle.on_disconnect()
+        self.streams.clear()
+        self.release_drain()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.acks_unread = 0
+
+    # ------------------------------------------------------------ from the engine
+
+    def on_request(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        state = self.state
+        self.idle_since = None
+        if self.closing or stream_id > self.last_stream_id:
+            self.engine.reset(stream_id, REFUSED_STREAM)
+            return
+        try:
+            scope = build_scope(self, headers)
+        except MalformedRequest as exc:
+            logger.debug("Malformed HTTP/2 request on stream %d: %s", stream_id, exc)
+            self.engine.reset(stream_id, PROTOCOL_ERROR)
+            return
+        except InvalidRequest as exc:
+            logger.debug("Invalid HTTP/2 request on stream %d: %s", stream_id, exc.reason)
+            stream = H2Stream(self, stream_id)
+            stream.request_complete = end_stream
+            self.streams[stream_id] = stream
+            stream.respond(exc.status, f"{exc.reason}\n".encode())
+            return
+        stream = H2Stream(self, stream_id)
+        stream.request_complete = end_stream
+        cycle = HTTPCycle(stream, scope, True, False)
+        stream.cycle = cycle
+        if end_stream:
+            cycle.more_body = False
+        self.streams[stream_id] = stream
+        state.total_requests += 1
+        state.active_requests += 1
+        app = state.app
+        if state.limit_concurrency is not None and state.over_capacity():
+            app = service_unavailable
+        if state.timed:
+            cycle.started_at = self.loop.time()
+        state.start_task(cycle.run(app))
+
+    def on_data(self, stream_id: int, data: bytes, flow_length: int, end_stream: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if not data and not end_stream:
+            self.empty_data += 1
+            if self.empty_data > MAX_EMPTY_DATA:
+                self.calm("empty DATA frames")
+                return
+        if stream is None:
+            self.engine.acknowledge(stream_id, flow_length)
+            return
+        stream.body_received(data, flow_length)
+        limit = self.state.limit_body
+        if limit is not None and stream.received > limit:
+            self._body_too_large(stream)
+            return
+        if end_stream:
+            self._end_of_request(stream)
+
+    def on_trailers(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            self._end_of_request(stream)
+
+    def on_reset(self, stream_id: int, code: int, remote: bool) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        if remote and not stream.app_done:
+            self.resets += 1
+            if self.resets > MAX_RESETS:
+                self.calm("streams reset in a loop (rapid reset)")
+        stream.reset = True
+        stream.outbox.clear()
+        stream.release_drain()
+        if stream.cycle is not None:
+            stream.cycle.on_disconnect()
+
+    def on_window_update(self, stream_id: int) -> None:
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is not None and stream.outbox:
+                stream.pump()
+        else:
+            self._pump_all()
+
+    def on_settings(self, window_changed: bool) -> None:
+        self._control_frame("SETTINGS")
+        if window_changed:
+            self._pump_all()
+
+    def on_ping(self) -> None:
+        self._control_frame("PING")
+
+    def on_ping_ack(self, payload: bytes) -> None:
+        if payload == self.goaway_ping and not self.transport.is_closing():
+            self.goaway_ping = None
+            self.last_stream_id = self.engine.highest_stream_id
+            self.engine.goaway(NO_ERROR, self.last_stream_id)
+            self._close_if_done()
+
+    def on_priority(self) -> None:
+        self.priority += 1
+        if self.priority > MAX_PRIORITY:
+            self.calm("PRIORITY frames in bulk")
+
+    def on_goaway(self, code: int) -> None:
+        """The peer sends no new streams: finish those in flight, then close."""
+        self.closing = True
+        self._close_if_done()
+
+    # ------------------------------------------------------------ for the streams
+
+    def send_headers(self, stream_id: int, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        self.engine.send_headers(stream_id, fields, end_stream)
+        self.schedule_flush()
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        self.engine.send_data(stream_id, data, end_stream)
+        self.schedule_flush()
+
+    def window(self, stream_id: int) -> int:
+        return self.engine.window(stream_id)
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        if size and not self.transport.is_closing():
+            self.engine.acknowledge(stream_id, size)
+            self.schedule_flush()
+
+    def reset_stream(self, stream_id: int, code: int) -> None:
+        self.streams.pop(stream_id, None)
+        if not self.transport.is_closing():
+            self.engine.reset(stream_id, code)
+            self.schedule_flush()
+        self._close_if_done()
+
+    def stream_finished(self, stream: H2Stream) -> None:
+        """The response of ``stream`` is on the wire."""
+        if self.streams.pop(stream.stream_id, None) is None:
+            return
+        if not stream.request_complete and not stream.reset:
+            # The request body is still coming and nobody will read it: ask the client
+            # to stop sending (RFC 9113 8.1).
+            self.engine.reset(stream.stream_id, NO_ERROR)
+            self.schedule_flush()
+        if not self.streams:
+            self.idle_since = self.loop.time()
+        self._close_if_done()
+
+    def app_failed(self, stream: H2Stream, cycle: Any, exc: BaseException | None) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            stream.cancel(CANCEL)
+            return
+        if exc is not None:
+            logger.error("Exception in ASGI application\n", exc_info=exc)
+        if cycle.disconnected or stream.reset or self.transport.is_closing():
+            return
+        if not cycle.response_started:
+            # Nothing was sent: a 500 on the stream, the connection goes on.
+            cycle.response_started = cycle.response_complete = True
+            stream.respond(500, b"Internal Server Error")
+            observe = self.state.on_response
+            if observe is not None:  # the 500 counts as a response, like the app's own
+                observe(500, self.loop.time() - cycle.started_at)
+        elif not cycle.response_complete:
+            # The head is gone: the honest signal left is to reset the stream.
+            cycle.response_complete = True
+            stream.cancel(INTERNAL_ERROR)
+
+    # ------------------------------------------------------------ writing
+
+    def schedule_flush(self) -> None:
+        if self.flush_handle is None:
+            self.flush_handle = self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        data = self.engine.data_to_send()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # ------------------------------------------------------------ housekeeping
+
+    def check_idle(self, now: float) -> None:
+        """Once a second: the deadlines, and the flood budgets start over."""
+        state = self.state
+        self.resets = self.empty_data = self.control = self.priority = 0
+        if self.engine.headers_pending:
+            if self.headers_since is None:
+                self.headers_since = now
+            elif now - self.headers_since >= state.timeout_header_read:
+                self.fail(PROTOCOL_ERROR, "header block not complete in time")
+                return
+        else:
+            self.headers_since = None
+        since = self.idle_since
+        if since is not None and not self.streams and now - since >= state.keep_alive_timeout:
+            self.closing = True
+            self.engine.goaway(NO_ERROR, self.engine.highest_stream_id)
+            self.flush()
+            self.transport.close()
+            return
+        for stream in list(self.streams.values()):
+            if stream.stalled_since is not None and now - stream.stalled_since >= SEND_STALL_TIMEOUT:
+                logger.debug("HTTP/2 stream %d: the peer's window stayed closed", stream.stream_id)
+                stream.cancel(CANCEL)
+            elif not stream.request_complete and not stream.app_done:
+                mark = stream.body_mark
+                if mark is None or mark[0] != stream.received:
+                    stream.body_mark = (stream.received, now)
+                elif now - mark[1] >= state.timeout_body_read:
+                    logger.debug("HTTP/2 stream %d: request body not received in time", stream.stream_id)
+                    stream.cancel(CANCEL)
+        self.flush()
+
+    def shutdown(self) -> None:
+        """Graceful stop (RFC 9113 6.8): GOAWAY with the last possible stream id and a
+        PING; the PING's answer (or a second's wait) brings the second GOAWAY with the
+        real last stream id. Streams up to it finish; the connection closes after the
+        last of them. Called again, it only closes a connection that is done."""
+        self.closing = True
+        if self.transport.is_closing():
+            return
+        if self.last_stream_id == 2**31 - 1 and self.goaway_ping is None:
+            self.goaway_ping = os.urandom(8)
+            self.engine.goaway(NO_ERROR, 2**31 - 1)
+            self.engine.ping(self.goaway_ping)
+            self.flush()
+            self.loop.call_later(GOAWAY_PING_WAIT, self.on_ping_ack, self.goaway_ping)
+        else:
+            self._close_if_done()
+
+    def busy(self) -> bool:
+        """Streams are in flight."""
+        return bool(self.streams)
+
+    def calm(self, reason: str) -> None:
+        """A flood: GOAWAY ENHANCE_YOUR_CALM and close (RFC 9113 5.4.1)."""
+        self.fail(ENHANCE_YOUR_CALM, reason)
+
+    def fail(self, code: int, reason: str) -> None:
+        logger.warning("Closing HTTP/2 connection from %s: %s", _peer(self.client), reason)
+        if not self.transport.is_closing():
+            self.engine.goaway(code, self.engine.highest_stream_id)
+            self.abandon()
+
+    def abandon(self) -> None:
+        """A connection error: write what is queued (the GOAWAY), cancel the streams, close."""
+        self.closing = True
+        self.flush()
+        for stream in list(self.streams.values()):
+            stream.reset = True
+            stream.release_drain()
+            if stream.cycle is not None:
+                stream.cycle.on_disconnect()
+        self.streams.clear()
+        self.transport.close()
+
+    # ------------------------------------------------------------ helpers
+
+    def _control_frame(self, kind: str) -> None:
+        self.control += 1
+        if self.control > MAX_CONTROL:
+            self.calm(f"{kind} flood")
+        elif self.write_paused:
+            # The peer does not read its ACKs: they pile up in our write buffer.
+            self.acks_unread += 1
+            if self.acks_unread > MAX_UNREAD_ACKS:
+                self.calm(f"{kind} frames while not reading the answers")
+
+    def _pump_all(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.outbox:
+                stream.pump()
+
+    def _end_of_request(self, stream: H2Stream) -> None:
+        stream.request_complete = True
+        cycle = stream.cycle
+        if cycle is not None:
+            cycle.more_body = False
+            cycle.wake()
+
+    def _body_too_large(self, stream: H2Stream) -> None:
+        """A body past --limit-request-body: 413 if nothing was answered yet, and the
+        stream is reset (the rest is not read); the app sees a disconnect."""
+        cycle = stream.cycle
+        if cycle is not None and not cycle.response_started:
+            cycle.response_started = cycle.response_complete = True
+            stream.respond(413, b"Request body too large\n")
+        stream.cancel(CANCEL)
+
+    def _close_if_done(self) -> None:
+        if self.closing and not self.streams and self.goaway_ping is None and not self.transport.is_closing():
+            self.flush()
+            self.transport.close()
+
+
+def _peer(client: Any) -> str:
+    return f"{client[0]}:{client[1]}" if client else "-"

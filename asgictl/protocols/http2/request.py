@@ -1,0 +1,125 @@
+"""An HTTP/2 request's fields: checked (RFC 9113 8.2-8.3, then the shared policy) and
+turned into an ASGI scope.
+
+:func:`build_scope` raises :class:`MalformedRequest` for what RFC 9113 8.1.1 calls a
+malformed request (the connection resets the stream with PROTOCOL_ERROR) and
+:class:`~asgictl.protocols.http.strict.InvalidRequest` for what the policy HTTP/1.1
+requests are held to refuses (the stream is answered with its status: 400, 413, 431).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from asgictl.protocols.http.connection import SCOPE_TEMPLATE
+from asgictl.protocols.http.strict import check_head
+from asgictl.protocols.http2.stream import CONNECTION_FIELDS
+
+if TYPE_CHECKING:
+    from asgictl.protocols.http2.connection import HTTP2Connection
+
+
+class MalformedRequest(Exception):
+    """RFC 9113 8.1.1: a stream error of type PROTOCOL_ERROR."""
+
+
+_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
+#: A field name: lowercase token characters only (RFC 9113 8.2, RFC 9110 5.1).
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
+#: A field value may not hold NUL, CR or LF, nor start or end with whitespace (8.2.1).
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
+
+
+def build_scope(conn: HTTP2Connection, fields: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The ``http`` scope of a request whose decoded header block is ``fields``."""
+    pseudo: dict[bytes, bytes] = {}
+    headers: list[tuple[bytes, bytes]] = []
+    host: bytes | None = None
+    name_ok = _NAME.fullmatch
+    bad_value = _BAD_VALUE.search
+    for name, value in fields:
+        if name[:1] == b":":
+            if headers:
+                raise MalformedRequest("pseudo-header field after a regular field")
+            if name not in _PSEUDO or name in pseudo:
+                raise MalformedRequest(f"invalid or repeated pseudo-header {name!r}")
+            pseudo[name] = value
+            continue
+        if name_ok(name) is None:
+            raise MalformedRequest(f"invalid field name {name!r}")
+        if name in CONNECTION_FIELDS:
+            raise MalformedRequest(f"connection-specific field {name!r}")
+        if name == b"te" and value != b"trailers":
+            raise MalformedRequest("TE other than trailers")
+        if bad_value(value) is not None:
+            raise MalformedRequest(f"invalid value of field {name!r}")
+        if name == b"host":
+            if host is not None:
+                raise MalformedRequest("repeated host field")
+            host = value
+        headers.append((name, value))
+    method = pseudo.get(b":method")
+    if not method:
+        raise MalformedRequest("no :method")
+    authority = pseudo.get(b":authority")
+    protocol = pseudo.get(b":protocol")
+    if method == b"CONNECT" and protocol is None:
+        if b":scheme" in pseudo or b":path" in pseudo or not authority:
+            raise MalformedRequest("CONNECT takes :authority only")
+        target = authority
+        scheme = b""
+    else:
+        if protocol is not None:
+            # Extended CONNECT (RFC 8441) is not offered (SETTINGS_ENABLE_CONNECT_PROTOCOL 0).
+            raise MalformedRequest(":protocol without extended CONNECT")
+        target = pseudo.get(b":path", b"")
+        scheme = pseudo.get(b":scheme", b"")
+        if not target or not scheme:
+            raise MalformedRequest("no :path or :scheme")
+        if target[:1] != b"/" and not (target == b"*" and method == b"OPTIONS"):
+            raise MalformedRequest("invalid :path")
+    if authority is not None:
+        if bad_value(authority) is not None or b"@" in authority:
+            raise MalformedRequest("invalid :authority")
+        if host is None:
+            # HTTP/1.1 apps look for the authority in Host (RFC 9113 8.3.1).
+            headers.insert(0, (b"host", authority))
+        elif host != authority:
+            raise MalformedRequest("host and :authority differ")
+    method_str = method.decode("ascii", "surrogateescape")
+    check_head(method_str, target, "1.1", headers, conn.state)
+    return _scope(conn, method_str, scheme, target, headers)
+
+
+def _scope(
+    conn: HTTP2Connection,
+    method: str,
+    scheme: bytes,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+) -> dict[str, Any]:
+    state = conn.state
+    raw_path, _, query = target.partition(b"?")
+    path = raw_path.decode("ascii", "surrogateescape")
+    if b"%" in raw_path:
+        path = unquote(path)
+    if state.root_path:
+        path = state.root_path + path
+        raw_path = state.root_path_bytes + raw_path
+    scope = SCOPE_TEMPLATE.copy()
+    scope["http_version"] = "2"
+    scope["root_path"] = state.root_path
+    scope["server"] = conn.server
+    scope["client"] = conn.client
+    scope["scheme"] = "https" if scheme == b"https" else "http" if scheme == b"http" else conn.scheme
+    scope["method"] = method
+    scope["path"] = path
+    scope["raw_path"] = raw_path
+    scope["query_string"] = query
+    scope["headers"] = headers
+    scope["state"] = state.lifespan_state.copy()
+    if conn.trusted and state.trusted is not None:
+        scope["client"], scope["scheme"] = state.trusted.forwarded(headers, scope["client"], scope["scheme"])
+    return scope

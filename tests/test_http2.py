@@ -1,0 +1,399 @@
+"""Unit tests of HTTP/2 through the in-memory transport: negotiation by prior knowledge,
+the ASGI semantics over streams, flow control both ways, and graceful shutdown, for a
+connection handed over by either HTTP/1.1 parser."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import h2.events
+import pytest
+from h2client import H2Harness, frames, goaway, headers_frame, request_headers, resets
+from hyperframe.frame import DataFrame, PingFrame
+from memory import PARSERS, Harness
+
+from asgictl.protocols.http2.connection import HTTP2Connection
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(params=PARSERS)
+def http(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+async def hello(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"Hello, world!"})
+
+
+async def echo(scope: Any, receive: Any, send: Any) -> None:
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_prior_knowledge_hello(http: str) -> None:
+    h = H2Harness(hello, http)
+    assert isinstance(h.server, HTTP2Connection)
+    headers, body, _ = h.response(h.request())
+    assert headers[b":status"] == b"200"
+    assert body == b"Hello, world!"
+    assert headers[b"content-length"] == b"13"
+    assert headers[b"server"] == b"asgictl" and b"date" in headers
+    h.close()
+
+
+def test_scope(http: str) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await hello(scope, receive, send)
+
+    h = H2Harness(app, http, root_path="/api")
+    h.response(h.request(b"/a%20b/c?x=1&y=2", headers=[(b"x-thing", b"1")]))
+    scope = seen[0]
+    assert scope["type"] == "http" and scope["http_version"] == "2"
+    assert scope["method"] == "GET" and scope["scheme"] == "http"
+    assert scope["path"] == "/api/a b/c" and scope["raw_path"] == b"/api/a%20b/c"
+    assert scope["query_string"] == b"x=1&y=2" and scope["root_path"] == "/api"
+    assert scope["headers"][0] == (b"host", b"example")
+    assert (b"x-thing", b"1") in scope["headers"]
+    assert scope["client"] == ("127.0.0.1", 50000) and scope["server"] == ("127.0.0.1", 8000)
+    assert "http.response.trailers" in scope["extensions"]
+    h.close()
+
+
+def test_preface_split_over_reads(http: str) -> None:
+    h = Harness(hello, http=http)
+    from h2client import client_connection
+
+    client = client_connection()
+    data = client.data_to_send()
+    for i in range(0, len(data), 5):
+        h.feed(data[i : i + 5])
+    assert isinstance(h.transport.protocol, HTTP2Connection)
+    h.close()
+
+
+def test_no_http2_answers_the_preface_as_http11(http: str) -> None:
+    h = Harness(hello, http=http, http2=False)
+    from h2client import client_connection
+
+    h.feed(client_connection().data_to_send())
+    h.settle()
+    assert h.transport.data.startswith(b"HTTP/1.1 ")
+    assert h.transport.data.split(b" ")[1] in (b"400", b"505")
+    h.close()
+
+
+def test_http11_still_served(http: str) -> None:
+    h = Harness(hello, http=http)
+    h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    h.settle()
+    assert h.transport.data.startswith(b"HTTP/1.1 200 OK")
+    h.close()
+
+
+def test_post_echo_beyond_the_windows(http: str) -> None:
+    """A body far larger than the stream and connection windows: WINDOW_UPDATE comes as
+    the app reads, and the whole body arrives."""
+    h = H2Harness(echo, http)
+    payload = os.urandom(3 * 1024 * 1024)
+    stream_id = h.client.get_next_available_stream_id()
+    h.client.send_headers(stream_id, request_headers(method=b"POST"))
+    sent = 0
+    for _ in range(2000):
+        window = h.client.local_flow_control_window(stream_id)
+        chunk = payload[sent : sent + min(window, 16384)]
+        if chunk:
+            h.client.send_data(stream_id, chunk)
+            sent += len(chunk)
+        if sent == len(payload):
+            h.client.end_stream(stream_id)
+            break
+        h.turn()
+        h.events()
+    assert sent == len(payload)
+    headers, body, _ = h.response(stream_id)
+    assert headers[b":status"] == b"200" and body == payload
+    h.close()
+
+
+def test_unread_body_is_bounded(http: str) -> None:
+    """An app that never reads: the client can have no more than the windows in flight."""
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await hello(scope, receive, send)
+
+    h = H2Harness(app, http)
+    stream_id = 1
+    h.client.send_headers(stream_id, request_headers(method=b"POST"))
+    sent = 0
+    for _ in range(200):
+        window = h.client.local_flow_control_window(stream_id)
+        if window <= 0:
+            break
+        h.client.send_data(stream_id, b"x" * min(window, 16384))
+        sent += min(window, 16384)
+        h.turn()
+        h.events()
+    assert h.client.local_flow_control_window(stream_id) == 0
+    assert sent <= 256 * 1024  # the stream window the server advertised
+    release.set()
+    h.settle()
+    h.close()
+
+
+def test_response_waits_for_the_peer_window(http: str) -> None:
+    """send() waits while the client's window is closed, and goes on when it opens."""
+    progress: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(8):
+            await send({"type": "http.response.body", "body": b"y" * 16384, "more_body": True})
+            progress.append(i)
+        await send({"type": "http.response.body", "body": b""})
+
+    h = H2Harness(app, http)
+    stream_id = h.request()
+    h.turn(20)
+    events = h.client.receive_data(h.written())
+    received = sum(len(e.data) for e in events if isinstance(e, h2.events.DataReceived))
+    # The client's default window is 65,535 bytes: the app is held back there.
+    assert received == 65535
+    assert len(progress) < 8
+    h.client.increment_flow_control_window(1 << 20)
+    h.client.increment_flow_control_window(1 << 20, stream_id)
+    h.flush()
+    _, body, _ = h.response(stream_id)
+    assert len(progress) == 8
+    assert len(body) + received == 8 * 16384
+    h.close()
+
+
+def test_streams_run_concurrently(http: str) -> None:
+    gate = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/slow":
+            await gate.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    h = H2Harness(app, http)
+    slow = h.request(b"/slow")
+    fast = h.request(b"/fast")
+    _, body, _ = h.response(fast)
+    assert body == b"/fast"
+    gate.set()
+    _, body, _ = h.response(slow)
+    assert body == b"/slow"
+    h.close()
+
+
+@pytest.mark.parametrize(("method", "status"), [(b"HEAD", 200), (b"GET", 204), (b"GET", 304)])
+def test_no_body(http: str, method: bytes, status: int) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"" if status != 200 else b"hello"})
+
+    h = H2Harness(app, http)
+    headers, body, events = h.response(h.request(method=method))
+    assert headers[b":status"] == str(status).encode() and body == b""
+    assert not any(isinstance(e, h2.events.DataReceived) and e.data for e in events)
+    h.close()
+
+
+def test_trailers(http: str) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"data", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")]})
+
+    h = H2Harness(app, http)
+    headers, body, _ = h.response(h.request(headers=[(b"te", b"trailers")]))
+    assert body == b"data" and headers[b"trailer:grpc-status"] == b"0"
+    h.close()
+
+
+def test_pathsend(http: str, tmp_path: Path) -> None:
+    path = tmp_path / "file.bin"
+    content = os.urandom(300_000)
+    path.write_bytes(content)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": str(path)})
+
+    h = H2Harness(app, http)
+    h.client.increment_flow_control_window(1 << 20)
+    stream_id = h.request()
+    h.client.increment_flow_control_window(1 << 20, stream_id)
+    headers, body, _ = h.response(stream_id)
+    assert headers[b"content-length"] == b"300000" and body == content
+    h.close()
+
+
+def test_client_reset_is_a_disconnect(http: str) -> None:
+    got: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            got.append(message)
+            if message["type"] == "http.disconnect":
+                return
+
+    h = H2Harness(app, http)
+    h.client.send_headers(1, request_headers(method=b"POST"))
+    h.turn()
+    h.client.reset_stream(1, 8)
+    h.settle()
+    assert got[-1] == {"type": "http.disconnect"}
+    assert h.state.active_requests == 0
+    h.close()
+
+
+def test_error_before_response_is_500(http: str, caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise ValueError("boom")
+
+    h = H2Harness(app, http)
+    with caplog.at_level(logging.ERROR, "asgictl.error"):
+        headers, body, _ = h.response(h.request())
+    assert headers[b":status"] == b"500" and body == b"Internal Server Error"
+    assert "Exception in ASGI application" in caplog.text
+    headers, _, _ = h.response(h.request())  # the connection goes on
+    assert headers[b":status"] == b"500"
+    h.close()
+
+
+def test_error_after_response_started_resets_the_stream(http: str) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise ValueError("boom")
+
+    h = H2Harness(app, http)
+    stream_id = h.request()
+    _, _, events = h.response(stream_id)
+    reset = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert reset and reset[0].error_code == 2  # INTERNAL_ERROR
+    h.close()
+
+
+def test_limit_concurrency_503(http: str) -> None:
+    gate = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await gate.wait()
+        await hello(scope, receive, send)
+
+    h = H2Harness(app, http, limit_concurrency=1)
+    first = h.request()
+    second = h.request()
+    headers, _, _ = h.response(second)
+    assert headers[b":status"] == b"503"
+    gate.set()
+    headers, _, _ = h.response(first)
+    assert headers[b":status"] == b"200"
+    assert h.state.total_requests == 2  # --limit-max-requests counts streams
+    h.close()
+
+
+def test_access_log_says_http2(http: str, caplog: pytest.LogCaptureFixture) -> None:
+    h = H2Harness(hello, http, access_log=True)
+    h.state.access_log = True
+    with caplog.at_level(logging.INFO, "asgictl.access"):
+        h.response(h.request(b"/p?q=1"))
+    assert '"GET /p?q=1 HTTP/2" 200' in caplog.text
+    h.close()
+
+
+def test_metrics_observer(http: str) -> None:
+    seen: list[int] = []
+    h = H2Harness(hello, http)
+    h.state.observe_responses(lambda status, seconds: seen.append(status))
+    h.response(h.request())
+    assert seen == [200]
+    h.close()
+
+
+def test_proxy_headers(http: str) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await hello(scope, receive, send)
+
+    h = H2Harness(app, http)
+    forwarded = [(b"x-forwarded-for", b"10.1.2.3"), (b"x-forwarded-proto", b"https")]
+    h.response(h.request(headers=forwarded))
+    assert seen[0]["client"] == ("10.1.2.3", 0) and seen[0]["scheme"] == "https"
+    h.close()
+
+
+def test_request_body_too_large(http: str) -> None:
+    h = H2Harness(echo, http, limit_request_body=1000)
+    headers, _, _ = h.response(h.request(method=b"POST", body=b"x" * 5000))
+    assert headers[b":status"] == b"413"
+    h.close()
+
+
+def test_keep_alive_timeout_sends_goaway(http: str) -> None:
+    h = H2Harness(hello, http, timeout_keep_alive=5)
+    h.response(h.request())
+    server = h.server
+    server.check_idle(server.loop.time() + 10)
+    frame = goaway(h.written())
+    assert frame is not None and frame.error_code == 0 and frame.last_stream_id == 1
+    assert h.transport.closed
+    h.close()
+
+
+def test_graceful_shutdown_goaway_ping_round_trip(http: str) -> None:
+    gate = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await gate.wait()
+        await hello(scope, receive, send)
+
+    h = H2Harness(app, http)
+    in_flight = h.request()
+    h.turn()
+    h.events()
+    h.server.shutdown()
+    first = h.written()
+    frame = goaway(first)
+    assert frame is not None and frame.last_stream_id == 2**31 - 1
+    # The client answers the PING (raw: the h2 client stops at a GOAWAY); the second
+    # GOAWAY names the real last stream.
+    ping = next(f for f in frames(first) if isinstance(f, PingFrame))
+    h.send(PingFrame(0, flags=["ACK"], opaque_data=ping.opaque_data).serialize())
+    frame = goaway(h.written())
+    assert frame is not None and frame.last_stream_id == in_flight
+    # A new stream past it is refused (raw frames: the h2 client would not send it).
+    h.send(headers_frame(3, request_headers(), h.client.encoder))
+    assert resets(h.written()).get(3) == 7  # REFUSED_STREAM
+    gate.set()
+    h.settle()
+    found = frames(h.written())
+    ends = [f for f in found if isinstance(f, DataFrame) and "END_STREAM" in f.flags]
+    assert [f.stream_id for f in ends] == [in_flight]
+    assert h.transport.closed
+    h.close()
