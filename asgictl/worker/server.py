@@ -26,6 +26,7 @@ from typing import Any
 from asgictl.config import Config
 from asgictl.protocols.http import protocol_class
 from asgictl.protocols.http.connection import request_tasks
+from asgictl.protocols.http2 import http2_protocol
 from asgictl.protocols.state import ServerState, task_starter
 from asgictl.protocols.websockets import ws_protocol_factory
 from asgictl.pubsub import backends as pubsub_backends
@@ -279,7 +280,7 @@ class Server:
 
 
 def import_runtime(config: Config) -> None:
-    """Import what a worker imports first thing: its event loop and HTTP parser.
+    """Import what a worker imports first thing: its event loop, HTTP parser and HTTP/2.
 
     The master calls it before forking, so that each worker inherits these modules
     (once, shared) instead of importing them on its way to ready: uvloop alone takes
@@ -289,3 +290,5 @@ def import_runtime(config: Config) -> None:
     loop_factory(config.loop)
     protocol_class(config.http)
     ws_protocol_factory(config.ws)
+    if config.http2:
+        http2_protocol()

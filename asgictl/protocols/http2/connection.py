@@ -94,6 +94,7 @@ class HTTP2Connection(FlowControlled):
         "last_stream_id",
         "priority",
         "resets",
+        "running",
         "scheme",
         "server",
         "state",
@@ -121,6 +122,10 @@ class HTTP2Connection(FlowControlled):
         self.last_stream_id = 2**31 - 1
         self.resets = self.empty_data = self.control = self.priority = self.acks_unread = 0
         self.headers_since: float | None = None
+        #: apps running for this connection's streams, reset ones included: a stream
+        #: reset by the client does not stop its app, so new streams are refused while
+        #: this many run (the rapid-reset attack piles up apps, not streams)
+        self.running = 0
 
     # ------------------------------------------------------------------ asyncio events
 
@@ -194,8 +199,11 @@ class HTTP2Connection(FlowControlled):
     def on_request(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         state = self.state
         self.idle_since = None
-        if self.closing or stream_id > self.last_stream_id:
+        if self.transport.is_closing():
+            return  # a connection error earlier in the same read
+        if self.closing or stream_id > self.last_stream_id or self.running >= state.h2_max_concurrent_streams:
             self.engine.reset(stream_id, REFUSED_STREAM)
+            self._count_reset()  # a client that keeps opening past the limit floods too
             return
         try:
             scope = build_scope(self, headers)
@@ -224,9 +232,12 @@ class HTTP2Connection(FlowControlled):
             app = service_unavailable
         if state.timed:
             cycle.started_at = self.loop.time()
-        state.start_task(cycle.run(app))
+        self.running += 1
+        state.start_task(cycle.run(app)).add_done_callback(self._app_returned)
 
     def on_data(self, stream_id: int, data: bytes, flow_length: int, end_stream: bool) -> None:
+        if self.transport.is_closing():
+            return
         stream = self.streams.get(stream_id)
         if not data and not end_stream:
             self.empty_data += 1
@@ -254,9 +265,7 @@ class HTTP2Connection(FlowControlled):
         if stream is None:
             return
         if remote and not stream.app_done:
-            self.resets += 1
-            if self.resets > MAX_RESETS:
-                self.calm("streams reset in a loop (rapid reset)")
+            self._count_reset()
         stream.reset = True
         stream.outbox.clear()
         stream.release_drain()
@@ -446,6 +455,14 @@ class HTTP2Connection(FlowControlled):
         self.transport.close()
 
     # ------------------------------------------------------------ helpers
+
+    def _app_returned(self, task: asyncio.Task[Any]) -> None:
+        self.running -= 1
+
+    def _count_reset(self) -> None:
+        self.resets += 1
+        if self.resets > MAX_RESETS:
+            self.calm("streams opened and reset in a loop (rapid reset)")
 
     def _control_frame(self, kind: str) -> None:
         self.control += 1
