@@ -1,0 +1,278 @@
+"""HTTP/2 end to end: the real ``asgictl`` and real clients (curl, nghttp, h2load, httpx)
+over prior knowledge (TCP, UDS, both parsers), TLS ALPN, a FastAPI app, floods on one
+connection while another is answered, and graceful stop and reload under ``start``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import hpack
+import httpx
+import pytest
+import support
+import trustme
+from h2client import client_connection, frames, goaway, headers_frame, request_headers
+from hyperframe.frame import DataFrame, GoAwayFrame, PingFrame, RstStreamFrame
+from support import run_asgictl, short_uds_path, wait_count, wait_until
+
+TIMEOUT = 20.0
+CURL = shutil.which("curl")
+NGHTTP = shutil.which("nghttp")
+H2LOAD = shutil.which("h2load")
+needs_curl = pytest.mark.skipif(CURL is None, reason="curl not installed")
+needs_nghttp = pytest.mark.skipif(NGHTTP is None or H2LOAD is None, reason="nghttp2-client not installed")
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    assert CURL is not None
+    return subprocess.run(
+        [CURL, "-sS", "--max-time", str(TIMEOUT), *args], capture_output=True, text=True, timeout=TIMEOUT + 5
+    )
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    files = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    with files["cert"].open("wb") as fh:
+        for blob in cert.cert_chain_pems:
+            fh.write(blob.bytes())
+    return files
+
+
+@needs_curl
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_curl_prior_knowledge(http: str) -> None:
+    with run_asgictl(["serve", "basic:app", "--port", "0", "--http", http]) as server:
+        done = curl("--http2-prior-knowledge", "-w", "\\n%{http_version}", server.url + "/scope?x=1")
+        assert done.returncode == 0, done.stderr
+        body, version = done.stdout.rsplit("\n", 1)
+        assert version == "2"
+        scope = json.loads(body)
+        assert scope["http_version"] == "2" and scope["query_string"] == "x=1"
+        assert ["host", f"127.0.0.1:{server.port}"] in scope["headers"]
+        # HTTP/1.1 on the same port, as before.
+        assert httpx.get(server.url + "/", timeout=TIMEOUT).http_version == "HTTP/1.1"
+        posted = curl("--http2-prior-knowledge", "--data-binary", "x" * 100_000, server.url + "/echo")
+        assert posted.stdout == "x" * 100_000
+
+
+@needs_curl
+def test_curl_prior_knowledge_over_uds() -> None:
+    path = short_uds_path()
+    with run_asgictl(["serve", "basic:app", "--uds", path]):
+        done = curl("--http2-prior-knowledge", "--unix-socket", path, "-w", "%{http_version}", "http://x/")
+        assert done.stdout == "Hello, world!2"
+
+
+@needs_curl
+def test_no_http2_option() -> None:
+    with run_asgictl(["serve", "basic:app", "--port", "0", "--no-http2"]) as server:
+        done = curl("--http2-prior-knowledge", server.url + "/")
+        assert done.returncode != 0  # the preface is not HTTP/1.1
+
+
+@needs_curl
+def test_curl_http2_over_tls_alpn(tls: dict[str, Path]) -> None:
+    args = [
+        "serve",
+        "basic:app",
+        "--port",
+        "0",
+        "--ssl-certfile",
+        str(tls["cert"]),
+        "--ssl-keyfile",
+        str(tls["key"]),
+    ]
+    with run_asgictl(args) as server:
+        url = server.url + "/scope"
+        done = curl("--http2", "--cacert", str(tls["ca"]), "-w", "\n%{http_version}", url)
+        body, version = done.stdout.rsplit("\n", 1)
+        assert version == "2", done.stderr
+        assert json.loads(body)["scheme"] == "https"
+        done = curl("--http1.1", "--cacert", str(tls["ca"]), "-w", "%{http_version}", server.url + "/")
+        assert done.stdout == "Hello, world!1.1"
+        with httpx.Client(http2=True, verify=ssl.create_default_context(cafile=str(tls["ca"]))) as client:
+            response = client.get(server.url + "/")
+            assert response.http_version == "HTTP/2" and response.text == "Hello, world!"
+
+
+def test_httpx_http2_prior_knowledge() -> None:
+    with run_asgictl(["serve", "basic:app", "--port", "0"]) as server:
+        with httpx.Client(http1=False, http2=True, timeout=TIMEOUT) as client:
+            responses = [client.get(server.url + f"/scope?n={i}") for i in range(20)]
+            assert all(r.http_version == "HTTP/2" for r in responses)
+            assert [r.json()["query_string"] for r in responses] == [f"n={i}" for i in range(20)]
+            posted = client.post(server.url + "/echo", content=b"y" * 1_000_000)
+            assert posted.content == b"y" * 1_000_000
+            stream = client.get(server.url + "/stream")
+            assert stream.text == "".join(f"chunk{i}\n" for i in range(5))
+            assert client.get(server.url + "/error").status_code == 500
+
+
+def test_fastapi_over_http2(tmp_path: Path) -> None:
+    data = os.urandom(200_000)
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    env_args = ["serve", "fastapi_app:app", "--port", "0"]
+    with run_asgictl(env_args, env=support.test_env(TEST_FILE=str(path))) as server:
+        with httpx.Client(http1=False, http2=True, timeout=TIMEOUT) as client:
+            assert client.get(server.url + "/items/5?q=a").json()["item_id"] == 5
+            assert client.get(server.url + "/stream").text == "".join(f"line {i}\n" for i in range(10))
+            got = client.get(server.url + "/file")
+            assert got.http_version == "HTTP/2" and got.content == data
+            upload = os.urandom(500_000)
+            result = client.post(server.url + "/upload", content=upload).json()
+            assert result == {"size": len(upload), "sha256": hashlib.sha256(upload).hexdigest()}
+
+
+@needs_nghttp
+def test_nghttp_and_h2load() -> None:
+    with run_asgictl(["serve", "basic:app", "--port", "0"]) as server:
+        assert NGHTTP is not None and H2LOAD is not None
+        done = subprocess.run(
+            [NGHTTP, "-n", "-s", server.url + "/", server.url + "/echo"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        load = subprocess.run(
+            [H2LOAD, "-n", "2000", "-c", "4", "-m", "10", server.url + "/"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "2000 succeeded, 0 failed, 0 errored" in load.stdout, load.stdout
+
+
+def _rapid_reset(port: int) -> bytes:
+    """Open and reset streams in a loop on one connection; the server's bytes."""
+    encoder = hpack.Encoder()
+    client = client_connection()
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(client.data_to_send())
+        try:
+            for i in range(2000):
+                stream_id = 1 + 2 * i
+                sock.sendall(
+                    headers_frame(stream_id, request_headers(b"/slow?5"), encoder)
+                    + RstStreamFrame(stream_id, error_code=8).serialize()
+                )
+        except OSError:
+            pass  # the server closed the connection
+        sock.settimeout(5)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except OSError:
+            pass
+    return received
+
+
+def test_flood_on_one_connection_others_answered() -> None:
+    with run_asgictl(["serve", "basic:app", "--port", "0"]) as server:
+        answers: list[int] = []
+        stop = threading.Event()
+
+        def other() -> None:
+            with httpx.Client(http1=False, http2=True, timeout=TIMEOUT) as client:
+                while not stop.is_set() and len(answers) < 5000:
+                    answers.append(client.get(server.url + "/").status_code)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        try:
+            wait_until(lambda: len(answers) > 10, what="answers before the flood")
+            data = _rapid_reset(server.port)
+            during = len(answers)
+            wait_until(lambda: len(answers) > during + 10, what="answers after the flood")
+        finally:
+            stop.set()
+            thread.join(TIMEOUT)
+        frame = goaway(data)
+        assert frame is not None and frame.error_code == 0xB  # ENHANCE_YOUR_CALM
+        assert answers and set(answers) == {200}
+        with httpx.Client(http2=True, http1=False, timeout=TIMEOUT) as client:
+            assert client.get(server.url + "/").status_code == 200
+
+
+def test_graceful_stop_finishes_streams_in_flight() -> None:
+    """TERM with a stream in flight: GOAWAY, PING (answered), the stream's response
+    complete, then the worker exits 0. Frames are read raw: an h2 client stops at the
+    first GOAWAY."""
+    with run_asgictl(["serve", "basic:app", "--port", "0", "--timeout-graceful-shutdown", "10"]) as server:
+        encoder = hpack.Encoder()
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+        sock.sendall(client_connection().data_to_send())
+        sock.sendall(headers_frame(1, request_headers(b"/slow?1"), encoder))
+        time.sleep(0.2)  # the stream reaches the app (there is no state to poll from here)
+        server.signal(signal.SIGTERM)
+        seen = []
+        buffer = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            buffer += data
+            while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+                size = 9 + int.from_bytes(buffer[:3], "big")
+                frame = frames(buffer[:size])[0]
+                buffer = buffer[size:]
+                seen.append(frame)
+                if isinstance(frame, PingFrame) and "ACK" not in frame.flags:
+                    sock.sendall(PingFrame(0, flags=["ACK"], opaque_data=frame.opaque_data).serialize())
+        sock.close()
+        goaways = [f.last_stream_id for f in seen if isinstance(f, GoAwayFrame)]
+        assert goaways == [2**31 - 1, 1]
+        body = b"".join(f.data for f in seen if isinstance(f, DataFrame) and f.stream_id == 1)
+        assert body == b"slow done"
+        assert any(isinstance(f, DataFrame) and "END_STREAM" in f.flags for f in seen)
+        assert server.wait_exit() == 0
+
+
+def test_rolling_reload_loses_no_request() -> None:
+    args = ["start", "basic:app", "--port", "0", "--workers", "2", "--no-access-log"]
+    with run_asgictl(args, ready=False) as server:
+        server.wait_for_line(r"^INFO:\s+2 workers ready")
+        server.wait_ready()
+        statuses: list[int] = []
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set() and len(statuses) < 3000:
+                try:
+                    with httpx.Client(http1=False, http2=True, timeout=TIMEOUT) as client:
+                        for _ in range(20):
+                            statuses.append(client.get(server.url + "/").status_code)
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+
+        thread = threading.Thread(target=load)
+        thread.start()
+        try:
+            wait_until(lambda: len(statuses) > 50, what="traffic")
+            server.signal(signal.SIGHUP)
+            wait_count(server, r"Reload complete", 1)
+            before = len(statuses)
+            wait_until(lambda: len(statuses) > before + 50, what="traffic after reload")
+        finally:
+            stop.set()
+            thread.join(TIMEOUT)
+        assert not errors and set(statuses) == {200}
