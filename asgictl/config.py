@@ -308,6 +308,14 @@ OPTIONS: tuple[Option, ...] = (
         flag=True,
     ),
     _opt(
+        "h2c_upgrade",
+        to_bool,
+        False,
+        "Accept 'Upgrade: h2c' (RFC 7540 3.2): answer 101 and serve the request as stream 1 of"
+        " HTTP/2. Off: such a request is plain HTTP/1.1.",
+        flag=True,
+    ),
+    _opt(
         "http2_max_concurrent_streams",
         positive(to_int),
         100,
@@ -745,6 +753,7 @@ class Config:
     loop: str
     http: str
     http2: bool
+    h2c_upgrade: bool
     http2_max_concurrent_streams: int
     h11_max_incomplete_event_size: int
     ws: str

@@ -276,3 +276,17 @@ def test_rolling_reload_loses_no_request() -> None:
             stop.set()
             thread.join(TIMEOUT)
         assert not errors and set(statuses) == {200}
+
+
+@needs_curl
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_curl_h2c_upgrade(http: str) -> None:
+    args = ["serve", "basic:app", "--port", "0", "--http", http]
+    with run_asgictl([*args, "--h2c-upgrade"]) as server:
+        done = curl("--http2", "-w", "\n%{http_version}", "--data-binary", "up" * 1000, server.url + "/echo")
+        assert done.stdout == "up" * 1000 + "\n2", done.stderr
+        done = curl("--http2", "-w", "\n%{http_version}", server.url + "/")
+        assert done.stdout == "Hello, world!\n2"
+    with run_asgictl(args) as server:  # off by default: plain HTTP/1.1
+        done = curl("--http2", "-w", "\n%{http_version}", server.url + "/")
+        assert done.stdout == "Hello, world!\n1.1"

@@ -5,6 +5,7 @@ connection handed over by either HTTP/1.1 parser."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import h2.events
 import pytest
 from h2client import H2Harness, frames, goaway, headers_frame, request_headers, resets
-from hyperframe.frame import DataFrame, PingFrame
+from hyperframe.frame import DataFrame, PingFrame, SettingsFrame
 from memory import PARSERS, Harness
 
 from asgictl.protocols.http2.connection import HTTP2Connection
@@ -397,3 +398,54 @@ def test_graceful_shutdown_goaway_ping_round_trip(http: str) -> None:
     assert [f.stream_id for f in ends] == [in_flight]
     assert h.transport.closed
     h.close()
+
+
+def _h2c_request(body: bytes = b"") -> bytes:
+    settings = base64.urlsafe_b64encode(SettingsFrame(0, settings={0x3: 100}).serialize_body()).rstrip(b"=")
+    head = (
+        b"POST /up?q=1 HTTP/1.1\r\nHost: example\r\nUpgrade: h2c\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: " + settings + b"\r\n"
+    )
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+@pytest.mark.parametrize("body", [b"", b"hello h2c"])
+def test_h2c_upgrade(http: str, body: bytes) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await echo(scope, receive, send)
+
+    h = Harness(app, http=http, h2c_upgrade=True)
+    client = client_connection_for_upgrade()
+    h.feed(_h2c_request(body) + client.data_to_send())
+    h.settle()
+    data = h.transport.data
+    assert data.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    events = client.receive_data(data[data.index(b"\r\n\r\n") + 4 :])
+    got = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived) and e.stream_id == 1)
+    assert got == body
+    assert any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 1 for e in events)
+    assert seen[0]["http_version"] == "2" and seen[0]["path"] == "/up"
+    assert isinstance(h.transport.protocol, HTTP2Connection)
+    h.close()
+
+
+def test_h2c_upgrade_off_is_plain_http11(http: str) -> None:
+    h = Harness(hello, http=http)
+    h.feed(_h2c_request())
+    h.settle()
+    assert h.transport.data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert not isinstance(h.transport.protocol, HTTP2Connection)
+    h.close()
+
+
+def client_connection_for_upgrade() -> Any:
+    """An h2 client that sent its request as HTTP/1.1 with Upgrade: h2c (stream 1)."""
+    import h2.config
+    import h2.connection
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_upgrade_connection()
+    return client

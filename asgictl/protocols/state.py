@@ -69,6 +69,7 @@ class ServerState:
         "h2_default_fields",
         "h2_max_concurrent_streams",
         "h2_protocol",
+        "h2c_upgrade",
         "limit_line",
         "limit_fields",
         "limit_field_size",
@@ -147,6 +148,7 @@ class ServerState:
         #: --no-http2), and what it needs that HTTP/1.1 does not.
         self.h2_protocol = http2_protocol() if config.http2 else None
         self.h2_max_concurrent_streams = config.http2_max_concurrent_streams
+        self.h2c_upgrade = config.http2 and config.h2c_upgrade
         self.h2_default_fields: list[tuple[bytes, bytes]] = []
         self.ws_max_size = config.ws_max_size
         self.ws_max_queue = config.ws_max_queue

@@ -22,12 +22,10 @@ from urllib.parse import unquote
 from asgictl.protocols.asgi import ASGI_VERSION
 from asgictl.protocols.http.cycle import HTTPCycle
 from asgictl.protocols.http.framing import ResponseFraming
+from asgictl.protocols.http.handover import PREFACE, switch_to_http2, upgrade_h2c
 from asgictl.protocols.http.response import simple_response
 from asgictl.protocols.http.strict import EXPECT_CONTINUE, FORWARDED, check_head
 from asgictl.protocols.state import ServerState
-
-#: The HTTP/2 client connection preface (RFC 9113 3.4).
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 logger = logging.getLogger("asgictl.error")
 
@@ -154,7 +152,7 @@ class HTTPConnection(ResponseFraming):
         if self.preface is not None and self.scheme == "https":
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
-                self.switch_to_http2(b"")  # ALPN chose HTTP/2 (RFC 9113 3.2)
+                switch_to_http2(self, b"")  # ALPN chose HTTP/2 (RFC 9113 3.2)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
@@ -195,23 +193,8 @@ class HTTPConnection(ResponseFraming):
             self.preface = data  # the preface may be split over reads
             return b""
         self.preface = None
-        self.switch_to_http2(data)
+        switch_to_http2(self, data)
         return b""
-
-    def switch_to_http2(self, data: bytes) -> None:
-        """Hand the transport to an HTTP/2 connection, with the bytes read so far."""
-        factory = self.state.h2_protocol
-        assert factory is not None
-        self.closing = True
-        self.state.connections.discard(self)
-        protocol = factory(self.state)
-        transport = self.transport
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        if self.read_paused:
-            self.read_paused = False
-            transport.resume_reading()
-        protocol.start(data)
 
     def busy(self) -> bool:
         """A request is in progress or queued (shutdown then lets it finish)."""
@@ -351,6 +334,8 @@ class HTTPConnection(ResponseFraming):
         before it, shutting down) False: the adapter answers it as plain HTTP and reads
         no more.
         """
+        if self.state.h2c_upgrade and upgrade_h2c(self, trailing):
+            return True
         ws_protocol = self.state.ws_protocol
         pipeline = self.pipeline
         if (

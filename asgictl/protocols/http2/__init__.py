@@ -5,8 +5,8 @@ depend on the framing library (streams as ASGI cycles, request checks, limits, f
 deadlines, shutdown); ``stream.H2Stream`` carries one request's
 :class:`~asgictl.protocols.http.cycle.HTTPCycle`, the same cycle HTTP/1.1 runs;
 ``h2_engine`` (python-hyper's ``h2``) only turns bytes into calls and calls into frames.
-An HTTP/1.1 connection hands its transport over (``HTTPConnection.switch_to_http2``) when
-TLS ALPN chose ``h2`` or the first bytes are the client preface.
+An HTTP/1.1 connection hands its transport over (``http.handover``) when TLS ALPN chose
+``h2``, the first bytes are the client preface, or ``Upgrade: h2c`` is accepted.
 """
 
 from __future__ import annotations

@@ -141,9 +141,6 @@ class HTTP2Connection(FlowControlled):
             peer = self.client[0] if self.client else (self.server[0] if self.server else None)
             self.trusted = peer in state.trusted
         self.idle_since = self.loop.time()
-        self.engine = H2Engine(self, self._settings(), CONNECTION_WINDOW)
-        if state.shutting_down:
-            self.shutdown()
 
     def _settings(self) -> dict[int, int]:
         state = self.state
@@ -158,7 +155,25 @@ class HTTP2Connection(FlowControlled):
         }
 
     def start(self, data: bytes) -> None:
-        """The first bytes (from the preface on), read by the HTTP/1.1 protocol."""
+        """Begin with the server's SETTINGS; ``data``: the first bytes (from the preface
+        on) that the HTTP/1.1 protocol read."""
+        self.engine = H2Engine(self, self._settings(), CONNECTION_WINDOW)
+        self._begin(data)
+
+    def start_upgrade(self, settings: bytes, scope: dict[str, Any], body: bytes, data: bytes) -> None:
+        """``Upgrade: h2c`` was accepted (the 101 is written): the request that asked is
+        stream 1, its body ``body``, complete; ``settings`` its HTTP2-Settings, ``data``
+        what followed it (the client preface on)."""
+        self.engine = H2Engine(self, self._settings(), CONNECTION_WINDOW, upgrade=settings)
+        scope["http_version"] = "2"
+        stream = H2Stream(self, 1)
+        stream.request_complete = True
+        self._run(stream, scope, body)
+        self._begin(data)
+
+    def _begin(self, data: bytes) -> None:
+        if self.state.shutting_down:
+            self.shutdown()
         self.flush()
         if data:
             self.data_received(data)
@@ -220,11 +235,17 @@ class HTTP2Connection(FlowControlled):
             return
         stream = H2Stream(self, stream_id)
         stream.request_complete = end_stream
+        self._run(stream, scope, None)
+
+    def _run(self, stream: H2Stream, scope: dict[str, Any], body: bytes | None) -> None:
+        """Run the app for a request stream; ``body``: its whole body, if already read."""
+        state = self.state
         cycle = HTTPCycle(stream, scope, True, False)
         stream.cycle = cycle
-        if end_stream:
+        if body is not None or stream.request_complete:
+            cycle.body = body or b""
             cycle.more_body = False
-        self.streams[stream_id] = stream
+        self.streams[stream.stream_id] = stream
         state.total_requests += 1
         state.active_requests += 1
         app = state.app

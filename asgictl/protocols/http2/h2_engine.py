@@ -81,7 +81,15 @@ class H2Engine:
 
     __slots__ = ("conn", "h2")
 
-    def __init__(self, conn: HTTP2Connection, settings: dict[int, int], connection_window: int) -> None:
+    def __init__(
+        self,
+        conn: HTTP2Connection,
+        settings: dict[int, int],
+        connection_window: int,
+        upgrade: bytes | None = None,
+    ) -> None:
+        """``upgrade``: the HTTP2-Settings of an accepted ``Upgrade: h2c`` (stream 1 is
+        then the request that asked, half-closed by the client)."""
         self.conn = conn
         config = h2.config.H2Configuration(
             client_side=False,
@@ -95,15 +103,13 @@ class H2Engine:
         engine.local_settings = h2.settings.Settings(client=False, initial_values=settings)
         engine.max_inbound_frame_size = engine.local_settings.max_frame_size
         engine.decoder.max_header_list_size = settings[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE]
-        engine.initiate_connection()
+        if upgrade is None:
+            engine.initiate_connection()
+        else:
+            engine.initiate_upgrade_connection(upgrade)
         extra = connection_window - 65535
         if extra > 0:
             engine.increment_flow_control_window(extra)
-
-    def upgrade(self, settings_header: bytes) -> None:
-        """h2c: the request that asked for the upgrade is stream 1, half-closed by the
-        client (RFC 9113 3.2 of RFC 7540); ``settings_header`` is its HTTP2-Settings."""
-        self.h2.initiate_upgrade_connection(settings_header)
 
     # ---------------------------------------------------------------- bytes in
 
