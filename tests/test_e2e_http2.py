@@ -220,7 +220,8 @@ def test_graceful_stop_finishes_streams_in_flight() -> None:
         encoder = hpack.Encoder()
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
         sock.sendall(client_connection().data_to_send())
-        sock.sendall(headers_frame(1, request_headers(b"/slow?1"), encoder))
+        # Longer than the second the GOAWAY waits for streams in flight to finish.
+        sock.sendall(headers_frame(1, request_headers(b"/slow?2"), encoder))
         time.sleep(0.2)  # the stream reaches the app (there is no state to poll from here)
         server.signal(signal.SIGTERM)
         seen = []
@@ -243,6 +244,31 @@ def test_graceful_stop_finishes_streams_in_flight() -> None:
         body = b"".join(f.data for f in seen if isinstance(f, DataFrame) and f.stream_id == 1)
         assert body == b"slow done"
         assert any(isinstance(f, DataFrame) and "END_STREAM" in f.flags for f in seen)
+        assert server.wait_exit() == 0
+
+
+def test_graceful_stop_with_an_httpx_request_in_flight() -> None:
+    """httpx (h2) fails a request in flight at any GOAWAY: the GOAWAY waits for it."""
+    with run_asgictl(["serve", "basic:app", "--port", "0"]) as server:
+        result: dict[str, str] = {}
+        connected = threading.Event()
+
+        def request() -> None:
+            with httpx.Client(http1=False, http2=True, timeout=TIMEOUT) as client:
+                client.get(server.url + "/")
+                connected.set()
+                result["body"] = client.get(server.url + "/slow?0.7").text
+
+        thread = threading.Thread(target=request)
+        thread.start()
+        assert connected.wait(TIMEOUT)
+        # The slow request is in flight once the server has read it: a request on a new
+        # connection (connect, preface, SETTINGS, HEADERS) is answered after it.
+        with httpx.Client(http1=False, http2=True, timeout=TIMEOUT) as client:
+            assert client.get(server.url + "/").status_code == 200
+        server.signal(signal.SIGTERM)
+        thread.join(TIMEOUT)
+        assert result.get("body") == "slow done"
         assert server.wait_exit() == 0
 
 

@@ -367,7 +367,45 @@ def test_keep_alive_timeout_sends_goaway(http: str) -> None:
     h.close()
 
 
+def test_graceful_shutdown_of_an_idle_connection(http: str) -> None:
+    h = H2Harness(hello, http)
+    h.response(h.request())
+    h.server.shutdown()
+    frame = goaway(h.written())
+    assert frame is not None and frame.error_code == 0 and frame.last_stream_id == 1
+    h.turn()
+    assert not h.transport.closed  # the client gets time to read the GOAWAY
+    h.harness.loop.run_until_complete(asyncio.sleep(0.6))
+    assert h.transport.closed
+    h.close()
+
+
+def test_graceful_shutdown_waits_for_streams_in_flight(http: str) -> None:
+    """The GOAWAY waits for the connection to be between requests (h2-based clients
+    fail a request in flight at any GOAWAY)."""
+    gate = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await gate.wait()
+        await hello(scope, receive, send)
+
+    h = H2Harness(app, http)
+    in_flight = h.request()
+    h.turn()
+    h.written()
+    h.server.shutdown()
+    assert goaway(h.written()) is None
+    gate.set()
+    h.settle()
+    found = frames(h.written())
+    assert [f.stream_id for f in found if isinstance(f, DataFrame) and "END_STREAM" in f.flags] == [in_flight]
+    frame = goaway(b"".join(f.serialize() for f in found))
+    assert frame is not None and frame.last_stream_id == in_flight
+    h.close()
+
+
 def test_graceful_shutdown_goaway_ping_round_trip(http: str) -> None:
+    """Streams still in flight after the deferral: RFC 9113 6.8's two GOAWAYs."""
     gate = asyncio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -379,7 +417,10 @@ def test_graceful_shutdown_goaway_ping_round_trip(http: str) -> None:
     h.turn()
     h.events()
     h.server.shutdown()
+    h.server._goaway_in_flight()  # what the deferral's timer calls
     first = h.written()
+    kinds = [type(f).__name__ for f in frames(first)]
+    assert kinds == ["PingFrame", "GoAwayFrame"]  # the PING first: see shutdown()
     frame = goaway(first)
     assert frame is not None and frame.last_stream_id == 2**31 - 1
     # The client answers the PING (raw: the h2 client stops at a GOAWAY); the second

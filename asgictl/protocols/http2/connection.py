@@ -76,6 +76,10 @@ MAX_CONTROL = 200  # SETTINGS and PING frames
 MAX_PRIORITY = 1000  # PRIORITY frames
 #: Seconds the shutdown's PING may take before the second GOAWAY goes without it.
 GOAWAY_PING_WAIT = 1.0
+#: Seconds a shutdown waits for the streams in flight before the GOAWAY goes anyway.
+GOAWAY_DEFER = 1.0
+#: Seconds between a final GOAWAY on an idle connection and its close.
+GOAWAY_LINGER = 0.5
 #: Frames owed an ACK while the peer does not read what is written (bounded ACK queue).
 MAX_UNREAD_ACKS = 64
 
@@ -90,6 +94,7 @@ class HTTP2Connection(FlowControlled):
         "engine",
         "flush_handle",
         "goaway_ping",
+        "goaway_timer",
         "idle_since",
         "last_stream_id",
         "priority",
@@ -98,6 +103,7 @@ class HTTP2Connection(FlowControlled):
         "scheme",
         "server",
         "state",
+        "stopping",
         "streams",
         "trusted",
         "headers_since",
@@ -118,6 +124,10 @@ class HTTP2Connection(FlowControlled):
         self.flush_handle: asyncio.Handle | None = None
         #: the shutdown's first GOAWAY went out with this PING payload; None otherwise
         self.goaway_ping: bytes | None = None
+        #: shutdown() was called (the server may set ``closing`` before it does)
+        self.stopping = False
+        #: the shutdown's wait for the streams in flight (see shutdown)
+        self.goaway_timer: asyncio.TimerHandle | None = None
         #: streams above this id are refused (the second GOAWAY's last stream id)
         self.last_stream_id = 2**31 - 1
         self.resets = self.empty_data = self.control = self.priority = self.acks_unread = 0
@@ -197,6 +207,9 @@ class HTTP2Connection(FlowControlled):
         if self.flush_handle is not None:
             self.flush_handle.cancel()
             self.flush_handle = None
+        if self.goaway_timer is not None:
+            self.goaway_timer.cancel()
+            self.goaway_timer = None
         for stream in list(self.streams.values()):
             stream.reset = True
             stream.release_drain()
@@ -216,7 +229,7 @@ class HTTP2Connection(FlowControlled):
         self.idle_since = None
         if self.transport.is_closing():
             return  # a connection error earlier in the same read
-        if self.closing or stream_id > self.last_stream_id or self.running >= state.h2_max_concurrent_streams:
+        if stream_id > self.last_stream_id or self.running >= state.h2_max_concurrent_streams:
             self.engine.reset(stream_id, REFUSED_STREAM)
             self._count_reset()  # a client that keeps opening past the limit floods too
             return
@@ -415,7 +428,8 @@ class HTTP2Connection(FlowControlled):
         since = self.idle_since
         if since is not None and not self.streams and now - since >= state.keep_alive_timeout:
             self.closing = True
-            self.engine.goaway(NO_ERROR, self.engine.highest_stream_id)
+            self.last_stream_id = self.engine.highest_stream_id
+            self.engine.goaway(NO_ERROR, self.last_stream_id)
             self.flush()
             self.transport.close()
             return
@@ -433,21 +447,35 @@ class HTTP2Connection(FlowControlled):
         self.flush()
 
     def shutdown(self) -> None:
-        """Graceful stop (RFC 9113 6.8): GOAWAY with the last possible stream id and a
-        PING; the PING's answer (or a second's wait) brings the second GOAWAY with the
-        real last stream id. Streams up to it finish; the connection closes after the
-        last of them. Called again, it only closes a connection that is done."""
+        """Graceful stop: no new streams, those in flight finish, then GOAWAY and close.
+
+        An idle connection gets its GOAWAY (NO_ERROR, the last stream it had) at once.
+        With streams in flight, the GOAWAY waits up to a second for them to finish: the
+        h2-based clients (httpx) fail a request in flight at any GOAWAY, so a connection
+        between requests is the place for it. Streams still in flight then get RFC 9113
+        6.8's sequence: a PING and GOAWAY with the last possible stream id, then, at the
+        PING's answer (or a second later), GOAWAY with the real last stream id; streams
+        up to it finish. Called again, it does nothing more.
+        """
         self.closing = True
-        if self.transport.is_closing():
+        if self.stopping or self.transport.is_closing():
             return
-        if self.last_stream_id == 2**31 - 1 and self.goaway_ping is None:
-            self.goaway_ping = os.urandom(8)
-            self.engine.goaway(NO_ERROR, 2**31 - 1)
-            self.engine.ping(self.goaway_ping)
-            self.flush()
-            self.loop.call_later(GOAWAY_PING_WAIT, self.on_ping_ack, self.goaway_ping)
+        self.stopping = True
+        if self.streams:
+            self.goaway_timer = self.loop.call_later(GOAWAY_DEFER, self._goaway_in_flight)
         else:
             self._close_if_done()
+
+    def _goaway_in_flight(self) -> None:
+        self.goaway_timer = None
+        if self.transport.is_closing() or not self.streams or self.last_stream_id != 2**31 - 1:
+            return
+        # The PING goes first: an h2-based client stops reading frames at a GOAWAY.
+        self.goaway_ping = os.urandom(8)
+        self.engine.ping(self.goaway_ping)
+        self.engine.goaway(NO_ERROR, 2**31 - 1)
+        self.flush()
+        self.loop.call_later(GOAWAY_PING_WAIT, self.on_ping_ack, self.goaway_ping)
 
     def busy(self) -> bool:
         """Streams are in flight."""
@@ -517,7 +545,20 @@ class HTTP2Connection(FlowControlled):
         stream.cancel(CANCEL)
 
     def _close_if_done(self) -> None:
-        if self.closing and not self.streams and self.goaway_ping is None and not self.transport.is_closing():
+        """Closing and no stream left: the final GOAWAY (if not sent yet), and close once
+        the client had time to read it (a request it sent meanwhile is refused, and the
+        client knows from the GOAWAY to send it again elsewhere)."""
+        if not self.closing or self.streams or self.goaway_ping is not None or self.transport.is_closing():
+            return
+        if self.goaway_timer is not None:
+            self.goaway_timer.cancel()
+            self.goaway_timer = None
+        if self.last_stream_id == 2**31 - 1:
+            self.last_stream_id = self.engine.highest_stream_id
+            self.engine.goaway(NO_ERROR, self.last_stream_id)
+            self.flush()
+            self.loop.call_later(GOAWAY_LINGER, self.transport.close)
+        else:
             self.flush()
             self.transport.close()
 
