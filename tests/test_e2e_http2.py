@@ -15,7 +15,9 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import h2.events
 import hpack
 import httpx
 import pytest
@@ -24,6 +26,7 @@ import trustme
 from h2client import client_connection, frames, goaway, headers_frame, request_headers
 from hyperframe.frame import DataFrame, GoAwayFrame, PingFrame, RstStreamFrame
 from support import run_asgictl, short_uds_path, wait_count, wait_until
+from ws_support import close, parse_frames, text
 
 TIMEOUT = 20.0
 CURL = shutil.which("curl")
@@ -316,3 +319,53 @@ def test_curl_h2c_upgrade(http: str) -> None:
     with run_asgictl(args) as server:  # off by default: plain HTTP/1.1
         done = curl("--http2", "-w", "\n%{http_version}", server.url + "/")
         assert done.stdout == "Hello, world!\n1.1"
+
+
+@pytest.mark.parametrize("ws", ["websockets", "wsproto"])
+def test_websocket_over_http2_with_fastapi(ws: str) -> None:
+    """RFC 8441 against the real server: an extended CONNECT to a FastAPI websocket
+    route, messages both ways, then a close; the h2 library as the client over TCP."""
+    with run_asgictl(
+        ["serve", "ws_app:app", "--port", "0", "--ws", ws, "--no-ws-per-message-deflate"]
+    ) as server:
+        conn = client_connection()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+            sock.sendall(conn.data_to_send())
+            headers = [
+                (b":method", b"CONNECT"),
+                (b":protocol", b"websocket"),
+                (b":scheme", b"http"),
+                (b":path", b"/ws/echo"),
+                (b":authority", b"x"),
+                (b"sec-websocket-version", b"13"),
+            ]
+
+            def read_until(done: Any) -> list[Any]:
+                events: list[Any] = []
+                while not done(events):
+                    data = sock.recv(65536)
+                    assert data, "connection closed"
+                    events += conn.receive_data(data)
+                    sock.sendall(conn.data_to_send())
+                return events
+
+            read_until(lambda ev: conn.remote_settings.get(0x8) == 1)
+            conn.send_headers(1, headers)
+            sock.sendall(conn.data_to_send())
+            events = read_until(lambda ev: any(isinstance(e, h2.events.ResponseReceived) for e in ev))
+            response = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
+            assert dict(response.headers)[b":status"] == b"200"
+            received = b""
+            for message in ("one", "two"):
+                conn.send_data(1, text(message))
+                sock.sendall(conn.data_to_send())
+                events = read_until(lambda ev: any(isinstance(e, h2.events.DataReceived) for e in ev))
+                received += b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+            assert parse_frames(received) == [(0x1, b"one"), (0x1, b"two")]
+            conn.send_data(1, close(1000))
+            sock.sendall(conn.data_to_send())
+            events = read_until(
+                lambda ev: any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) for e in ev)
+            )
+            closing = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+            assert parse_frames(closing)[0][0] == 0x8

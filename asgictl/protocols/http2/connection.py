@@ -44,6 +44,7 @@ from asgictl.protocols.http.strict import InvalidRequest
 from asgictl.protocols.http2.h2_engine import EngineError, H2Engine
 from asgictl.protocols.http2.request import MalformedRequest, build_scope
 from asgictl.protocols.http2.stream import H2Stream
+from asgictl.protocols.http2.websocket import start_websocket
 from asgictl.protocols.state import ServerState
 
 logger = logging.getLogger("asgictl.error")
@@ -161,7 +162,7 @@ class HTTP2Connection(FlowControlled):
             INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             MAX_FRAME_SIZE: 16384,
             MAX_HEADER_LIST_SIZE: state.limit_head,
-            ENABLE_CONNECT_PROTOCOL: 0,
+            ENABLE_CONNECT_PROTOCOL: 1 if state.ws_protocol is not None else 0,
         }
 
     def start(self, data: bytes) -> None:
@@ -210,12 +211,10 @@ class HTTP2Connection(FlowControlled):
         if self.goaway_timer is not None:
             self.goaway_timer.cancel()
             self.goaway_timer = None
-        for stream in list(self.streams.values()):
-            stream.reset = True
-            stream.release_drain()
-            if stream.cycle is not None:
-                stream.cycle.on_disconnect()
+        streams = list(self.streams.values())
         self.streams.clear()
+        for stream in streams:
+            stream.gone()
         self.release_drain()
 
     def resume_writing(self) -> None:
@@ -234,7 +233,7 @@ class HTTP2Connection(FlowControlled):
             self._count_reset()  # a client that keeps opening past the limit floods too
             return
         try:
-            scope = build_scope(self, headers)
+            scope, websocket = build_scope(self, headers)
         except MalformedRequest as exc:
             logger.debug("Malformed HTTP/2 request on stream %d: %s", stream_id, exc)
             self.engine.reset(stream_id, PROTOCOL_ERROR)
@@ -248,6 +247,10 @@ class HTTP2Connection(FlowControlled):
             return
         stream = H2Stream(self, stream_id)
         stream.request_complete = end_stream
+        if websocket:
+            self.streams[stream_id] = stream
+            start_websocket(self, stream, scope)
+            return
         self._run(stream, scope, None)
 
     def _run(self, stream: H2Stream, scope: dict[str, Any], body: bytes | None) -> None:
@@ -281,6 +284,13 @@ class HTTP2Connection(FlowControlled):
         if stream is None:
             self.engine.acknowledge(stream_id, flow_length)
             return
+        tunnel = stream.tunnel
+        if tunnel is not None:
+            tunnel.feed(data, flow_length)
+            if end_stream:
+                stream.request_complete = True
+                tunnel.eof()
+            return
         stream.body_received(data, flow_length)
         limit = self.state.limit_body
         if limit is not None and stream.received > limit:
@@ -300,11 +310,7 @@ class HTTP2Connection(FlowControlled):
             return
         if remote and not stream.app_done:
             self._count_reset()
-        stream.reset = True
-        stream.outbox.clear()
-        stream.release_drain()
-        if stream.cycle is not None:
-            stream.cycle.on_disconnect()
+        stream.gone()
 
     def on_window_update(self, stream_id: int) -> None:
         if stream_id:
@@ -495,12 +501,10 @@ class HTTP2Connection(FlowControlled):
         """A connection error: write what is queued (the GOAWAY), cancel the streams, close."""
         self.closing = True
         self.flush()
-        for stream in list(self.streams.values()):
-            stream.reset = True
-            stream.release_drain()
-            if stream.cycle is not None:
-                stream.cycle.on_disconnect()
+        streams = list(self.streams.values())
         self.streams.clear()
+        for stream in streams:
+            stream.gone()
         self.transport.close()
 
     # ------------------------------------------------------------ helpers

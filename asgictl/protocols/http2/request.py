@@ -32,8 +32,9 @@ _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
 
 
-def build_scope(conn: HTTP2Connection, fields: list[tuple[bytes, bytes]]) -> dict[str, Any]:
-    """The ``http`` scope of a request whose decoded header block is ``fields``."""
+def build_scope(conn: HTTP2Connection, fields: list[tuple[bytes, bytes]]) -> tuple[dict[str, Any], bool]:
+    """The ``http`` scope of a request whose decoded header block is ``fields``, and
+    whether it is an extended CONNECT for a WebSocket (RFC 8441 4)."""
     pseudo: dict[bytes, bytes] = {}
     headers: list[tuple[bytes, bytes]] = []
     host: bytes | None = None
@@ -71,9 +72,11 @@ def build_scope(conn: HTTP2Connection, fields: list[tuple[bytes, bytes]]) -> dic
         target = authority
         scheme = b""
     else:
-        if protocol is not None:
-            # Extended CONNECT (RFC 8441) is not offered (SETTINGS_ENABLE_CONNECT_PROTOCOL 0).
-            raise MalformedRequest(":protocol without extended CONNECT")
+        if protocol is not None and (method != b"CONNECT" or conn.state.ws_protocol is None):
+            # Extended CONNECT (RFC 8441) is offered only with --ws (and only for CONNECT).
+            raise MalformedRequest(":protocol outside an extended CONNECT")
+        if protocol is not None and protocol != b"websocket":
+            raise MalformedRequest(f"unknown :protocol {protocol!r}")
         target = pseudo.get(b":path", b"")
         scheme = pseudo.get(b":scheme", b"")
         if not target or not scheme:
@@ -90,7 +93,7 @@ def build_scope(conn: HTTP2Connection, fields: list[tuple[bytes, bytes]]) -> dic
             raise MalformedRequest("host and :authority differ")
     method_str = method.decode("ascii", "surrogateescape")
     check_head(method_str, target, "1.1", headers, conn.state)
-    return _scope(conn, method_str, scheme, target, headers)
+    return _scope(conn, method_str, scheme, target, headers), protocol is not None
 
 
 def _scope(

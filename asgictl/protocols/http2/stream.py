@@ -49,6 +49,7 @@ class H2Stream:
         "stalled_since",
         "stream_id",
         "trailers_out",
+        "tunnel",
         "unacked",
         "body_mark",
     )
@@ -77,6 +78,8 @@ class H2Stream:
         self.stalled_since: float | None = None
         #: (bytes received, when) the clock saw last (the body-read deadline)
         self.body_mark: tuple[int, float] | None = None
+        #: a WebSocket over this stream (RFC 8441): its StreamTransport
+        self.tunnel: Any = None
 
     # ------------------------------------------------------------ CycleHost: reading
 
@@ -220,6 +223,8 @@ class H2Stream:
             conn.send_headers(stream_id, self.trailers_out, True)
             self.trailers_out = None
         self.release_drain()
+        if self.tunnel is not None:
+            self.tunnel.window_opened()
         if self.app_done:
             conn.stream_finished(self)
 
@@ -232,6 +237,14 @@ class H2Stream:
 
     def app_failed(self, cycle: HTTPCycle, exc: BaseException | None) -> None:
         self.conn.app_failed(self, cycle, exc)
+
+    def send_raw(self, data: bytes, end: bool) -> None:
+        """DATA of a tunnel (a WebSocket's frames), END_STREAM after it if ``end``."""
+        self.outbox.append(data)
+        if end:
+            self.end_after = True
+            self.app_done = True
+        self.pump()
 
     def respond(self, status: int, body: bytes) -> None:
         """A plain-text response of the server's own (an error), complete at once."""
@@ -247,6 +260,16 @@ class H2Stream:
         self.end_after = True
         self.pump()
 
+    def gone(self) -> None:
+        """The stream ended under the app: reset by the client, or the connection lost."""
+        self.reset = True
+        self.outbox.clear()
+        self.release_drain()
+        if self.cycle is not None:
+            self.cycle.on_disconnect()
+        if self.tunnel is not None:
+            self.tunnel.connection_lost()
+
     def cancel(self, code: int = _CANCEL) -> None:
         """Reset the stream from this side (RST_STREAM ``code``); the app sees a disconnect."""
         if not self.reset:
@@ -256,6 +279,8 @@ class H2Stream:
         self.release_drain()
         if self.cycle is not None:
             self.cycle.on_disconnect()
+        if self.tunnel is not None:
+            self.tunnel.connection_lost()
 
 
 def _bad_status(status: int) -> bytes:

@@ -105,6 +105,7 @@ class WSConnection(FlowControlled):
         "deny_length",
         "disconnect",
         "early",
+        "engine_headers",
         "last_ping",
         "messages",
         "phase",
@@ -120,6 +121,9 @@ class WSConnection(FlowControlled):
         self.state = state
         self.scope = scope
         self.phase = CONNECTING
+        #: the handshake fields the framing library checks, when they are not the scope's
+        #: (a WebSocket over HTTP/2 has no Upgrade, Connection or Sec-WebSocket-Key)
+        self.engine_headers: list[tuple[bytes, bytes]] | None = None
         self.messages: deque[dict[str, Any]] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.connect_sent = False
@@ -176,7 +180,7 @@ class WSConnection(FlowControlled):
     def handshake(self, trailing: bytes) -> None:
         """Start: check the handshake and run the app (called once, by the HTTP protocol)."""
         state = self.state
-        refusal = self.open_engine(self._target(), self.scope["headers"])
+        refusal = self.open_engine(self._target(), self.engine_headers or self.scope["headers"])
         if refusal is not None:
             self._answer_http(refusal)
             return
