@@ -297,3 +297,28 @@ def test_never_opened_window_is_cut(http: str) -> None:
     h.settle()
     assert h.state.active_requests == 0
     h.close()
+
+
+@pytest.mark.parametrize(
+    ("trailers", "end_stream"),
+    [
+        ([(b"x-t", b"1")], False),  # a second HEADERS without END_STREAM
+        ([(b":path", b"/")], True),  # a pseudo-header field as a trailer
+        ([(b"content-length", b"4")], True),  # a field a trailer may not carry
+    ],
+)
+def test_malformed_trailers_after_an_early_response(
+    http: str, trailers: list[tuple[bytes, bytes]], end_stream: bool
+) -> None:
+    """The app answers before the request is complete; the rest of the request is still
+    checked: a malformed trailer section is a PROTOCOL_ERROR (stream or connection)."""
+    h, enc = raw(http)
+    h.send(headers_frame(1, request_headers(method=b"POST"), enc, end_stream=False))
+    h.send(DataFrame(1, b"test").serialize())
+    h.settle()
+    assert any(isinstance(f, DataFrame) and "END_STREAM" in f.flags for f in frames(h.written()))
+    h.send(headers_frame(1, trailers, enc, end_stream=end_stream))
+    out = h.written()
+    frame = goaway(out)
+    assert resets(out).get(1) == PROTOCOL_ERROR or (frame is not None and frame.error_code == PROTOCOL_ERROR)
+    h.close()

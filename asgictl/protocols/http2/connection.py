@@ -42,7 +42,7 @@ from asgictl.protocols.http.connection import address, service_unavailable
 from asgictl.protocols.http.cycle import HTTPCycle
 from asgictl.protocols.http.strict import InvalidRequest
 from asgictl.protocols.http2.h2_engine import EngineError, H2Engine
-from asgictl.protocols.http2.request import MalformedRequest, build_scope
+from asgictl.protocols.http2.request import MalformedRequest, build_scope, check_trailers
 from asgictl.protocols.http2.stream import H2Stream
 from asgictl.protocols.http2.websocket import start_websocket
 from asgictl.protocols.state import ServerState
@@ -300,7 +300,21 @@ class HTTP2Connection(FlowControlled):
             self._end_of_request(stream)
 
     def on_trailers(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """A trailer section (ends the request): no pseudo-header fields, the field
+        grammar of a header section (RFC 9113 8.1, 8.3); dropped (ASGI has no request
+        trailers)."""
         stream = self.streams.get(stream_id)
+        try:
+            check_trailers(headers)
+        except MalformedRequest as exc:
+            logger.debug("Malformed HTTP/2 trailers on stream %d: %s", stream_id, exc)
+            if stream is not None:
+                stream.cancel(PROTOCOL_ERROR)
+            elif not self.engine.reset(stream_id, PROTOCOL_ERROR):
+                # Answered and closed both ways: no frame may go on that stream any more
+                # (RFC 9113 5.1), the error can only be the connection's.
+                self.fail(PROTOCOL_ERROR, "malformed trailers on a closed stream")
+            return
         if stream is not None:
             self._end_of_request(stream)
 
@@ -374,11 +388,9 @@ class HTTP2Connection(FlowControlled):
         """The response of ``stream`` is on the wire."""
         if self.streams.pop(stream.stream_id, None) is None:
             return
-        if not stream.request_complete and not stream.reset:
-            # The request body is still coming and nobody will read it: ask the client
-            # to stop sending (RFC 9113 8.1).
-            self.engine.reset(stream.stream_id, NO_ERROR)
-            self.schedule_flush()
+        # A request body still coming is read and dropped (its window given back), not
+        # refused with RST_STREAM NO_ERROR: the rest of the request is still checked (a
+        # malformed trailer section after an early response is a PROTOCOL_ERROR).
         if not self.streams:
             self.idle_since = self.loop.time()
         self._close_if_done()

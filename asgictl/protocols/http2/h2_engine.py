@@ -169,11 +169,13 @@ class H2Engine:
         """``size`` flow-controlled bytes of ``stream_id`` were consumed: reopen windows."""
         self.h2.acknowledge_received_data(size, stream_id)
 
-    def reset(self, stream_id: int, code: int) -> None:
+    def reset(self, stream_id: int, code: int) -> bool:
+        """RST_STREAM; False if the stream is closed (both ends sent END_STREAM)."""
         try:
             self.h2.reset_stream(stream_id, code)
         except h2.exceptions.StreamClosedError:
-            pass  # closed meanwhile (both ends sent END_STREAM): nothing to reset
+            return False
+        return True
 
     def goaway(self, code: int, last_stream_id: int) -> None:
         """GOAWAY. With NO_ERROR the streams up to ``last_stream_id`` may still finish;

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from asgictl.protocols.http.connection import SCOPE_TEMPLATE
-from asgictl.protocols.http.strict import check_head
+from asgictl.protocols.http.strict import FORBIDDEN_TRAILERS, check_head
 from asgictl.protocols.http2.stream import CONNECTION_FIELDS, FIELD_NAMES
 
 if TYPE_CHECKING:
@@ -90,6 +90,18 @@ def build_scope(conn: HTTP2Connection, fields: list[tuple[bytes, bytes]]) -> tup
     method_str = method.decode("ascii", "surrogateescape")
     check_head(method_str, target, "1.1", headers, conn.state)
     return _scope(conn, method_str, scheme, target, headers), protocol is not None
+
+
+def check_trailers(fields: list[tuple[bytes, bytes]]) -> None:
+    """A request's trailer section: regular fields only (RFC 9113 8.1), the grammar of
+    8.2 and none of the fields a trailer may not carry (RFC 9110 6.5.1)."""
+    for name, _ in fields:
+        if name[:1] == b":":
+            raise MalformedRequest("pseudo-header field in trailers")
+        if name in CONNECTION_FIELDS or name in FORBIDDEN_TRAILERS:
+            raise MalformedRequest(f"field {name!r} in trailers")
+    if fields:
+        _check_regular(fields)
 
 
 def _check_regular(headers: list[tuple[bytes, bytes]]) -> None:
