@@ -308,6 +308,13 @@ OPTIONS: tuple[Option, ...] = (
         flag=True,
     ),
     _opt(
+        "http2_engine",
+        choice("auto", "h2", "zttp"),
+        "auto",
+        "HTTP/2 framing engine: h2 (python-hyper, the reference; what auto picks) or zttp (Zig,"
+        " measured, not conformant yet: see the README).",
+    ),
+    _opt(
         "h2c_upgrade",
         to_bool,
         False,
@@ -753,6 +760,7 @@ class Config:
     loop: str
     http: str
     http2: bool
+    http2_engine: str
     h2c_upgrade: bool
     http2_max_concurrent_streams: int
     h11_max_incomplete_event_size: int

@@ -1,6 +1,7 @@
 """Instructions per hello request, counted by callgrind: a deterministic hot-path figure.
 
-    python benchmarks/callgrind_hello.py [--http httptools|h11] [--protocol 1.1|2] [--requests N]
+    python benchmarks/callgrind_hello.py [--http httptools|h11] [--protocol 1.1|2]
+                                         [--engine h2|zttp] [--requests N]
 
 Runs valgrind's callgrind on this script's in-process loop twice (N and 2N requests
 through the real connection class over an in-memory transport, ``apps.hello`` as the
@@ -10,8 +11,8 @@ this does not move with the machine's load, so a change to the hot path can be j
 on a shared machine to a fraction of a percent.
 
 ``--protocol 2`` drives the HTTP/2 connection instead (one connection, one stream per
-request, answered by the server's engine); ``--http`` still picks the HTTP/1.1 class
-the connection starts as.
+request, answered by the server's engine, ``--engine``); ``--http`` still picks the
+HTTP/1.1 class the connection starts as.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class _Transport(asyncio.Transport):
         self.protocol = protocol
 
 
-def _loop(http: str, protocol: str, requests: int) -> None:
+def _loop(http: str, protocol: str, requests: int, engine: str = "h2") -> None:
     from apps import hello
 
     from asgictl.config import Config
@@ -70,7 +71,7 @@ def _loop(http: str, protocol: str, requests: int) -> None:
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    config = Config(hello, http=http, access_log=False)
+    config = Config(hello, http=http, access_log=False, http2_engine=engine)
     state = ServerState(config, hello, loop)
     transport = _Transport()
     conn = protocol_class(http)(state)
@@ -109,7 +110,7 @@ def _loop(http: str, protocol: str, requests: int) -> None:
     assert transport.written > requests * 13, "the app was not answered"
 
 
-def _count(http: str, protocol: str, requests: int) -> int:
+def _count(http: str, protocol: str, requests: int, engine: str) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         env = dict(os.environ, PYTHONHASHSEED="0")
@@ -127,6 +128,8 @@ def _count(http: str, protocol: str, requests: int) -> int:
                 protocol,
                 "--requests",
                 str(requests),
+                "--engine",
+                engine,
             ],
             check=True,
             env=env,
@@ -145,16 +148,18 @@ def main() -> None:
     )
     parser.add_argument("--http", default="httptools", choices=["httptools", "h11"])
     parser.add_argument("--protocol", default="1.1", choices=["1.1", "2"])
+    parser.add_argument("--engine", default="h2", choices=["h2", "zttp"])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
-        _loop(args.http, args.protocol, args.requests)
+        _loop(args.http, args.protocol, args.requests, args.engine)
         return
-    small = _count(args.http, args.protocol, args.requests)
-    large = _count(args.http, args.protocol, 2 * args.requests)
+    small = _count(args.http, args.protocol, args.requests, args.engine)
+    large = _count(args.http, args.protocol, 2 * args.requests, args.engine)
     per = (large - small) / args.requests
-    print(f"{args.http} HTTP/{args.protocol}: {per:,.0f} instructions per hello request")
+    what = f"HTTP/{args.protocol}" + (f" ({args.engine})" if args.protocol == "2" else "")
+    print(f"{args.http} {what}: {per:,.0f} instructions per hello request")
 
 
 if __name__ == "__main__":

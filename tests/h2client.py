@@ -9,6 +9,7 @@ frame (hyperframe), for what the h2 client would refuse to parse.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import h2.config
@@ -82,6 +83,8 @@ class H2Harness:
     wrote since the last call and returns the client's events."""
 
     def __init__(self, app: Any, http: str = "httptools", **options: Any) -> None:
+        # ASGICTL_TEST_HTTP2_ENGINE=zttp runs the HTTP/2 unit tests against that engine.
+        options.setdefault("http2_engine", os.environ.get("ASGICTL_TEST_HTTP2_ENGINE", "auto"))
         self.harness = Harness(app, http=http, **options)
         self.transport = self.harness.transport
         self.state = self.harness.state

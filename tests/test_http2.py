@@ -27,6 +27,14 @@ def http(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(params=["h2", "zttp"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """The framing engines: the ASGI semantics must not depend on which one frames."""
+    if request.param == "zttp":
+        pytest.importorskip("zttp")
+    return str(request.param)
+
+
 async def hello(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": b"Hello, world!"})
@@ -43,8 +51,8 @@ async def echo(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def test_prior_knowledge_hello(http: str) -> None:
-    h = H2Harness(hello, http)
+def test_prior_knowledge_hello(http: str, engine: str) -> None:
+    h = H2Harness(hello, http, http2_engine=engine)
     assert isinstance(h.server, HTTP2Connection)
     headers, body, _ = h.response(h.request())
     assert headers[b":status"] == b"200"
@@ -54,14 +62,14 @@ def test_prior_knowledge_hello(http: str) -> None:
     h.close()
 
 
-def test_scope(http: str) -> None:
+def test_scope(http: str, engine: str) -> None:
     seen: list[dict[str, Any]] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         seen.append(scope)
         await hello(scope, receive, send)
 
-    h = H2Harness(app, http, root_path="/api")
+    h = H2Harness(app, http, root_path="/api", http2_engine=engine)
     h.response(h.request(b"/a%20b/c?x=1&y=2", headers=[(b"x-thing", b"1")]))
     scope = seen[0]
     assert scope["type"] == "http" and scope["http_version"] == "2"
@@ -106,10 +114,10 @@ def test_http11_still_served(http: str) -> None:
     h.close()
 
 
-def test_post_echo_beyond_the_windows(http: str) -> None:
+def test_post_echo_beyond_the_windows(http: str, engine: str) -> None:
     """A body far larger than the stream and connection windows: WINDOW_UPDATE comes as
     the app reads, and the whole body arrives."""
-    h = H2Harness(echo, http)
+    h = H2Harness(echo, http, http2_engine=engine)
     payload = os.urandom(3 * 1024 * 1024)
     stream_id = h.client.get_next_available_stream_id()
     h.client.send_headers(stream_id, request_headers(method=b"POST"))
@@ -158,7 +166,7 @@ def test_unread_body_is_bounded(http: str) -> None:
     h.close()
 
 
-def test_response_waits_for_the_peer_window(http: str) -> None:
+def test_response_waits_for_the_peer_window(http: str, engine: str) -> None:
     """send() waits while the client's window is closed, and goes on when it opens."""
     progress: list[int] = []
 
@@ -169,7 +177,7 @@ def test_response_waits_for_the_peer_window(http: str) -> None:
             progress.append(i)
         await send({"type": "http.response.body", "body": b""})
 
-    h = H2Harness(app, http)
+    h = H2Harness(app, http, http2_engine=engine)
     stream_id = h.request()
     h.turn(20)
     events = h.client.receive_data(h.written())
@@ -186,7 +194,7 @@ def test_response_waits_for_the_peer_window(http: str) -> None:
     h.close()
 
 
-def test_streams_run_concurrently(http: str) -> None:
+def test_streams_run_concurrently(http: str, engine: str) -> None:
     gate = asyncio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -195,7 +203,7 @@ def test_streams_run_concurrently(http: str) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": scope["path"].encode()})
 
-    h = H2Harness(app, http)
+    h = H2Harness(app, http, http2_engine=engine)
     slow = h.request(b"/slow")
     fast = h.request(b"/fast")
     _, body, _ = h.response(fast)
@@ -207,32 +215,32 @@ def test_streams_run_concurrently(http: str) -> None:
 
 
 @pytest.mark.parametrize(("method", "status"), [(b"HEAD", 200), (b"GET", 204), (b"GET", 304)])
-def test_no_body(http: str, method: bytes, status: int) -> None:
+def test_no_body(http: str, engine: str, method: bytes, status: int) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"5")]})
         await send({"type": "http.response.body", "body": b"" if status != 200 else b"hello"})
 
-    h = H2Harness(app, http)
+    h = H2Harness(app, http, http2_engine=engine)
     headers, body, events = h.response(h.request(method=method))
     assert headers[b":status"] == str(status).encode() and body == b""
     assert not any(isinstance(e, h2.events.DataReceived) and e.data for e in events)
     h.close()
 
 
-def test_trailers(http: str) -> None:
+def test_trailers(http: str, engine: str) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
         await send({"type": "http.response.body", "body": b"data", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         await send({"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")]})
 
-    h = H2Harness(app, http)
+    h = H2Harness(app, http, http2_engine=engine)
     headers, body, _ = h.response(h.request(headers=[(b"te", b"trailers")]))
     assert body == b"data" and headers[b"trailer:grpc-status"] == b"0"
     h.close()
 
 
-def test_pathsend(http: str, tmp_path: Path) -> None:
+def test_pathsend(http: str, engine: str, tmp_path: Path) -> None:
     path = tmp_path / "file.bin"
     content = os.urandom(300_000)
     path.write_bytes(content)
@@ -241,7 +249,7 @@ def test_pathsend(http: str, tmp_path: Path) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.pathsend", "path": str(path)})
 
-    h = H2Harness(app, http)
+    h = H2Harness(app, http, http2_engine=engine)
     h.client.increment_flow_control_window(1 << 20)
     stream_id = h.request()
     h.client.increment_flow_control_window(1 << 20, stream_id)
@@ -250,7 +258,7 @@ def test_pathsend(http: str, tmp_path: Path) -> None:
     h.close()
 
 
-def test_client_reset_is_a_disconnect(http: str) -> None:
+def test_client_reset_is_a_disconnect(http: str, engine: str) -> None:
     got: list[dict[str, Any]] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -260,7 +268,7 @@ def test_client_reset_is_a_disconnect(http: str) -> None:
             if message["type"] == "http.disconnect":
                 return
 
-    h = H2Harness(app, http)
+    h = H2Harness(app, http, http2_engine=engine)
     h.client.send_headers(1, request_headers(method=b"POST"))
     h.turn()
     h.client.reset_stream(1, 8)
@@ -270,11 +278,11 @@ def test_client_reset_is_a_disconnect(http: str) -> None:
     h.close()
 
 
-def test_error_before_response_is_500(http: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_error_before_response_is_500(http: str, engine: str, caplog: pytest.LogCaptureFixture) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         raise ValueError("boom")
 
-    h = H2Harness(app, http)
+    h = H2Harness(app, http, http2_engine=engine)
     with caplog.at_level(logging.ERROR, "asgictl.error"):
         headers, body, _ = h.response(h.request())
     assert headers[b":status"] == b"500" and body == b"Internal Server Error"
@@ -284,13 +292,13 @@ def test_error_before_response_is_500(http: str, caplog: pytest.LogCaptureFixtur
     h.close()
 
 
-def test_error_after_response_started_resets_the_stream(http: str) -> None:
+def test_error_after_response_started_resets_the_stream(http: str, engine: str) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
         raise ValueError("boom")
 
-    h = H2Harness(app, http)
+    h = H2Harness(app, http, http2_engine=engine)
     stream_id = h.request()
     _, _, events = h.response(stream_id)
     reset = [e for e in events if isinstance(e, h2.events.StreamReset)]
@@ -298,14 +306,14 @@ def test_error_after_response_started_resets_the_stream(http: str) -> None:
     h.close()
 
 
-def test_limit_concurrency_503(http: str) -> None:
+def test_limit_concurrency_503(http: str, engine: str) -> None:
     gate = asyncio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await gate.wait()
         await hello(scope, receive, send)
 
-    h = H2Harness(app, http, limit_concurrency=1)
+    h = H2Harness(app, http, limit_concurrency=1, http2_engine=engine)
     first = h.request()
     second = h.request()
     headers, _, _ = h.response(second)
@@ -349,8 +357,8 @@ def test_proxy_headers(http: str) -> None:
     h.close()
 
 
-def test_request_body_too_large(http: str) -> None:
-    h = H2Harness(echo, http, limit_request_body=1000)
+def test_request_body_too_large(http: str, engine: str) -> None:
+    h = H2Harness(echo, http, limit_request_body=1000, http2_engine=engine)
     headers, _, _ = h.response(h.request(method=b"POST", body=b"x" * 5000))
     assert headers[b":status"] == b"413"
     h.close()
@@ -380,7 +388,7 @@ def test_graceful_shutdown_of_an_idle_connection(http: str) -> None:
     h.close()
 
 
-def test_graceful_shutdown_waits_for_streams_in_flight(http: str) -> None:
+def test_graceful_shutdown_waits_for_streams_in_flight(http: str, engine: str) -> None:
     """The GOAWAY waits for the connection to be between requests (h2-based clients
     fail a request in flight at any GOAWAY)."""
     gate = asyncio.Event()
@@ -389,7 +397,7 @@ def test_graceful_shutdown_waits_for_streams_in_flight(http: str) -> None:
         await gate.wait()
         await hello(scope, receive, send)
 
-    h = H2Harness(app, http)
+    h = H2Harness(app, http, http2_engine=engine)
     in_flight = h.request()
     h.turn()
     h.written()

@@ -67,6 +67,7 @@ class ServerState:
         "extra_lines",
         "h11_max_incomplete_event_size",
         "h2_default_fields",
+        "h2_engine",
         "h2_max_concurrent_streams",
         "h2_protocol",
         "h2c_upgrade",
@@ -137,7 +138,7 @@ class ServerState:
         self.trace = logger.isEnabledFor(5)
         # WebSocket: the protocol factory an Upgrade is handed to (None: --ws none, the
         # upgrade is answered as plain HTTP), and its settings.
-        from asgictl.protocols.http2 import http2_protocol
+        from asgictl.protocols.http2 import engine_class, http2_protocol
         from asgictl.protocols.websockets import ws_protocol_factory
 
         #: ``start_task(coro)``: runs a request's or a WebSocket's app (eager on 3.12+).
@@ -147,6 +148,7 @@ class ServerState:
         #: ``h2_protocol(state)``: the protocol a connection switches to for HTTP/2 (None:
         #: --no-http2), and what it needs that HTTP/1.1 does not.
         self.h2_protocol = http2_protocol() if config.http2 else None
+        self.h2_engine = engine_class(config.http2_engine) if config.http2 else None
         self.h2_max_concurrent_streams = config.http2_max_concurrent_streams
         self.h2c_upgrade = config.http2 and config.h2c_upgrade
         self.h2_default_fields: list[tuple[bytes, bytes]] = []

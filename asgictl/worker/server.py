@@ -26,7 +26,7 @@ from typing import Any
 from asgictl.config import Config
 from asgictl.protocols.http import protocol_class
 from asgictl.protocols.http.connection import request_tasks
-from asgictl.protocols.http2 import http2_protocol
+from asgictl.protocols.http2 import engine_class, http2_protocol
 from asgictl.protocols.state import ServerState, task_starter
 from asgictl.protocols.websockets import ws_protocol_factory
 from asgictl.pubsub import backends as pubsub_backends
@@ -292,3 +292,4 @@ def import_runtime(config: Config) -> None:
     ws_protocol_factory(config.ws)
     if config.http2:
         http2_protocol()
+        engine_class(config.http2_engine)

@@ -12,7 +12,9 @@ An HTTP/1.1 connection hands its transport over (``http.handover``) when TLS ALP
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from asgictl.config import ConfigError
 
 if TYPE_CHECKING:
     from asgictl.protocols.http2.connection import HTTP2Connection
@@ -24,3 +26,17 @@ def http2_protocol() -> Callable[[ServerState], HTTP2Connection]:
     from asgictl.protocols.http2.connection import HTTP2Connection
 
     return HTTP2Connection
+
+
+def engine_class(name: str) -> Any:
+    """The framing engine for ``--http2-engine auto|h2|zttp`` (auto: h2, the one that
+    passes the whole HTTP/2 suite); zttp named but not installed is a ConfigError."""
+    if name == "zttp":
+        try:
+            from asgictl.protocols.http2.zttp_engine import ZttpEngine
+        except ImportError:
+            raise ConfigError("--http2-engine zttp: the 'zttp' package is not installed") from None
+        return ZttpEngine
+    from asgictl.protocols.http2.h2_engine import H2Engine
+
+    return H2Engine

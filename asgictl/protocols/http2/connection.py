@@ -4,9 +4,8 @@
 known to speak HTTP/2: TLS ALPN ``h2``, the client preface at the start of a cleartext
 connection (prior knowledge), or an accepted ``Upgrade: h2c``. The framing engine (the
 ``h2`` library, :mod:`~asgictl.protocols.http2.h2_engine`) turns bytes into calls here
-(the engine seam: ``on_request``, ``on_data``, ``on_trailers``, ``on_reset``,
-``on_window_update``, ``on_settings``, ``on_ping``, ``on_ping_ack``, ``on_priority``,
-``on_goaway``) and frames what this class asks for; everything else is here, once:
+(the engine seam, :mod:`~asgictl.protocols.http2.engine`) and frames what this class
+asks for; everything else is here, once:
 
 - each request stream becomes an ASGI ``http`` scope (``http_version`` "2",
   ``:authority`` as ``host``) run by the same :class:`HTTPCycle` as HTTP/1.1, with an
@@ -41,7 +40,7 @@ from asgictl.protocols.flow import FlowControlled
 from asgictl.protocols.http.connection import address, service_unavailable
 from asgictl.protocols.http.cycle import HTTPCycle
 from asgictl.protocols.http.strict import InvalidRequest
-from asgictl.protocols.http2.h2_engine import EngineError, H2Engine
+from asgictl.protocols.http2.engine import Engine, EngineError
 from asgictl.protocols.http2.request import MalformedRequest, build_scope, check_trailers
 from asgictl.protocols.http2.stream import H2Stream
 from asgictl.protocols.http2.websocket import start_websocket
@@ -117,7 +116,7 @@ class HTTP2Connection(FlowControlled):
         self.client: Any = None
         self.scheme = "http"
         self.trusted = False
-        self.engine: H2Engine = None  # type: ignore[assignment]
+        self.engine: Engine = None  # type: ignore[assignment]
         self.streams: dict[int, H2Stream] = {}
         #: no new streams (shutdown, GOAWAY sent or received)
         self.closing = False
@@ -168,14 +167,14 @@ class HTTP2Connection(FlowControlled):
     def start(self, data: bytes) -> None:
         """Begin with the server's SETTINGS; ``data``: the first bytes (from the preface
         on) that the HTTP/1.1 protocol read."""
-        self.engine = H2Engine(self, self._settings(), CONNECTION_WINDOW)
+        self.engine = self.state.h2_engine(self, self._settings(), CONNECTION_WINDOW)
         self._begin(data)
 
     def start_upgrade(self, settings: bytes, scope: dict[str, Any], body: bytes, data: bytes) -> None:
         """``Upgrade: h2c`` was accepted (the 101 is written): the request that asked is
         stream 1, its body ``body``, complete; ``settings`` its HTTP2-Settings, ``data``
         what followed it (the client preface on)."""
-        self.engine = H2Engine(self, self._settings(), CONNECTION_WINDOW, upgrade=settings)
+        self.engine = self.state.h2_engine(self, self._settings(), CONNECTION_WINDOW, upgrade=settings)
         scope["http_version"] = "2"
         stream = H2Stream(self, 1)
         stream.request_complete = True

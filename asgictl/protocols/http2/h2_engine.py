@@ -1,7 +1,7 @@
 """The ``h2`` engine (python-hyper's sans-IO HTTP/2): frames and HPACK, nothing else.
 
-The adapter turns h2's events into calls on the HTTP/2 connection (see
-:class:`~asgictl.protocols.http2.connection.HTTP2Connection`, "the engine seam") and
+The adapter turns h2's events into calls on the HTTP/2 connection (the seam:
+:mod:`~asgictl.protocols.http2.engine`) and
 the connection's answers into h2 calls. h2 is configured to leave request fields
 alone (``validate_inbound_headers=False``): the connection checks them itself, so that
 a malformed request is a stream error, as RFC 9113 8.1.1 says, not the connection
@@ -33,18 +33,12 @@ from h2.connection import _decode_headers  # the one HPACK decode path h2 has
 from h2.stream import StreamClosedBy
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
+from asgictl.protocols.http2.engine import EngineError
+
 if TYPE_CHECKING:
     from asgictl.protocols.http2.connection import HTTP2Connection
 
 _REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
-
-
-class EngineError(Exception):
-    """A connection error: GOAWAY with ``code`` is queued, nothing more is read."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
 
 
 class _Connection(h2.connection.H2Connection):
