@@ -139,7 +139,9 @@ class H2Harness:
         headers = request_headers(path, method) + list(kw.get("headers", []))
         self.client.send_headers(stream_id, headers, end_stream=body is None)
         if body is not None:
-            self.client.send_data(stream_id, body, end_stream=True)
+            for start in range(0, len(body), 16384):
+                piece = body[start : start + 16384]
+                self.client.send_data(stream_id, piece, end_stream=start + len(piece) >= len(body))
         self.flush()
         return stream_id
 

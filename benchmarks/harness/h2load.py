@@ -77,6 +77,7 @@ def h2corn_args() -> ArgsFn:
 
 SPECS = (
     ServerSpec("asgictl", "h2", "asgictl", asgictl_args()),
+    ServerSpec("asgictl-zttp", "h2", "asgictl", asgictl_args("--http2-engine", "zttp")),
     ServerSpec("hypercorn", "h2", "hypercorn", hypercorn_args()),
     ServerSpec("granian", "h2", "granian", granian_args("--http", "2")),
     ServerSpec("uvicorn-zttp", "h2", "uvicorn", uvicorn_args("--http2", http="zttp")),

@@ -136,14 +136,7 @@ class HTTPConnection(ResponseFraming):
         self.transport = transport  # type: ignore[assignment]
         state = self.state
         state.connections.add(self)
-        self.server = address(transport.get_extra_info("sockname"))
-        self.client = address(transport.get_extra_info("peername"))  # type: ignore[assignment]
-        if state.is_ssl or transport.get_extra_info("sslcontext") is not None:
-            self.scheme = "https"
-        if state.trusted is not None:
-            # Unix-socket peers have no address; the socket path is what may be trusted.
-            peer = self.client[0] if self.client else (self.server[0] if self.server else None)
-            self.trusted = peer in state.trusted
+        self.server, self.client, self.scheme, self.trusted = peer_info(transport, state)
         self.idle_since = self.loop.time()
         if state.shutting_down:
             self.closing = True
@@ -516,6 +509,20 @@ def _peer(client: Any, server: Any) -> str:
     if client:
         return f"{client[0]}:{client[1]}"
     return f"unix:{server[0]}" if server else "-"
+
+
+def peer_info(transport: asyncio.BaseTransport, state: ServerState) -> tuple[Any, Any, str, bool]:
+    """(server, client, scheme, trusted with proxy headers) of a new connection, for
+    HTTP/1.1 and HTTP/2 alike."""
+    server = address(transport.get_extra_info("sockname"))
+    client = address(transport.get_extra_info("peername"))
+    scheme = "https" if state.is_ssl or transport.get_extra_info("sslcontext") is not None else "http"
+    trusted = False
+    if state.trusted is not None:
+        # Unix-socket peers have no address; the socket path is what may be trusted.
+        peer = client[0] if client else (server[0] if server else None)
+        trusted = peer in state.trusted
+    return server, client, scheme, trusted
 
 
 def address(info: Any) -> Any:

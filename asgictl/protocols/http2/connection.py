@@ -37,7 +37,7 @@ import os
 from typing import Any
 
 from asgictl.protocols.flow import FlowControlled
-from asgictl.protocols.http.connection import address, service_unavailable
+from asgictl.protocols.http.connection import peer_info, service_unavailable
 from asgictl.protocols.http.cycle import HTTPCycle
 from asgictl.protocols.http.strict import InvalidRequest
 from asgictl.protocols.http2.engine import Engine, EngineError
@@ -143,13 +143,7 @@ class HTTP2Connection(FlowControlled):
         self.transport = transport  # type: ignore[assignment]
         state = self.state
         state.connections.add(self)
-        self.server = address(transport.get_extra_info("sockname"))
-        self.client = address(transport.get_extra_info("peername"))
-        if state.is_ssl or transport.get_extra_info("sslcontext") is not None:
-            self.scheme = "https"
-        if state.trusted is not None:
-            peer = self.client[0] if self.client else (self.server[0] if self.server else None)
-            self.trusted = peer in state.trusted
+        self.server, self.client, self.scheme, self.trusted = peer_info(transport, state)
         self.idle_since = self.loop.time()
 
     def _settings(self) -> dict[int, int]:
@@ -387,6 +381,7 @@ class HTTP2Connection(FlowControlled):
         """The response of ``stream`` is on the wire."""
         if self.streams.pop(stream.stream_id, None) is None:
             return
+        stream.give_back()
         # A request body still coming is read and dropped (its window given back), not
         # refused with RST_STREAM NO_ERROR: the rest of the request is still checked (a
         # malformed trailer section after an early response is a PROTOCOL_ERROR).

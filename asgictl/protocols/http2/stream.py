@@ -95,8 +95,14 @@ class H2Stream:
 
     def resume_reading(self) -> None:
         """The app took what was received: give the peer its window back."""
+        if not self.reset:
+            self.give_back()
+
+    def give_back(self) -> None:
+        """WINDOW_UPDATE for the body received and not acknowledged yet (when the app
+        read it, or when the stream is over: the connection's window must not shrink)."""
         size = self.unacked
-        if size and not self.reset:
+        if size:
             self.unacked = 0
             self.conn.acknowledge(self.stream_id, size)
 
@@ -266,6 +272,7 @@ class H2Stream:
 
     def gone(self) -> None:
         """The stream ended under the app: reset by the client, or the connection lost."""
+        self.give_back()
         self.reset = True
         self.outbox.clear()
         self.release_drain()
@@ -277,6 +284,7 @@ class H2Stream:
     def cancel(self, code: int = _CANCEL) -> None:
         """Reset the stream from this side (RST_STREAM ``code``); the app sees a disconnect."""
         if not self.reset:
+            self.give_back()
             self.reset = True
             self.outbox.clear()
             self.conn.reset_stream(self.stream_id, code)
