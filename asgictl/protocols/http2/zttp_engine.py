@@ -1,8 +1,8 @@
 """The ``zttp`` engine (uvicorn's author's Zig sans-IO HTTP/1.1-2-3 library), measured
 behind the same seam as ``h2``: ``--http2-engine zttp``.
 
-It is not the default, because zttp decides things the connection must decide
-(see the closing list of ``docs/architecture.md``'s HTTP/2 section, and the README): its
+It is not the default, because zttp decides things the connection must decide (the
+README's HTTP/2 section lists what fails of the HTTP/2 suite): its
 SETTINGS are fixed (128 concurrent streams, 64 KiB header list, extended CONNECT always
 offered), it gives every DATA frame's window back as soon as it is parsed (request body
 is not held to what the app reads), it answers SETTINGS and PING itself and has no way
