@@ -369,3 +369,37 @@ def test_websocket_over_http2_with_fastapi(ws: str) -> None:
             )
             closing = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
             assert parse_frames(closing)[0][0] == 0x8
+
+
+def test_recycling_under_http2_load_loses_no_request() -> None:
+    """Workers recycled on --limit-max-requests (streams count) while httpx clients keep
+    sending over HTTP/2: every request answered."""
+    args = ["start", "basic:app", "--port", "0", "--workers", "2", "--no-access-log"]
+    args += ["--limit-max-requests", "60", "--max-requests-jitter", "20"]
+    with run_asgictl(args, ready=False) as server:
+        server.wait_for_line(r"^INFO:\s+2 workers ready")
+        server.wait_ready()
+        statuses: list[int] = []
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set() and len(statuses) < 5000:
+                try:
+                    with httpx.Client(http1=False, http2=True, timeout=TIMEOUT) as client:
+                        for _ in range(10):
+                            statuses.append(client.get(server.url + "/").status_code)
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_count(server, r"recycles: max-requests", 4, timeout=90)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(TIMEOUT)
+        assert not errors, errors[:5]
+        assert len(statuses) > 200 and set(statuses) == {200}

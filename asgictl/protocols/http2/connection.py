@@ -102,6 +102,7 @@ class HTTP2Connection(FlowControlled):
         "running",
         "scheme",
         "server",
+        "silent",
         "state",
         "stopping",
         "streams",
@@ -126,6 +127,8 @@ class HTTP2Connection(FlowControlled):
         self.goaway_ping: bytes | None = None
         #: shutdown() was called (the server may set ``closing`` before it does)
         self.stopping = False
+        #: the final GOAWAY of an idle connection went out: nothing more is written
+        self.silent = False
         #: the shutdown's wait for the streams in flight (see shutdown)
         self.goaway_timer: asyncio.TimerHandle | None = None
         #: streams above this id are refused (the second GOAWAY's last stream id)
@@ -176,11 +179,13 @@ class HTTP2Connection(FlowControlled):
         self._begin(data)
 
     def _begin(self, data: bytes) -> None:
-        if self.state.shutting_down:
-            self.shutdown()
         self.flush()
         if data:
             self.data_received(data)
+        if self.state.shutting_down:
+            # After the first bytes: the client's SETTINGS are acknowledged before the
+            # GOAWAY, nothing after it (see _close_if_done).
+            self.shutdown()
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
@@ -420,7 +425,7 @@ class HTTP2Connection(FlowControlled):
             self.flush_handle.cancel()
             self.flush_handle = None
         data = self.engine.data_to_send()
-        if data and not self.transport.is_closing():
+        if data and not self.transport.is_closing() and not self.silent:
             self.transport.write(data)
 
     # ------------------------------------------------------------ housekeeping
@@ -567,6 +572,10 @@ class HTTP2Connection(FlowControlled):
             self.last_stream_id = self.engine.highest_stream_id
             self.engine.goaway(NO_ERROR, self.last_stream_id)
             self.flush()
+            # Nothing more is written: an h2-based client (httpx) fails on any frame
+            # after a GOAWAY (a SETTINGS or PING ACK, a RST_STREAM of a refused stream)
+            # instead of sending its request again on a new connection.
+            self.silent = True
             self.loop.call_later(GOAWAY_LINGER, self.transport.close)
         else:
             self.flush()
