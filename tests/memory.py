@@ -89,7 +89,11 @@ class Harness:
         self.protocol.connection_made(self.transport)
 
     def feed(self, data: bytes) -> None:
-        self.protocol.data_received(data)
+        """Bytes from the client, to whichever protocol has the transport now (an HTTP/1.1
+        connection may have handed it to HTTP/2 or a WebSocket)."""
+        protocol = self.transport.protocol
+        assert protocol is not None
+        protocol.data_received(data)  # type: ignore[attr-defined]
 
     def settle(self, timeout: float = 5.0) -> None:
         """Run the loop until no request task is pending (or the deadline passes)."""
