@@ -413,6 +413,26 @@ def test_graceful_shutdown_of_an_idle_connection(http: str) -> None:
     h.close()
 
 
+def test_a_connection_opened_as_the_stop_began_gets_its_first_request_served(http: str) -> None:
+    """Preface and SETTINGS read, the server stops, then the first HEADERS: served within
+    the grace, and the GOAWAY names that stream (never a last stream id of 0, which httpx
+    takes for an error instead of a refusal to retry elsewhere)."""
+    h = H2Harness(hello, http)
+    h.turn()
+    h.events()
+    h.state.shutting_down = True
+    h.server.shutdown()
+    assert goaway(h.written()) is None
+    headers, _, _ = h.response(h.request())
+    assert headers[b":status"] == b"200"
+    h.harness.loop.run_until_complete(asyncio.sleep(0.3))
+    frame = goaway(h.transport.data)
+    assert frame is not None and frame.error_code == 0 and frame.last_stream_id == 1
+    h.harness.loop.run_until_complete(asyncio.sleep(0.6))
+    assert h.transport.closed
+    h.close()
+
+
 def test_graceful_shutdown_waits_for_streams_in_flight(http: str, engine: str) -> None:
     """The GOAWAY waits for the connection to be between requests (h2-based clients
     fail a request in flight at any GOAWAY)."""

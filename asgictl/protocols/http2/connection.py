@@ -41,7 +41,7 @@ from time import perf_counter
 from typing import Any
 
 from asgictl.protocols.flow import FlowControlled
-from asgictl.protocols.http.connection import service_unavailable
+from asgictl.protocols.http.connection import CLOSE_GRACE, service_unavailable
 from asgictl.protocols.http.cycle import HTTPCycle
 from asgictl.protocols.http.strict import InvalidRequest
 from asgictl.protocols.http2.engine import Engine, EngineError
@@ -476,12 +476,25 @@ class HTTP2Connection(FlowControlled):
         between requests is the place for it. Streams still in flight then get RFC 9113
         6.8's sequence: a PING and GOAWAY with the last possible stream id, then, at the
         PING's answer (or a second later), GOAWAY with the real last stream id; streams
-        up to it finish. Called again, it does nothing more.
+        up to it finish. A connection whose first request has not come yet (opened as the
+        stop began) first gets the grace an HTTP/1.1 connection gets (``CLOSE_GRACE``):
+        its request is served, where a GOAWAY with last stream id 0 would be taken for an
+        error by httpx (httpcore retries a refused stream only past a non-zero last
+        stream id). Called again, it does nothing more.
         """
         self.closing = True
         if self.stopping or self.transport.is_closing():
             return
         self.stopping = True
+        if self.streams:
+            self.goaway_timer = self.loop.call_later(GOAWAY_DEFER, self._goaway_in_flight)
+        elif self.awaiting_request:
+            self.goaway_timer = self.loop.call_later(CLOSE_GRACE, self._after_grace)
+        else:
+            self._close_if_done()
+
+    def _after_grace(self) -> None:
+        self.goaway_timer = None
         if self.streams:
             self.goaway_timer = self.loop.call_later(GOAWAY_DEFER, self._goaway_in_flight)
         else:
