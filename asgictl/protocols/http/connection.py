@@ -24,7 +24,7 @@ from asgictl.protocols.asgi import ASGI_VERSION
 from asgictl.protocols.http.cycle import HTTPCycle
 from asgictl.protocols.http.fields import list_tokens
 from asgictl.protocols.http.framing import ResponseFraming
-from asgictl.protocols.http.handover import PREFACE, switch_to_http2, upgrade_h2c
+from asgictl.protocols.http.handover import PREFACE, hand_over, switch_to_http2, upgrade_h2c
 from asgictl.protocols.http.response import simple_response
 from asgictl.protocols.http.strict import (
     BAD_PREFACE_REASON,
@@ -393,17 +393,10 @@ class HTTPConnection(ResponseFraming):
         scope = pipeline[0].scope
         pipeline.clear()
         self.parsing = None
-        self.closing = True
-        self.state.connections.discard(self)
         from asgictl.protocols.websockets.connection import websocket_scope
 
         protocol = ws_protocol(self.state, websocket_scope(scope))
-        transport = self.transport
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        if self.read_paused:
-            self.read_paused = False
-            transport.resume_reading()
+        hand_over(self, protocol)
         protocol.handshake(trailing)
         return True
 

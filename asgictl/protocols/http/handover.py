@@ -1,9 +1,10 @@
-"""Leaving HTTP/1.1 for HTTP/2: the handover of a connection's transport.
+"""Leaving HTTP/1.1: the handover of a connection's transport to another protocol.
 
-An HTTP/1.1 connection switches to HTTP/2 (``state.h2_protocol``) when TLS ALPN chose
-``h2``, when its first bytes are the client preface (prior knowledge, RFC 9113 3.3), or,
-with ``--h2c-upgrade``, when a request asks for ``Upgrade: h2c`` (RFC 7540 3.2): then the
-101 is written here and the request becomes stream 1 of the new connection.
+:func:`hand_over` is the one way a transport changes hands: to a WebSocket after an
+accepted handshake, or to HTTP/2 (``state.h2_protocol``) when TLS ALPN chose ``h2``,
+when the first bytes are the client preface (prior knowledge, RFC 9113 3.3), or, with
+``--h2c-upgrade``, when a request asks for ``Upgrade: h2c`` (RFC 7540 3.2): then the 101
+is written here and the request becomes stream 1 of the new connection.
 
 The HTTP/2 connection inherits what the HTTP/1.1 one knew: its peer (from the socket,
 or from a PROXY protocol header read before), scheme and trust, and the clock of its
@@ -12,6 +13,7 @@ first request head (from accept: the preface and the first HEADERS are that head
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import TYPE_CHECKING
 
@@ -26,26 +28,32 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
 
 
-def switch_to_http2(conn: HTTPConnection, data: bytes) -> None:
-    """Hand the transport to an HTTP/2 connection, with the bytes read so far."""
-    _hand_over(conn).start(data)
-
-
-def _hand_over(conn: HTTPConnection) -> HTTP2Connection:
-    factory = conn.state.h2_protocol
-    assert factory is not None
+def hand_over(conn: HTTPConnection, protocol: asyncio.Protocol) -> None:
+    """``protocol`` takes ``conn``'s transport (connection_made), reading resumed; the
+    HTTP/1.1 connection is done and no longer one of the server's connections."""
     conn.closing = True
     conn.state.connections.discard(conn)
-    protocol = factory(conn.state)
-    protocol.server, protocol.client = conn.server, conn.client
-    protocol.scheme, protocol.trusted = conn.scheme, conn.trusted
-    protocol.headers_since = conn.head_since
     transport = conn.transport
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
     if conn.read_paused:
         conn.read_paused = False
         transport.resume_reading()
+
+
+def switch_to_http2(conn: HTTPConnection, data: bytes) -> None:
+    """Hand the transport to an HTTP/2 connection, with the bytes read so far."""
+    _to_http2(conn).start(data)
+
+
+def _to_http2(conn: HTTPConnection) -> HTTP2Connection:
+    factory = conn.state.h2_protocol
+    assert factory is not None
+    protocol = factory(conn.state)
+    protocol.server, protocol.client = conn.server, conn.client
+    protocol.scheme, protocol.trusted = conn.scheme, conn.trusted
+    protocol.headers_since = conn.head_since
+    hand_over(conn, protocol)
     return protocol
 
 
@@ -74,7 +82,7 @@ def upgrade_h2c(conn: HTTPConnection, trailing: bytes) -> bool:
     pipeline.clear()
     conn.parsing = None
     conn.transport.write(_SWITCHING)
-    _hand_over(conn).start_upgrade(settings, cycle.scope, body, trailing)
+    _to_http2(conn).start_upgrade(settings, cycle.scope, body, trailing)
     return True
 
 

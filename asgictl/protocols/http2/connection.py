@@ -486,14 +486,13 @@ class HTTP2Connection(FlowControlled):
         if self.stopping or self.transport.is_closing():
             return
         self.stopping = True
-        if self.streams:
-            self.goaway_timer = self.loop.call_later(GOAWAY_DEFER, self._goaway_in_flight)
-        elif self.awaiting_request:
-            self.goaway_timer = self.loop.call_later(CLOSE_GRACE, self._after_grace)
+        if self.awaiting_request and not self.streams:
+            self.goaway_timer = self.loop.call_later(CLOSE_GRACE, self._wind_down)
         else:
-            self._close_if_done()
+            self._wind_down()
 
-    def _after_grace(self) -> None:
+    def _wind_down(self) -> None:
+        """The GOAWAY now if no stream is in flight, else once they finish (or later)."""
         self.goaway_timer = None
         if self.streams:
             self.goaway_timer = self.loop.call_later(GOAWAY_DEFER, self._goaway_in_flight)
