@@ -885,6 +885,39 @@ def test_proxy_protocol_header_then_the_preface(http: str) -> None:
     h.close()
 
 
+class _ALPN:
+    """A TLS connection's ssl_object, as far as ALPN goes."""
+
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+
+    def selected_alpn_protocol(self) -> str:
+        return self.protocol
+
+
+def test_proxy_protocol_header_then_alpn_h2(http: str) -> None:
+    """Over TLS, ALPN decides HTTP/2 as soon as the connection is made: the addresses of
+    the PROXY header read before are known by then, and carried over."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await hello(scope, receive, send)
+
+    tls = {"ssl_object": _ALPN("h2"), "sslcontext": object()}
+    lead = b"PROXY TCP6 2001:db8::7 2001:db8::1 40001 443\r\n"
+    h = H2Harness(app, http, lead=lead, proxy_protocol="v1", transport_extra=tls)
+    headers, _, _ = h.response(h.request())
+    assert headers[b":status"] == b"200"
+    assert seen[0]["client"] == ("2001:db8::7", 40001) and seen[0]["server"] == ("2001:db8::1", 443)
+    assert seen[0]["http_version"] == "2" and h.server.scheme == "https"
+    # One HTTP/2 connection: the bytes after the header went to it, not to the HTTP/1.1
+    # protocol that had handed the transport over (which would start a second one).
+    settings = [f for f in frames(h.transport.data) if isinstance(f, SettingsFrame) and "ACK" not in f.flags]
+    assert len(settings) == 1
+    h.close()
+
+
 def _raw(http: str, **options: Any) -> tuple[H2Harness, hpack.Encoder]:
     """A harness whose client sent its preface and SETTINGS, and nothing more."""
     h = H2Harness(hello, http, **options)

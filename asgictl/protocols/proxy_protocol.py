@@ -282,7 +282,9 @@ class ProxyProtocolReader(asyncio.Protocol):
         transport.set_protocol(inner)
         inner.connection_made(transport)
         if rest:
-            inner.data_received(rest)
+            # To whichever protocol has the transport now: the HTTP/1.1 one may have
+            # handed it over already (TLS ALPN chose HTTP/2 in connection_made).
+            transport.get_protocol().data_received(rest)  # type: ignore[attr-defined]
 
     def _refuse(self, reason: str) -> None:
         logger.debug("Refused PROXY protocol connection: %s", reason)

@@ -170,6 +170,7 @@ class HTTPConnection(ResponseFraming):
         if self.preface is not None and self.scheme == "https":
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self.preface = None
                 switch_to_http2(self, b"")  # ALPN chose HTTP/2 (RFC 9113 3.2)
 
     def connection_lost(self, exc: Exception | None) -> None:
