@@ -15,7 +15,7 @@ from typing import Any
 import h2.events
 import hpack
 import pytest
-from h2client import H2Harness, frames, goaway, headers_frame, request_headers, resets
+from h2client import H2Harness, client_connection, frames, goaway, headers_frame, request_headers, resets
 from hyperframe.frame import DataFrame, HeadersFrame, PingFrame, SettingsFrame
 from memory import PARSERS, Harness
 from support import Collect
@@ -430,6 +430,32 @@ def test_a_connection_opened_as_the_stop_began_gets_its_first_request_served(htt
     assert frame is not None and frame.error_code == 0 and frame.last_stream_id == 1
     h.harness.loop.run_until_complete(asyncio.sleep(0.6))
     assert h.transport.closed
+    h.close()
+
+
+def test_a_preface_completed_during_the_stop_grace_is_served(http: str) -> None:
+    """A stop finds half a preface (an HTTP/1.1 connection in its grace); the rest and a
+    request come within the grace: the HTTP/2 connection serves it, and the HTTP/1.1
+    connection's end of grace does not close the transport it handed over."""
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(0.15)  # still running when the HTTP/1.1 grace ends
+        await hello(scope, receive, send)
+
+    h = Harness(slow, http=http)
+    client = client_connection()
+    preface = client.data_to_send()
+    h.feed(preface[:10])
+    h.state.shutting_down = True
+    h.transport.protocol.shutdown()  # the HTTP/1.1 connection: a grace for its request
+    h.feed(preface[10:])
+    assert isinstance(h.transport.protocol, HTTP2Connection)
+    h.loop.run_until_complete(asyncio.sleep(0.2))
+    client.send_headers(1, request_headers(), end_stream=True)
+    h.feed(client.data_to_send())
+    h.settle()
+    events = client.receive_data(h.transport.data)
+    assert any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 1 for e in events), events
     h.close()
 
 

@@ -534,7 +534,14 @@ class HTTPConnection(ResponseFraming):
         self.transport.close()
 
     def close_if_idle(self) -> None:
-        if self.cycle is None and not self.pipeline and self.parsing is None:
+        """The end of a grace (see shutdown, cycle_done): close unless a request came, or
+        the transport went to another protocol meanwhile (HTTP/2, whose stop is its own)."""
+        if (
+            self.cycle is None
+            and not self.pipeline
+            and self.parsing is None
+            and self in self.state.connections
+        ):
             self.transport.close()
 
     def shutdown(self) -> None:
