@@ -231,3 +231,37 @@ def test_extended_connect_needs_ws(impl: tuple[str, str]) -> None:
     _, _, events = h.response(stream_id)
     assert any(isinstance(e, h2.events.StreamReset) and e.error_code == 1 for e in events)
     h.close()
+
+
+def test_the_clock_ticks_over_a_websocket_on_a_stream(impl: tuple[str, str]) -> None:
+    """The worker's once-a-second clock (keepalive, --timeout-send) reaches the
+    WebSocket over a stream too; a peer that never opens its window is cut after
+    --timeout-send with RST_STREAM CANCEL, and the app hears 1006."""
+    ws, http = impl
+    heard: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "bytes": b"x" * 200_000})
+        message = await receive()
+        heard.append(message.get("code", 0))
+
+    h = H2Harness(app, http, ws=ws, timeout_send=5)
+    stream_id = h.client.get_next_available_stream_id()
+    h.client.send_headers(stream_id, CONNECT)
+    h.turn()
+    events = h.events()  # read, never acknowledged: the windows stay shut
+    assert any(isinstance(e, h2.events.ResponseReceived) for e in events)
+    now = h.state.loop.time()
+    h.state.tick()  # with bytes waiting for the window
+    for second in (1, 4):
+        for conn in list(h.state.connections):
+            conn.check_idle(now + second)
+    assert not any(isinstance(e, h2.events.StreamReset) for e in h.events())
+    for conn in list(h.state.connections):
+        conn.check_idle(now + 6)
+    h.settle()
+    resets = [e.error_code for e in h.events() if isinstance(e, h2.events.StreamReset)]
+    assert resets == [0x8] and heard == [1006]
+    h.close()

@@ -85,6 +85,11 @@ class StreamTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closing or self.stream.reset
 
+    def get_write_buffer_size(self) -> int:
+        """Bytes written and not sent yet: what waits in the stream's outbox for the
+        peer's windows (the WSConnection's --timeout-send reads it)."""
+        return sum(len(data) for data in self.stream.outbox)
+
     def pause_reading(self) -> None:
         self.reading = False
 
