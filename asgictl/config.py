@@ -360,6 +360,36 @@ OPTIONS: tuple[Option, ...] = (
         "loop", choice("auto", "asyncio", "uvloop"), "auto", "Event loop implementation. auto prefers uvloop."
     ),
     _opt("http", choice("auto", "httptools", "h11"), "auto", "HTTP/1.1 parser. auto prefers httptools."),
+    _opt(
+        "http2",
+        to_bool,
+        True,
+        "Serve HTTP/2: to TLS clients that choose it by ALPN, and on cleartext connections that"
+        " start with the HTTP/2 preface (prior knowledge).",
+        flag=True,
+    ),
+    _opt(
+        "http2_engine",
+        choice("auto", "h2", "zttp"),
+        "auto",
+        "HTTP/2 framing engine: h2 (python-hyper, the reference; what auto picks) or zttp (Zig,"
+        " measured, not conformant yet: see the README).",
+    ),
+    _opt(
+        "h2c_upgrade",
+        to_bool,
+        False,
+        "Accept 'Upgrade: h2c' (RFC 7540 3.2): answer 101 and serve the request as stream 1 of"
+        " HTTP/2. Off: such a request is plain HTTP/1.1.",
+        flag=True,
+    ),
+    _opt(
+        "http2_max_concurrent_streams",
+        positive(to_int),
+        100,
+        "HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may have open; more are"
+        " refused (REFUSED_STREAM).",
+    ),
     # -- WebSocket (same names and defaults as uvicorn's)
     _opt(
         "ws",
@@ -860,6 +890,10 @@ class Config:
     backlog: int
     loop: str
     http: str
+    http2: bool
+    http2_engine: str
+    h2c_upgrade: bool
+    http2_max_concurrent_streams: int
     h11_max_incomplete_event_size: int
     ws: str
     ws_max_size: int

@@ -9,6 +9,7 @@ Apps (import as ``apps:NAME``):
 
 - ``hello``  -- 13-byte ``Hello, world!`` as text/plain, with content-length.
 - ``get10k`` -- a 10 KiB (10,240-byte) body, with content-length.
+- ``get64k`` -- a 64 KiB (65,536-byte) body, with content-length (the HTTP/2 scenarios).
 - ``echo``   -- reads the whole request body and sends it back (the POST scenario sends 10 KiB).
 - ``stream`` -- a streaming response of ``STREAM_CHUNKS`` chunks of ``STREAM_CHUNK_SIZE``
   bytes, no content-length (chunked transfer encoding on HTTP/1.1).
@@ -34,6 +35,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 HELLO_BODY = b"Hello, world!"
 GET10K_BODY = b"x" * 10 * 1024
+GET64K_BODY = b"x" * 64 * 1024
 STREAM_CHUNKS = 64
 STREAM_CHUNK_SIZE = 1024
 STREAM_CHUNK = b"s" * STREAM_CHUNK_SIZE
@@ -42,6 +44,7 @@ _TEXT_PLAIN = (b"content-type", b"text/plain")
 _OCTET_STREAM = (b"content-type", b"application/octet-stream")
 HELLO_HEADERS = [_TEXT_PLAIN, (b"content-length", str(len(HELLO_BODY)).encode())]
 GET10K_HEADERS = [_OCTET_STREAM, (b"content-length", str(len(GET10K_BODY)).encode())]
+GET64K_HEADERS = [_OCTET_STREAM, (b"content-length", str(len(GET64K_BODY)).encode())]
 STREAM_HEADERS = [_OCTET_STREAM]
 
 
@@ -70,6 +73,14 @@ async def get10k(scope: Scope, receive: Receive, send: Send) -> None:
         return await lifespan(receive, send)
     await send({"type": "http.response.start", "status": 200, "headers": GET10K_HEADERS})
     await send({"type": "http.response.body", "body": GET10K_BODY})
+
+
+async def get64k(scope: Scope, receive: Receive, send: Send) -> None:
+    """64 KiB response body."""
+    if scope["type"] != "http":
+        return await lifespan(receive, send)
+    await send({"type": "http.response.start", "status": 200, "headers": GET64K_HEADERS})
+    await send({"type": "http.response.body", "body": GET64K_BODY})
 
 
 async def read_body(receive: Receive) -> bytes:

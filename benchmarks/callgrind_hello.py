@@ -1,6 +1,7 @@
 """CPU instructions per hello request, counted by callgrind: a figure noise cannot move.
 
     python3 benchmarks/callgrind_hello.py [--http httptools|h11|both] [--loop uvloop|asyncio]
+                                          [--protocol 1.1|2] [--engine h2|zttp]
 
 Runs the real connection class over an in-memory transport (no sockets, no client) and
 feeds it keep-alive ``GET /`` requests as wrk sends them, answered by ``apps.hello``
@@ -14,6 +15,13 @@ task, app, head, write), the event loop's share included.
 The figure is deterministic to a few instructions from run to run on one build, which
 makes it the right tool to compare two versions of the hot path on a noisy machine;
 it says nothing about system calls (there are none here) or cache behaviour.
+
+``--protocol 2`` drives HTTP/2 by prior knowledge instead: one connection (handed over by
+the ``--http`` class, as a real one is), one stream per request, answered through the
+server's engine (``--engine``). The client's frames are made ahead with plain bytes:
+after the first request every field is in HPACK's dynamic table, so each later request
+is the same block on a new stream, and no client library's work is counted as the
+server's.
 """
 
 from __future__ import annotations
@@ -31,7 +39,25 @@ ROOT = Path(__file__).resolve().parent.parent
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
 
 
-def serve_requests(http: str, loop_name: str, count: int) -> None:
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def http2_frames(count: int) -> list[bytes]:
+    """The client's bytes for ``count`` GET / streams (preface and SETTINGS first)."""
+    import hpack
+    from hyperframe.frame import HeadersFrame, SettingsFrame
+
+    encoder = hpack.Encoder()
+    headers = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "127.0.0.1:8000")]
+    first = HeadersFrame(1, encoder.encode(headers), flags=["END_STREAM", "END_HEADERS"]).serialize()
+    block = encoder.encode(headers)
+    head = len(block).to_bytes(3, "big") + b"\x01\x05"  # HEADERS, END_STREAM | END_HEADERS
+    return [PREFACE + SettingsFrame(0).serialize() + first] + [
+        head + (1 + 2 * i).to_bytes(4, "big") + block for i in range(1, count)
+    ]
+
+
+def serve_requests(http: str, loop_name: str, count: int, protocol: str = "1.1", engine: str = "h2") -> None:
     """The measured body: ``count`` requests on one keep-alive connection."""
     import asyncio
 
@@ -54,12 +80,16 @@ def serve_requests(http: str, loop_name: str, count: int) -> None:
         def __init__(self) -> None:
             super().__init__()
             self.written = 0
+            self.protocol: asyncio.BaseProtocol | None = None
 
         def get_extra_info(self, name: str, default: object = None) -> object:
             return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
         def write(self, data: bytes) -> None:
             self.written += 1
+
+        def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+            self.protocol = protocol
 
         def is_closing(self) -> bool:
             return False
@@ -70,24 +100,29 @@ def serve_requests(http: str, loop_name: str, count: int) -> None:
         def resume_reading(self) -> None:
             pass
 
-    config = Config(hello, http=http, access_log=False)
+    config = Config(hello, http=http, access_log=False, http2_engine=engine)
     state = ServerState(config, hello, loop)
     transport = Transport()
-    protocol = protocol_class(http)(state)
-    protocol.connection_made(transport)
+    transport.protocol = protocol_class(http)(state)
+    transport.protocol.connection_made(transport)
+    reads = http2_frames(count) if protocol == "2" else [REQUEST] * count
 
     async def drive() -> None:
-        for _ in range(count):
-            protocol.data_received(REQUEST)
+        for data in reads:
+            transport.protocol.data_received(data)  # HTTP/2 once the preface handed it over
             while state.active_requests:
                 await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the HTTP/2 frames of the last stream are flushed
 
     loop.run_until_complete(drive())
-    assert transport.written == count, (transport.written, count)
+    if protocol == "2":
+        assert state.total_requests == count and transport.written >= count, (transport.written, count)
+    else:
+        assert transport.written == count, (transport.written, count)
     loop.close()
 
 
-def instructions(http: str, loop_name: str, count: int) -> int:
+def instructions(http: str, loop_name: str, count: int, protocol: str, engine: str) -> int:
     out = tempfile.mkdtemp(prefix="callgrind-")
     try:
         env = dict(os.environ, PYTHONHASHSEED="0")
@@ -101,6 +136,8 @@ def instructions(http: str, loop_name: str, count: int) -> int:
             http,
             loop_name,
             str(count),
+            protocol,
+            engine,
         ]
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -114,22 +151,25 @@ def instructions(http: str, loop_name: str, count: int) -> int:
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        serve_requests(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    if len(sys.argv) == 7 and sys.argv[1] == "--child":
+        serve_requests(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--http", choices=("httptools", "h11", "both"), default="both")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--base", type=int, default=500, help="requests of the first run")
     parser.add_argument("--requests", type=int, default=5000, help="extra requests of the second run")
+    parser.add_argument("--protocol", choices=("1.1", "2"), default="1.1", help="2: HTTP/2, prior knowledge")
+    parser.add_argument("--engine", choices=("h2", "zttp"), default="h2", help="the HTTP/2 framing engine")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     parsers = ("httptools", "h11") if args.http == "both" else (args.http,)
-    print(f"python {sys.version.split()[0]}, loop {args.loop}, PYTHONHASHSEED=0, {REQUEST!r}")
+    what = REQUEST if args.protocol == "1.1" else f"HTTP/2 GET / streams, engine {args.engine}"
+    print(f"python {sys.version.split()[0]}, loop {args.loop}, PYTHONHASHSEED=0, {what!r}")
     for http in parsers:
-        low = instructions(http, args.loop, args.base)
-        high = instructions(http, args.loop, args.base + args.requests)
+        low = instructions(http, args.loop, args.base, args.protocol, args.engine)
+        high = instructions(http, args.loop, args.base + args.requests, args.protocol, args.engine)
         per = (high - low) / args.requests
         print(f"{http:10s} {per:10.0f} instructions per request")
 

@@ -76,20 +76,32 @@ class MemoryTransport(asyncio.Transport):
 
 class Harness:
     def __init__(
-        self, app: Any, http: str = "httptools", peer: Any = ("127.0.0.1", 50000), **options: Any
+        self,
+        app: Any,
+        http: str = "httptools",
+        peer: Any = ("127.0.0.1", 50000),
+        transport_extra: dict[str, Any] | None = None,
+        **options: Any,
     ) -> None:
+        """``transport_extra``: more of what the transport's get_extra_info answers (a
+        TLS connection's ``ssl_object``, say)."""
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         options.setdefault("access_log", False)
         self.config = Config(app, http=http, **options)
         self.state = ServerState(self.config, app, self.loop)
         self.transport = MemoryTransport(peer=peer)
+        self.transport._extra.update(transport_extra or {})
         self.protocol = connection_factory(self.state)()
         self.transport.protocol = self.protocol
         self.protocol.connection_made(self.transport)
 
     def feed(self, data: bytes) -> None:
-        self.protocol.data_received(data)
+        """Bytes from the client, to whichever protocol has the transport now (an HTTP/1.1
+        connection may have handed it to HTTP/2 or a WebSocket)."""
+        protocol = self.transport.protocol
+        assert protocol is not None
+        protocol.data_received(data)  # type: ignore[attr-defined]
 
     def settle(self, timeout: float = 5.0) -> None:
         """Run the loop until no request task is pending (or the deadline passes)."""

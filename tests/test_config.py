@@ -55,6 +55,10 @@ LAYERS = [
         ([("X-A", "1"), ("X-B", "2")], [("X-C", "3"), ("X-D", "4")], [("X-E", "5")], []),
     ),
     ("root_path", "/cli", "/env", '"/file"', ("/cli", "/env", "/file", "")),
+    ("http2", False, "true", "false", (False, True, False, True)),
+    ("h2c_upgrade", True, "false", "true", (True, False, True, False)),
+    ("http2_engine", "zttp", "h2", '"auto"', ("zttp", "h2", "auto", "auto")),
+    ("http2_max_concurrent_streams", "10", "20", "30", (10, 20, 30, 100)),
 ]
 
 

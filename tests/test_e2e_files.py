@@ -2,7 +2,8 @@
 
 sendfile on plain TCP and Unix sockets, reads and writes under TLS, on uvloop and on the
 asyncio loop; files far larger than a socket buffer, so that the send has to wait for the
-client. Every process is ended by PID (``run_asgictl``).
+client. The same over HTTP/2 (prior knowledge, and TLS ALPN), where the file's bytes are
+DATA frames within the client's windows. Every process is ended by PID (``run_asgictl``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContex
 
 @pytest.fixture(
     scope="module",
-    params=["tcp-uvloop", "tcp-asyncio", "uds", "tls"],
+    params=["tcp-uvloop", "tcp-asyncio", "uds", "tls", "h2", "h2-tls"],
 )
 def server(
     request: pytest.FixtureRequest, certs: tuple[Path, ssl.SSLContext]
@@ -60,12 +61,26 @@ def server(
         transport = httpx.HTTPTransport(uds=uds)
     else:
         argv += ["--port", "0", "--loop", "asyncio" if request.param == "tcp-asyncio" else "uvloop"]
-    if request.param == "tls":
+    if request.param.endswith("tls"):
         argv += ["--ssl-certfile", str(certs[0]), "--ssl-keyfile", str(certs[0])]
         verify = certs[1]
+    h2 = request.param.startswith("h2")  # prior knowledge, or chosen by ALPN over TLS
+    version = "HTTP/2" if h2 else "HTTP/1.1"
+
+    def check_version(response: httpx.Response) -> None:
+        assert response.http_version == version
+
     with run_asgictl(argv) as proc:
         base = "http://localhost" if request.param == "uds" else proc.url
-        with httpx.Client(base_url=base, transport=transport, verify=verify, timeout=30) as client:
+        with httpx.Client(
+            base_url=base,
+            transport=transport,
+            verify=verify,
+            timeout=30,
+            http1=not h2,
+            http2=h2,
+            event_hooks={"response": [check_version]},
+        ) as client:
             yield proc, client
 
 

@@ -1,6 +1,6 @@
 """End to end: HAProxy (the PROXY protocol's reference implementation, Debian's package)
 in TCP mode in front of ``asgictl serve --proxy-protocol v1|v2``, over TCP and over a
-Unix socket; the app sees the real client's address.
+Unix socket, HTTP/1.1 and HTTP/2; the app sees the real client's address.
 
 HAProxy runs in the foreground (``-db``) from a generated configuration and is ended by
 PID. Clients connect from 127.0.0.2 so the client address cannot be confused with
@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from h2client import get_over
 from support import raw_request, run_asgictl, short_uds_path, wait_until
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
@@ -116,6 +117,22 @@ def test_haproxy_over_a_unix_socket_gives_the_real_client(tmp_path: Path, mode: 
     args = ["serve", "basic:app", "--uds", uds, "--proxy-protocol", mode, "--forwarded-allow-ips", uds]
     with run_asgictl(args), haproxy(tmp_path, uds, send_proxy) as port:
         scope_through(port)
+
+
+@pytest.mark.parametrize(("mode", "send_proxy"), [("v1", "send-proxy"), ("v2", "send-proxy-v2")])
+def test_http2_behind_haproxy_gives_the_real_client(tmp_path: Path, mode: str, send_proxy: str) -> None:
+    """The PROXY header, then the HTTP/2 preface on the same connection: the HTTP/2
+    connection the HTTP/1.1 one hands over to keeps the header's addresses."""
+    args = ["serve", "basic:app", "--port", "0", "--proxy-protocol", mode]
+    with run_asgictl(args) as server, haproxy(tmp_path, f"127.0.0.1:{server.port}", send_proxy) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(CLIENT_IP, 0)) as sock:
+            local_port = sock.getsockname()[1]
+            headers, body = get_over(sock, b"/scope")
+        assert headers[b":status"] == b"200"
+        scope = json.loads(body)
+        assert scope["http_version"] == "2"
+        assert scope["client"] == [CLIENT_IP, local_port]
+        assert scope["server"] == ["127.0.0.1", port]
 
 
 def test_an_untrusted_peer_may_not_send_a_header(tmp_path: Path) -> None:

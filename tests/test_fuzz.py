@@ -2,7 +2,9 @@
 
 Random bytes, and valid requests mutated byte by byte, are fed in random splits through
 the in-memory transport. Whatever arrives: no exception escapes the protocol, every
-answer is a well-formed HTTP/1.1 response, and a refused request closes the connection.
+answer is a well-formed HTTP/1.1 response, and a refused request closes the connection
+(HTTP/2 is off there: bytes that happen to be its preface are not HTTP/1.1). Random
+frames after the HTTP/2 preface are fed too: nothing escapes, the worker stays up.
 The long run lives in benchmarks/fuzz_http.py (atheris-free: hypothesis with a big
 example budget).
 """
@@ -18,6 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from memory import PARSERS, Harness
 from recorder import app as recorder
+
+from asgictl.protocols.http.handover import PREFACE
 
 EXAMPLES = int(os.environ.get("ASGICTL_FUZZ_EXAMPLES", "150"))
 
@@ -54,8 +58,9 @@ def well_formed(data: bytes) -> None:
             return
 
 
-def run(http: str, data: bytes, cuts: list[int]) -> None:
-    h = Harness(recorder, http=http, access_log=False)
+def run(http: str, data: bytes, cuts: list[int], **options: Any) -> None:
+    options.setdefault("http2", False)
+    h = Harness(recorder, http=http, access_log=False, **options)
     try:
         pieces = []
         last = 0
@@ -69,6 +74,8 @@ def run(http: str, data: bytes, cuts: list[int]) -> None:
             if piece:
                 h.feed(piece)  # an exception here escapes the protocol: the test fails
         h.settle(0.2)
+        if options["http2"]:
+            return  # HTTP/2's answers are frames: only "nothing escaped" is checked
         if not h.transport.closed:
             h.protocol.eof_received()
             h.settle(0.2)
@@ -124,3 +131,10 @@ def test_random_bytes(http: str, data: bytes, cuts: list[int]) -> None:
 )
 def test_mutated_requests(http: str, seed: bytes, edits: list[Any], cuts: list[int]) -> None:
     run(http, mutate(seed, edits), cuts)
+
+
+@pytest.mark.parametrize("http", PARSERS)
+@fuzz_settings
+@given(data=st.binary(max_size=300), cuts=st.lists(st.integers(0, 330), max_size=4))
+def test_random_http2_frames(http: str, data: bytes, cuts: list[int]) -> None:
+    run(http, PREFACE + data, cuts, http2=True)

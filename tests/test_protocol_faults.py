@@ -578,23 +578,45 @@ def test_transfer_encoding_lists_are_judged_alike(http: str, value: bytes, statu
 # ------------------------------------------------- kind 10: HTTP/2's connection preface
 
 
+PREFACES = {
+    "preface": [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"],
+    "preface+settings": [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"],
+    "split": [b"PRI * HTTP/2.0\r\n", b"\r\nSM\r\n\r\n"],
+}
+NOT_PREFACES = {
+    "bad-preface": [b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"],
+    "with-host": [b"PRI * HTTP/2.0\r\nHost: a\r\n\r\n"],
+    "pri-1.1": [b"PRI * HTTP/1.1\r\nHost: a\r\n\r\n"],
+}
+
+
 @pytest.mark.parametrize(
-    "reads",
-    [
-        [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"],
-        [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00"],
-        [b"PRI * HTTP/2.0\r\n", b"\r\nSM\r\n\r\n"],
-        [b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"],
-        [b"PRI * HTTP/2.0\r\nHost: a\r\n\r\n"],
-        [b"PRI * HTTP/1.1\r\nHost: a\r\n\r\n"],
-    ],
-    ids=["preface", "preface+settings", "split", "bad-preface", "with-host", "pri-1.1"],
+    "reads", [*PREFACES.values(), *NOT_PREFACES.values()], ids=[*PREFACES, *NOT_PREFACES]
 )
-def test_http2_preface_gets_one_answer(http: str, reads: list[bytes]) -> None:
-    h = served(http, *reads)
+def test_http2_preface_gets_one_answer_with_http2_off(http: str, reads: list[bytes]) -> None:
+    h = served(http, *reads, http2=False)
     data = h.transport.data
     assert data.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), data
     assert data.endswith(b"HTTP/2 is not served here: use HTTP/1.1\n") and h.transport.closed
+    h.close()
+
+
+@pytest.mark.parametrize("reads", PREFACES.values(), ids=PREFACES)
+def test_http2_preface_is_served_with_http2_on(http: str, reads: list[bytes]) -> None:
+    h = served(http, *reads)
+    data = h.transport.data
+    # The server's connection preface: a SETTINGS frame (type 4 on stream 0) first.
+    assert data[3:4] == b"\x04" and data[5:9] == b"\x00\x00\x00\x00", data
+    assert not h.transport.closed
+    h.close()
+
+
+@pytest.mark.parametrize("reads", NOT_PREFACES.values(), ids=NOT_PREFACES)
+def test_a_pri_request_that_is_no_preface_is_400_with_http2_on(http: str, reads: list[bytes]) -> None:
+    h = served(http, *reads)
+    data = h.transport.data
+    assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n"), data
+    assert data.endswith(b"Invalid HTTP/2 connection preface\n") and h.transport.closed
     h.close()
 
 

@@ -420,7 +420,7 @@ def test_shutdown_before_accept_is_503(ws: str) -> None:
 def test_registered_in_connections_and_counted(ws: str) -> None:
     h = opened(Recorder(), ws)
     assert h.ws in h.state.connections and h.state.active_requests == 1
-    assert h.ws.cycle is not None and not h.ws.pipeline
+    assert h.ws.busy()
     h.close()
 
 

@@ -9,6 +9,7 @@ and scheme of the ASGI scope.
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -61,6 +62,22 @@ class TrustedHosts:
             if hop not in self:
                 return hop
         return hops[0]
+
+    def forwarded(self, headers: list[tuple[bytes, bytes]], client: Any, scheme: str) -> tuple[Any, str]:
+        """The (client, scheme) a trusted peer's ``X-Forwarded-For``/``-Proto`` say, from
+        request ``headers``; ``client`` and ``scheme`` are what the connection says."""
+        for name, value in headers:
+            if name == b"x-forwarded-proto":
+                proto = parse_forwarded_proto(value)
+                if proto is not None:
+                    scheme = proto
+            elif name == b"x-forwarded-for":
+                host = self.client_from_forwarded_for(value.decode("latin-1"))
+                if host:
+                    client = (host, 0)
+        if scheme in ("ws", "wss"):
+            scheme = "https" if scheme == "wss" else "http"
+        return client, scheme
 
 
 def parse_forwarded_proto(value: bytes) -> str | None:

@@ -177,8 +177,9 @@ class ProxyProtocolReader(asyncio.Protocol):
     """Reads a connection's PROXY header, then hands the connection over.
 
     ``inner()`` builds the protocol that serves the connection afterwards; it gets
-    ``connection_made`` with the real transport, its ``client`` and ``server`` set from
-    the header, then the bytes that followed the header. Until then nothing reaches it.
+    ``proxied`` (the header's client and server addresses, which its ``connection_made``
+    takes instead of the socket's), ``connection_made`` with the real transport, then
+    the bytes that followed the header. Until then nothing reaches it.
     Events that still come here after the handover (an in-memory transport that does not
     follow ``set_protocol``) are passed on.
     """
@@ -274,13 +275,16 @@ class ProxyProtocolReader(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         inner = self.inner = self.inner_factory()
+        if header is not None and not header.local:
+            # Known before connection_made: a connection that goes on as HTTP/2 (TLS
+            # ALPN decides in connection_made) carries these addresses over.
+            inner.proxied = (header.client, header.server)  # type: ignore[attr-defined]
         transport.set_protocol(inner)
         inner.connection_made(transport)
-        if header is not None and not header.local:
-            inner.client = header.client  # type: ignore[attr-defined]
-            inner.server = header.server  # type: ignore[attr-defined]
         if rest:
-            inner.data_received(rest)
+            # To whichever protocol has the transport now: the HTTP/1.1 one may have
+            # handed it over already (TLS ALPN chose HTTP/2 in connection_made).
+            transport.get_protocol().data_received(rest)  # type: ignore[attr-defined]
 
     def _refuse(self, reason: str) -> None:
         logger.debug("Refused PROXY protocol connection: %s", reason)

@@ -67,6 +67,11 @@ class ServerState:
         "default_lines",
         "extra_lines",
         "h11_max_incomplete_event_size",
+        "h2_default_fields",
+        "h2_engine",
+        "h2_max_concurrent_streams",
+        "h2_protocol",
+        "h2c_upgrade",
         "limit_line",
         "limit_fields",
         "limit_field_size",
@@ -141,12 +146,20 @@ class ServerState:
         self.trace = logger.isEnabledFor(5)
         # WebSocket: the protocol factory an Upgrade is handed to (None: --ws none, the
         # upgrade is answered as plain HTTP), and its settings.
+        from asgictl.protocols.http2 import engine_class, http2_protocol
         from asgictl.protocols.websockets import ws_protocol_factory
 
         #: ``start_task(coro)``: runs a request's or a WebSocket's app (eager on 3.12+).
         self.start_task = task_starter(loop)
 
         self.ws_protocol = ws_protocol_factory(config.ws)
+        #: ``h2_protocol(state)``: the protocol a connection switches to for HTTP/2 (None:
+        #: --no-http2), and what it needs that HTTP/1.1 does not.
+        self.h2_protocol = http2_protocol() if config.http2 else None
+        self.h2_engine = engine_class(config.http2_engine) if config.http2 else None
+        self.h2_max_concurrent_streams = config.http2_max_concurrent_streams
+        self.h2c_upgrade = config.http2 and config.h2c_upgrade
+        self.h2_default_fields: list[tuple[bytes, bytes]] = []
         self.ws_max_size = config.ws_max_size
         self.ws_max_queue = config.ws_max_queue
         self.ws_ping_interval = config.ws_ping_interval
@@ -175,6 +188,13 @@ class ServerState:
             self.date_line = b"date: " + stamp.encode("ascii") + b"\r\n"
         self.default_headers = self.date_line + self.server_line + self.extra_lines
         self.default_lines = self.default_headers.count(b"\n")
+        # The same fields for HTTP/2 (lowercase names, no CRLF).
+        self.h2_default_fields = [
+            (name.lower(), value)
+            for name, _, value in (
+                line.partition(b": ") for line in self.default_headers.split(b"\r\n") if line
+            )
+        ]
 
     def tick(self) -> None:
         """The once-a-second housekeeping: Date header, idle connections."""

@@ -31,6 +31,7 @@ from asgictl.protocols.access import compile_format
 from asgictl.protocols.factory import connection_factory
 from asgictl.protocols.http import protocol_class
 from asgictl.protocols.http.connection import CLOSE_GRACE, request_tasks
+from asgictl.protocols.http2 import engine_class, http2_protocol
 from asgictl.protocols.state import ServerState, task_starter
 from asgictl.protocols.websockets import ws_protocol_factory
 from asgictl.pubsub import backends as pubsub_backends
@@ -227,7 +228,7 @@ class Server:
         idle = False
         for conn in list(state.connections):
             conn.closing = True
-            if conn.cycle is not None or conn.pipeline:
+            if conn.busy():
                 conn.shutdown()
             else:
                 idle = True
@@ -351,7 +352,7 @@ class Server:
 
 
 def import_runtime(config: Config) -> None:
-    """Import what a worker imports first thing: its event loop and HTTP parser.
+    """Import what a worker imports first thing: its event loop, HTTP parser and HTTP/2.
 
     The master calls it before forking, so that each worker inherits these modules
     (once, shared) instead of importing them on its way to ready: uvloop alone takes
@@ -364,3 +365,6 @@ def import_runtime(config: Config) -> None:
     ws_protocol_factory(config.ws)
     if config.access_log_format is not None:
         compile_format(config.access_log_format)
+    if config.http2:
+        http2_protocol()
+        engine_class(config.http2_engine)

@@ -30,4 +30,6 @@ def create_ssl_context(config: Config) -> ssl.SSLContext | None:
             ctx.set_ciphers(config.ssl_ciphers)
         except ssl.SSLError:
             raise ConfigError(f"--ssl-ciphers: no cipher matches {config.ssl_ciphers!r}") from None
+    # ALPN (RFC 7301): a client that offers h2 gets HTTP/2 (RFC 9113 3.2).
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if config.http2 else ["http/1.1"])
     return ctx

@@ -15,18 +15,20 @@ bound; writing waits (``drain``) while the transport's buffer is full.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
 from time import perf_counter
 from typing import Any
 from urllib.parse import unquote
 
-from asgictl.protocols.flow import FlowControlled
+from asgictl.protocols.asgi import ASGI_VERSION
 from asgictl.protocols.http.cycle import HTTPCycle
 from asgictl.protocols.http.fields import list_tokens
+from asgictl.protocols.http.framing import ResponseFraming
+from asgictl.protocols.http.handover import PREFACE, hand_over, switch_to_http2, upgrade_h2c
 from asgictl.protocols.http.response import simple_response
 from asgictl.protocols.http.strict import (
+    BAD_PREFACE_REASON,
+    BAD_PREFACE_STATUS,
     EXPECT_CONTINUE,
     FORWARDED,
     HTTP2_REASON,
@@ -34,7 +36,6 @@ from asgictl.protocols.http.strict import (
     KEEP_ALIVE,
     check_head,
 )
-from asgictl.protocols.proxy import parse_forwarded_proto
 from asgictl.protocols.state import ServerState
 
 logger = logging.getLogger("asgictl.error")
@@ -47,16 +48,7 @@ HIGH_WATER = 64 * 1024
 #: (or that is idle) may still deliver the request its client sent meanwhile; that
 #: request is answered with Connection: close.
 CLOSE_GRACE = 0.25
-#: File regions up to this size are read (or sent) on the event loop's thread. Larger
-#: ones go a window at a time, on the loop while the window is in the page cache (a
-#: non-blocking probe of its last byte says so), else through the default executor, so
-#: that a disk read never stalls the loop.
-FILE_INLINE = 256 * 1024
-FILE_WINDOW = 1024 * 1024
-#: What one read of the fallback path (TLS, a buffered transport) takes from a file.
-FILE_PIECE = 256 * 1024
 
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.trailers": {},
     "http.response.pathsend": {},
@@ -104,7 +96,7 @@ async def service_unavailable(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"Service Unavailable"})
 
 
-class HTTPConnection(FlowControlled):
+class HTTPConnection(ResponseFraming):
     __slots__ = (
         "_starting",
         "body_mark",
@@ -118,6 +110,8 @@ class HTTPConnection(FlowControlled):
         "idle_since",
         "parsing",
         "pipeline",
+        "preface",
+        "proxied",
         "scheme",
         "server",
         "state",
@@ -152,6 +146,11 @@ class HTTPConnection(FlowControlled):
         self.body_seen = 0
         self.body_mark: tuple[int, float] | None = None
         self._starting = False
+        #: the first bytes while they may still be the HTTP/2 client preface (None once
+        #: decided, or with --no-http2): the adapters look at it only then
+        self.preface: bytes | None = b"" if state.h2_protocol is not None else None
+        #: (client, server) of a PROXY protocol header, set before connection_made
+        self.proxied: tuple[Any, Any] | None = None
 
     # ------------------------------------------------------------------ asyncio events
 
@@ -159,18 +158,20 @@ class HTTPConnection(FlowControlled):
         self.transport = transport  # type: ignore[assignment]
         state = self.state
         state.connections.add(self)
-        self.server = _address(transport.get_extra_info("sockname"))
-        self.client = _address(transport.get_extra_info("peername"))  # type: ignore[assignment]
-        if state.is_ssl or transport.get_extra_info("sslcontext") is not None:
-            self.scheme = "https"
-        if state.trusted is not None:
-            # Unix-socket peers have no address; the socket path is what may be trusted.
-            peer = self.client[0] if self.client else (self.server[0] if self.server else None)
-            self.trusted = peer in state.trusted
+        self.server, self.client, self.scheme, self.trusted = peer_info(transport, state)
+        if self.proxied is not None:
+            # The addresses a trusted proxy's PROXY header gave (the proxy itself is
+            # what --forwarded-allow-ips judged).
+            self.client, self.server = self.proxied
         if state.shutting_down:
             self.closing = True
         if state.trace:
             logger.log(TRACE, "%s - HTTP connection made", _peer(self.client, self.server))
+        if self.preface is not None and self.scheme == "https":
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self.preface = None
+                switch_to_http2(self, b"")  # ALPN chose HTTP/2 (RFC 9113 3.2)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
@@ -197,6 +198,30 @@ class HTTPConnection(FlowControlled):
         if self.cycle is not None:
             self.cycle.wake()  # a receive() waiting for more can only get http.disconnect now
         return True
+
+    def sniff(self, data: bytes) -> bytes:
+        """The adapters' first look at a connection's bytes: what HTTP/1.1 must parse, or
+        b"" when it is (or may yet be) the HTTP/2 client preface (prior knowledge, RFC 9113
+        3.3). Called only until that is decided, so it costs nothing per request. A
+        preface that stalls half-way is a request head that does: --timeout-header-read
+        cuts it, the clock running from accept."""
+        data = self.preface + data if self.preface else data
+        size = min(len(data), len(PREFACE))
+        if data[:size] != PREFACE[:size]:
+            self.preface = None
+            self.head_bytes = 0  # the adapter counts these bytes again, as a head's
+            return data
+        if size < len(PREFACE):
+            self.preface = data  # the preface may be split over reads
+            self.head_bytes = size
+            return b""
+        self.preface = None
+        switch_to_http2(self, data)
+        return b""
+
+    def busy(self) -> bool:
+        """A request is in progress or queued (shutdown then lets it finish)."""
+        return self.cycle is not None or bool(self.pipeline)
 
     def resume_reading(self) -> None:
         # Requests queued behind the one in progress keep reading paused (pipelining).
@@ -250,7 +275,7 @@ class HTTPConnection(FlowControlled):
         scope["headers"] = headers
         scope["state"] = state.lifespan_state.copy()
         if flags & FORWARDED and self.trusted:
-            scope["client"], scope["scheme"] = self._forwarded(headers, self.client, self.scheme)
+            scope["client"], scope["scheme"] = state.trusted.forwarded(headers, self.client, self.scheme)  # type: ignore[union-attr]
         keep_alive = (flags & KEEP_ALIVE) != 0
         if self.closing:
             keep_alive = False
@@ -333,13 +358,19 @@ class HTTPConnection(FlowControlled):
         request's scope and ``trailing`` (the bytes that followed the head), and True is
         returned: the adapter must not touch the connection again.
 
-        Declined (any other protocol, ``h2c`` included): False. The request is then
+        Declined (any other protocol, ``h2c`` unless accepted below): False. The request is then
         plain HTTP/1.1, as RFC 9110 7.8 lets a server ignore Upgrade: its body (if it
         has one) reaches the app, and the adapter goes on parsing what follows as
         HTTP/1.1, unless the connection is closing (Connection: close). Both parsers
         stop after a CONNECT too: it is answered, and closes the connection, for what
         follows it is a tunnel's bytes, never HTTP (RFC 9110 9.3.6).
+
+        With ``--h2c-upgrade`` (and HTTP/2 on), an ``Upgrade: h2c`` whose body is read
+        is accepted instead (``handover.upgrade_h2c``): 101, and the request becomes
+        stream 1 of an HTTP/2 connection.
         """
+        if self.state.h2c_upgrade and upgrade_h2c(self, trailing):
+            return True
         ws_protocol = self.state.ws_protocol
         pipeline = self.pipeline
         if pipeline and pipeline[-1].scope["method"] == "CONNECT":
@@ -363,26 +394,22 @@ class HTTPConnection(FlowControlled):
         scope = pipeline[0].scope
         pipeline.clear()
         self.parsing = None
-        self.closing = True
-        self.state.connections.discard(self)
         from asgictl.protocols.websockets.connection import websocket_scope
 
         protocol = ws_protocol(self.state, websocket_scope(scope))
-        transport = self.transport
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        if self.read_paused:
-            self.read_paused = False
-            transport.resume_reading()
+        hand_over(self, protocol)
         protocol.handshake(trailing)
         return True
 
     def http2_preface(self) -> None:
-        """The client opened with HTTP/2's connection preface (``PRI * HTTP/2.0``, RFC
-        9113 3.4), or sent any request with the PRI method, reserved for it: while HTTP/2
-        is not served it is answered with 505 and the connection closes, whichever
-        parser saw it."""
-        self.parse_error(HTTP2_STATUS, HTTP2_REASON)
+        """The parser met HTTP/2's connection preface (``PRI * HTTP/2.0``, RFC 9113 3.4)
+        or another request with the PRI method, reserved for it, and the connection
+        closes, whichever parser saw it: with --no-http2 the answer is 505; with HTTP/2
+        on (``sniff`` serves the exact preface) this is a broken preface, 400."""
+        if self.state.h2_protocol is None:
+            self.parse_error(HTTP2_STATUS, HTTP2_REASON)
+        else:
+            self.parse_error(BAD_PREFACE_STATUS, BAD_PREFACE_REASON)
 
     # --------------------------------------------------------------------- the cycles
 
@@ -445,129 +472,18 @@ class HTTPConnection(FlowControlled):
             # discard it so the connection can be reused.
             self.resume_reading()
 
-    def app_failed(self, cycle: HTTPCycle, exc: BaseException | None) -> None:
-        if isinstance(exc, asyncio.CancelledError):
-            if not self.transport.is_closing():
-                self.transport.close()
-            return
-        if exc is not None:
-            logger.error("Exception in ASGI application\n", exc_info=exc)
-        if cycle.disconnected or self.transport.is_closing():
-            return
-        if not cycle.response_started:
-            cycle.response_started = cycle.response_complete = True
-            self.closing = True
-            self.transport.write(simple_response(500, b"Internal Server Error", self.state.default_headers))
-            # The 500 counts as a response, like the app's own.
-            access = self.state.access_log
-            if access is not None:
-                access.response(cycle.scope, 500, cycle.started_at, keep_alive=False)
-            observe = self.state.on_response
-            if observe is not None:
-                observe(500, perf_counter() - cycle.started_at)
-            self.cycle = None if self.cycle is cycle else self.cycle
-            self.transport.close()
-        elif not cycle.response_complete:
-            # The head is gone: the only honest signal left is to cut the connection,
-            # after what the app did send.
-            cycle.response_complete = True
-            cycle.flush()
-            self.transport.close()
-
-    # ------------------------------------------------------------------ file regions
-
-    async def send_file(self, fd: int, offset: int, count: int) -> int:
-        """Write ``count`` bytes of the open file ``fd`` from ``offset`` to the client,
-        after everything written before; returns the bytes sent (fewer only if the
-        connection closed meanwhile).
-
-        Zero-copy (``os.sendfile``) on plain TCP and Unix sockets while the transport holds
-        nothing unsent; TLS, a transport with buffered bytes, or a file ``sendfile`` refuses
-        fall back to reads and ``transport.write`` with flow control. Regions larger than
-        ``FILE_INLINE`` make each system call in the default executor.
-        """
+    def answer(self, cycle: HTTPCycle, status: int, body: bytes) -> None:
         transport = self.transport
-        sock = None if self.state.is_ssl else transport.get_extra_info("socket")
-        if sock is not None and transport.get_extra_info("sslcontext") is None:
-            sent = await self._sendfile(sock.fileno(), fd, offset, count)
-            if sent is not None:
-                return sent
-        return await self._copy_file(fd, offset, count)
+        self.closing = True
+        transport.write(simple_response(status, body, self.state.default_headers))
+        if self.cycle is cycle:
+            self.cycle = None
+        transport.close()
 
-    async def _sendfile(self, sock_fd: int, fd: int, offset: int, count: int) -> int | None:
-        """os.sendfile to the socket; None when it cannot be used at all (nothing sent)."""
-        transport = self.transport
-        loop = self.loop
-        # The transport may close the socket's fd while this waits, and the number be
-        # reused by another connection: the executor's calls and the waits for room
-        # use a duplicate, which keeps this socket open until it is closed here.
-        own_fd = -1
-        watched = False
-        sent = 0
-        try:
-            while sent < count and not transport.is_closing():
-                if transport.get_write_buffer_size():
-                    # Bytes queued in the transport must leave first; a sendfile now
-                    # would overtake them.
-                    if sent == 0:
-                        return None
-                    return sent + await self._copy_file(fd, offset + sent, count - sent)
-                size = min(count - sent, FILE_WINDOW)
-                try:
-                    if count <= FILE_INLINE or _cached(fd, offset + sent, size):
-                        n = os.sendfile(sock_fd, fd, offset + sent, size)
-                    else:
-                        if own_fd < 0:
-                            own_fd = os.dup(sock_fd)
-                        n = await loop.run_in_executor(None, os.sendfile, own_fd, fd, offset + sent, size)
-                except BlockingIOError:
-                    n = -1
-                except OSError as exc:
-                    if sent == 0 and exc.errno in _NO_SENDFILE:
-                        return None  # e.g. a pipe or a /proc file: read it instead
-                    if exc.errno in _GONE:
-                        transport.abort()  # the client went away
-                        break
-                    raise
-                if n == 0:
-                    break  # the file is shorter than announced
-                if n > 0:
-                    sent += n
-                    if n == size:
-                        continue  # the socket took the whole window: there may be room
-                # The socket buffer is full: wait until it is writable (connection_lost
-                # wakes the same waiter, through release_drain).
-                if own_fd < 0:
-                    own_fd = os.dup(sock_fd)
-                if not watched:
-                    loop.add_writer(own_fd, self.release_drain)
-                    watched = True
-                waiter = self.drain_waiter = loop.create_future()
-                await waiter
-        finally:
-            if watched:
-                loop.remove_writer(own_fd)
-            if own_fd >= 0:
-                os.close(own_fd)
-        return sent
-
-    async def _copy_file(self, fd: int, offset: int, count: int) -> int:
-        """Read the region and write it through the transport, with flow control."""
-        transport = self.transport
-        sent = 0
-        while sent < count and not transport.is_closing():
-            size = min(count - sent, FILE_PIECE)
-            if count <= FILE_INLINE or _cached(fd, offset + sent, size):
-                data = os.pread(fd, size, offset + sent)
-            else:
-                data = await self.loop.run_in_executor(None, os.pread, fd, size, offset + sent)
-            if not data or transport.is_closing():
-                break
-            transport.write(data)
-            sent += len(data)
-            if self.write_paused:
-                await self.drain()
-        return sent
+    def cut(self, cycle: HTTPCycle, failed: bool) -> None:
+        self.closing = True
+        self.flush()
+        self.transport.close()
 
     # ----------------------------------------------------------------- housekeeping
 
@@ -618,7 +534,14 @@ class HTTPConnection(FlowControlled):
         self.transport.close()
 
     def close_if_idle(self) -> None:
-        if self.cycle is None and not self.pipeline and self.parsing is None:
+        """The end of a grace (see shutdown, cycle_done): close unless a request came, or
+        the transport went to another protocol meanwhile (HTTP/2, whose stop is its own)."""
+        if (
+            self.cycle is None
+            and not self.pipeline
+            and self.parsing is None
+            and self in self.state.connections
+        ):
             self.transport.close()
 
     def shutdown(self) -> None:
@@ -652,41 +575,6 @@ class HTTPConnection(FlowControlled):
         if self.cycle is not None:
             self.cycle.wake()
 
-    # ----------------------------------------------------------------------- helpers
-
-    def _forwarded(self, headers: list[tuple[bytes, bytes]], client: Any, scheme: str) -> tuple[Any, str]:
-        trusted = self.state.trusted
-        assert trusted is not None
-        for name, value in headers:
-            if name == b"x-forwarded-proto":
-                proto = parse_forwarded_proto(value)
-                if proto is not None:
-                    scheme = proto
-            elif name == b"x-forwarded-for":
-                host = trusted.client_from_forwarded_for(value.decode("latin-1"))
-                if host:
-                    client = (host, 0)
-        if scheme in ("ws", "wss"):
-            scheme = "https" if scheme == "wss" else "http"
-        return client, scheme
-
-
-#: os.sendfile errors that mean "not for this file or socket", before any byte was sent.
-_NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK})
-#: os.sendfile errors that mean the client has gone.
-_GONE = frozenset({errno.EPIPE, errno.ECONNRESET})
-_PROBE = bytearray(1)
-
-
-def _cached(fd: int, offset: int, size: int) -> bool:
-    """Whether the last byte of the file region is in the page cache: a read that may
-    not wait for the disk (RWF_NOWAIT) tells, without blocking. Readahead makes the
-    rest of a sequentially read window as likely to be there."""
-    try:
-        return os.preadv(fd, [_PROBE], offset + size - 1, os.RWF_NOWAIT) == 1
-    except (OSError, AttributeError):  # not cached (EAGAIN), or no RWF_NOWAIT here
-        return False
-
 
 def _is_websocket_handshake(scope: dict[str, Any]) -> bool:
     """GET, HTTP/1.1, ``Upgrade: websocket`` and ``Connection: upgrade`` (RFC 6455 4.1),
@@ -709,6 +597,19 @@ def _peer(client: Any, server: Any) -> str:
     if client:
         return f"{client[0]}:{client[1]}"
     return f"unix:{server[0]}" if server else "-"
+
+
+def peer_info(transport: asyncio.BaseTransport, state: ServerState) -> tuple[Any, Any, str, bool]:
+    """(server, client, scheme, trusted with proxy headers) of a new connection."""
+    server = _address(transport.get_extra_info("sockname"))
+    client = _address(transport.get_extra_info("peername"))
+    scheme = "https" if state.is_ssl or transport.get_extra_info("sslcontext") is not None else "http"
+    trusted = False
+    if state.trusted is not None:
+        # Unix-socket peers have no address; the socket path is what may be trusted.
+        peer = client[0] if client else (server[0] if server else None)
+        trusted = peer in state.trusted
+    return server, client, scheme, trusted
 
 
 def _address(info: Any) -> Any:

@@ -1,72 +1,124 @@
-"""One HTTP request and its response, as the ASGI app sees them.
+"""One HTTP request and its response, as the ASGI app sees them, whatever carries them.
 
-An :class:`HTTPCycle` owns the app's ``receive`` and ``send`` callables for one request.
-It is the same for every parser: the parser adapters feed it request body through its
-connection, and it writes the response through the connection's transport.
+An :class:`HTTPCycle` owns the app's ``receive`` and ``send`` callables for one request
+and the ASGI semantics of its response, once for every HTTP version: the order of the
+messages, no body for HEAD, 1xx, 204 and 304, the app's Content-Length held to what it
+sends, trailers, file responses (pathsend, zerocopysend), ``http.disconnect`` (the
+client left, or the server is going away), an app error turned into a 500 or a cut
+response, a response the app abandoned, the access line and the response observer.
 
-Framing of the response is decided when the first body message arrives, so that a small
-response (start + a single body) leaves in ONE ``transport.write``: the head is held back
-until then and joined with the body. A response without a Content-Length of the app's is
-given one when its body is complete in the first message; otherwise it is sent chunked
-(HTTP/1.1) or delimited by closing the connection (HTTP/1.0).
+What goes on the wire is its host's: the object that carries the request (an HTTP/1.1
+connection, an HTTP/2 stream) and implements :class:`CycleHost`. The host frames the
+response (HTTP/1.1: status line, Content-Length or chunked, Connection, the head joined
+with the first body in one write, the field grammar of ``fields.py``; HTTP/2: HEADERS,
+DATA within the peer's windows, trailers, END_STREAM), feeds the request body in
+(:meth:`HTTPCycle.feed_body`, ``more_body``, :meth:`HTTPCycle.on_disconnect`), sends file
+regions, and decides what follows a complete response.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 import os
+from collections.abc import Iterable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from asgictl.protocols.http.fields import (
-    CONNECTION,
-    CONTENT_LENGTH,
-    KNOWN_NAMES,
-    TRANSFER_ENCODING,
-    InvalidField,
-    check_trailer_name,
-    count_line_breaks,
-    invalid_block,
-    learn_name,
-    list_tokens,
-)
-from asgictl.protocols.http.response import (
-    CONTINUE_100,
-    CRLF,
-    LAST_CHUNK,
-    NO_BODY_STATUSES,
-    STATUS_LINES,
-    chunk,
-    simple_response,
-    status_line,
-)
+from asgictl.protocols.asgi import ClientDisconnected
+from asgictl.protocols.http.response import NO_BODY_STATUSES
 
 if TYPE_CHECKING:
-    import asyncio
-
-    from asgictl.protocols.http.connection import HTTPConnection
+    from asgictl.protocols.state import ServerState
 
 logger = logging.getLogger("asgictl.error")
 
 _DISCONNECT = {"type": "http.disconnect"}
-#: The access-log record's extra for a response the client did not wait for.
 #: The status logged for a request whose client left before any response was started
 #: (nginx's "client closed request"; nothing was sent).
 CLIENT_CLOSED_REQUEST = 499
 _EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())
-_KEEP_ALIVE_LINE = b"connection: keep-alive\r\n"
-_CLOSE_LINE = b"connection: close\r\n"
-_CHUNKED_LINE = b"transfer-encoding: chunked\r\n"
-#: Streamed body bytes held back at most before a write (see HTTPCycle._buffer).
-_FLUSH_AT = 64 * 1024
+
+__all__ = ["CLIENT_CLOSED_REQUEST", "ClientDisconnected", "CycleHost", "HTTPCycle"]
 
 
-class ClientDisconnected(OSError):
-    """Raised by ``send`` once the client has gone (ASGI spec 2.4)."""
+class CycleHost(Protocol):
+    """What an :class:`HTTPCycle` needs from what carries its request.
+
+    The attributes: ``state`` (the ServerState), ``loop``; ``read_eof`` (no more request
+    bytes can arrive: receive() answers http.disconnect), ``read_paused`` (request body
+    is held back until the app reads), ``write_paused`` (``send`` must ``await drain()``
+    before the next message).
+
+    Response methods, called in ASGI order for one cycle: ``start_response`` once (check
+    the app's fields, set ``cycle.head`` to the held-back head and ``cycle.length_left``
+    to the app's Content-Length, or None; raise InvalidField for a field the grammar
+    refuses), then ``write_body`` for each body message (the data as the app sent it:
+    the host drops it when ``cycle.no_body``, and sets ``cycle.head`` to None once the
+    head is on its way), ``body_length`` when a file response knows its size first,
+    ``send_file`` for a file region, and ``write_trailers`` when the app sends trailers.
+    """
+
+    state: ServerState
+    loop: asyncio.AbstractEventLoop
+    read_eof: bool
+    read_paused: bool
+    write_paused: bool
+
+    def is_closing(self) -> bool:
+        """The carrier takes no more bytes (the client left, or it is being closed)."""
+
+    def resume_reading(self) -> None:
+        """The app waits for request body: let the client send more."""
+
+    async def drain(self) -> None:
+        """Wait until the response may take more (write buffer, flow-control window)."""
+
+    def write_continue(self, cycle: HTTPCycle) -> None:
+        """Tell a client waiting on ``Expect: 100-continue`` to send its body."""
+
+    def start_response(self, cycle: HTTPCycle, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Check and hold the head of the response (``http.response.start``)."""
+
+    def write_body(self, cycle: HTTPCycle, data: bytes, more: bool) -> None:
+        """A body piece, the head with it if not written yet; raises RuntimeError for a head
+        the host refuses (nothing written then: it sets ``cycle.response_started`` back)."""
+
+    def body_length(self, cycle: HTTPCycle, size: int) -> None:
+        """A file response: the body is ``size`` bytes (framed so if the framing allows)."""
+
+    async def send_file(self, cycle: HTTPCycle, fd: int, offset: int, count: int) -> int:
+        """The head (if held) and ``count`` bytes of the open file ``fd`` from ``offset``
+        as the next body piece, after everything written before; returns the bytes sent
+        (fewer only if the file ended or the carrier closed)."""
+
+    def write_trailers(self, cycle: HTTPCycle, headers: Iterable[tuple[bytes, bytes]], more: bool) -> None:
+        """Trailer fields (``http.response.trailers``), the last of the response unless ``more``."""
+
+    def cycle_done(self, cycle: HTTPCycle) -> None:
+        """The response of ``cycle`` is complete."""
+
+    def answer(self, cycle: HTTPCycle, status: int, body: bytes) -> None:
+        """A plain-text response of the server's own in place of the app's (nothing of
+        the app's was written): 500 for an app error, 503 for a stop."""
+
+    def cut(self, cycle: HTTPCycle, failed: bool) -> None:
+        """The response cannot be completed: end it so the client cannot take it for
+        complete (HTTP/1.1: close the connection after what was sent; HTTP/2: reset the
+        stream). ``failed``: because of an app error (not a client that left or a stop)."""
 
 
 class HTTPCycle:
+    """The ASGI ``receive``/``send`` of one request, carried by ``conn`` (a CycleHost).
+
+    ``run(app)`` runs the app; the host feeds the request body with :meth:`feed_body`
+    and ``more_body = False`` (then :meth:`wake`), and reports a peer that went away with
+    :meth:`on_disconnect`. ``send`` raises RuntimeError for a message out of order (or
+    InvalidField, a RuntimeError, for a field the grammar refuses) and
+    ClientDisconnected once the peer has gone.
+    """
+
     __slots__ = (
         "conn",
         "scope",
@@ -83,28 +135,24 @@ class HTTPCycle:
         # response side
         "status",
         "head",
-        "head_lines",
         "response_started",
         "response_complete",
-        "chunked",
         "length_left",
         "no_body",
         "trailers",
         "started_at",
-        "pending",
-        "pending_size",
-        "flush_handle",
     )
 
     def __init__(
         self,
-        conn: HTTPConnection,
+        conn: CycleHost,
         scope: dict[str, Any],
         keep_alive: bool,
         expect_continue: bool,
     ) -> None:
         self.conn = conn
         self.scope = scope
+        #: the connection may carry another request after this one (HTTP/1.1's concern)
         self.keep_alive = keep_alive
         self.body = b""
         self.more_body = True
@@ -117,16 +165,14 @@ class HTTPCycle:
         self.told_disconnect = False
         self.response_started = False
         self.response_complete = False
-        #: the head block, held back until the first body message (None once written)
-        self.head: list[bytes] | None = None
+        #: the host's head, held back until the first body message (None once written)
+        self.head: Any = None
         #: time.perf_counter() of the complete head, when timed (access log, metrics)
         self.started_at = 0.0
-        #: streamed body pieces not written yet (see _buffer)
-        self.pending: list[bytes] | None = None
-        # The rest of the response side (status, framing, head_lines, ...) is set by
-        # _start: one request costs fewer stores, and nothing reads them before it.
+        # The rest of the response side (status, no_body, trailers, length_left) is set
+        # by _start: one request costs fewer stores, and nothing reads them before it.
 
-    # ------------------------------------------------------------------ from the parser
+    # -------------------------------------------------------------------- from the host
 
     def feed_body(self, data: bytes) -> None:
         self.body = self.body + data if self.body else data
@@ -151,8 +197,8 @@ class HTTPCycle:
             # The client waits for this before sending the body: send it only now that
             # the app asks for the body (RFC 9110 10.1.1).
             self.expect_continue = False
-            if not self.response_started and not self.disconnected and conn.transport is not None:
-                conn.transport.write(CONTINUE_100)
+            if not self.response_started and not self.disconnected:
+                conn.write_continue(self)
         while not (self.disconnected or self.response_complete):
             if self.body or (self.more_body is False and not self.body_delivered):
                 break
@@ -184,13 +230,21 @@ class HTTPCycle:
         if self.disconnected:
             # ASGI 2.4: the app learns that nobody is listening any more.
             raise ClientDisconnected("the client has disconnected")
+        # The two messages of every response are handled inline (a call less each).
         kind = message["type"]
         if kind == "http.response.body":
-            if not self.response_started:
+            if not self.response_started or self.response_complete:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
-            data = message.get("body", b"")
             more = message.get("more_body", False)
-            self._write_body(data, more)
+            data = message.get("body", b"")
+            left = self.length_left
+            if left is not None and not self.no_body:
+                left = self.length_left = left - len(data)
+                if left < 0:
+                    if self.head is not None:
+                        self.response_started = False  # nothing was written: the app gets its 500
+                    raise RuntimeError("Response content longer than Content-Length")
+            self.conn.write_body(self, data, more)
             if not more and not self.trailers:
                 self._finish()
             elif self.conn.write_paused and not self.disconnected:
@@ -200,201 +254,28 @@ class HTTPCycle:
         elif kind == "http.response.start":
             if self.response_started:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
-            self._start(message)
+            status = message["status"]
+            self.status = status
+            self.no_body = status in NO_BODY_STATUSES or self.scope["method"] == "HEAD"
+            # 0: no trailers; 1: announced by the app; 2: the first trailers were sent
+            self.trailers = 1 if message.get("trailers", False) else 0
+            self.conn.start_response(self, status, message.get("headers", ()))
+            self.response_started = True
         elif kind == "http.response.trailers":
             if not self.response_started or not self.trailers or self.head is not None:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
-            self._write_trailers(message)
+            more = message.get("more_trailers", False)
+            if not self.disconnected:
+                self.conn.write_trailers(self, message.get("headers", ()), more)
+                self.trailers = 2
+            if not more:
+                self._finish()
         elif kind == "http.response.pathsend":
             await self._pathsend(message["path"])
         elif kind == "http.response.zerocopysend":
             await self._zerocopysend(message)
         else:
             raise RuntimeError(_unexpected(kind, self.response_complete))
-
-    def _start(self, message: dict[str, Any]) -> None:
-        status = message["status"]
-        state = self.conn.state
-        default_headers = state.default_headers
-        head = [STATUS_LINES.get(status) or status_line(status), default_headers]
-        no_body = status in NO_BODY_STATUSES
-        length: int | None = None
-        chunked = False
-        keep_alive = self.keep_alive
-        known = KNOWN_NAMES
-        for name, value in message.get("headers", ()):
-            # Every name is a token (RFC 9110 5.1): a cached one costs this lookup only.
-            kind = known.get(name)
-            if kind is None:
-                kind = learn_name(name)
-            if kind:
-                if kind == CONTENT_LENGTH:
-                    # 1*DIGIT and one value (RFC 9110 8.6): "+2", "1_0" or "2, 3" would be
-                    # read differently by each client; an identical repeat is folded.
-                    if not value.isdigit():
-                        raise InvalidField(f"Invalid Content-Length {value!r}: not 1*DIGIT (RFC 9110 8.6)")
-                    if length is not None:
-                        if int(value) != length:
-                            raise InvalidField("Differing Content-Length values (RFC 9110 8.6)")
-                        continue
-                    length = int(value)
-                    if no_body:
-                        continue
-                elif kind == TRANSFER_ENCODING:
-                    # The server does the chunking (RFC 9112 6.1): an app's "chunked" asks
-                    # for it; any other coding could not be framed honestly.
-                    if list_tokens(value) != [b"chunked"]:
-                        raise InvalidField(f"Unsupported response Transfer-Encoding {value!r}")
-                    chunked = True
-                    continue
-                elif kind == CONNECTION:
-                    if b"close" in list_tokens(value):
-                        keep_alive = False
-                    continue
-                else:  # server or date: the app's replaces the default one
-                    default_headers = head[1] = _without(head[1], name.lower())
-            head += (name, b": ", value, CRLF)
-        if chunked and length is not None:
-            raise InvalidField("Content-Length and Transfer-Encoding in one response (RFC 9112 6.2)")
-        if no_body:
-            length = None
-        # Lines the head has so far; _write_body checks the joined bytes against it.
-        self.head_lines = (
-            1
-            + (len(head) - 2) // 4
-            + (
-                state.default_lines
-                if default_headers is state.default_headers
-                else default_headers.count(b"\n")
-            )
-        )
-        self.status = status
-        self.no_body = no_body or self.scope["method"] == "HEAD"
-        self.trailers = 1 if message.get("trailers", False) else 0
-        self.length_left = length
-        self.chunked = chunked
-        self.keep_alive = keep_alive
-        self.head = head
-        self.response_started = True
-
-    def _write_body(self, data: bytes, more: bool) -> None:
-        if self.response_complete:
-            raise RuntimeError(_unexpected("http.response.body", True))
-        if self.disconnected:
-            return
-        head = self.head
-        if head is not None:
-            # The first body message: decide the framing and finish the head block.
-            self.head = None
-            pieces = len(head)
-            http10 = self.scope["http_version"] == "1.0"
-            if self.length_left is None and not self.chunked and self.status not in NO_BODY_STATUSES:
-                if not more and not self.trailers:
-                    head.append(b"content-length: %d\r\n" % len(data))
-                    self.length_left = len(data)
-                elif http10:
-                    self.keep_alive = False  # the body ends when the connection closes
-                else:
-                    self.chunked = True
-            if self.chunked:
-                if http10:
-                    self.chunked = False
-                    self.keep_alive = False
-                else:
-                    head.append(_CHUNKED_LINE)
-            if self.expect_continue and self.more_body:
-                # Answered without asking for the body the client is holding back: it
-                # may send it or not, so the connection's next bytes cannot be trusted.
-                self.keep_alive = False
-            if not self.keep_alive:
-                head.append(_CLOSE_LINE)
-            elif http10:
-                head.append(_KEEP_ALIVE_LINE)
-            head.append(CRLF)
-            # The head's lines: the app's headers and the default ones counted in
-            # _start, plus one per piece added just above (the blank line included).
-            lines = self.head_lines + len(head) - pieces
-        if self.no_body:
-            data = b""
-        elif self.length_left is not None:
-            self.length_left -= len(data)
-            if self.length_left < 0:
-                if head is not None:
-                    self.response_started = False  # nothing was written: the app gets its 500
-                raise RuntimeError("Response content longer than Content-Length")
-        if self.chunked and not self.no_body:
-            framed = chunk(data) if data else b""
-            if not more and self.trailers == 0:
-                framed += LAST_CHUNK
-            data = framed
-        if head is not None:
-            block = b"".join(head)
-            # One C-level scan of the whole block instead of a check per field: a CR,
-            # LF or other control byte in a value (RFC 9110 5.5) is one more than the
-            # CR and LF that end each of the block's lines.
-            if count_line_breaks(block) != 2 * lines:
-                self.response_started = False  # nothing was written: the app gets its 500
-                raise invalid_block(block)
-            data = block + data if data else block
-        if more:
-            if data:
-                self._buffer(data)
-        elif self.pending is None:
-            if data:
-                self.conn.transport.write(data)  # the common case: nothing held back
-        else:
-            self.flush(data)
-
-    def _buffer(self, data: bytes) -> None:
-        """Hold a streamed piece until the app yields to the loop (or 64 KiB pile up):
-        an app that sends many small chunks back to back then costs one write, not
-        one system call per chunk, and nothing waits longer than one loop iteration."""
-        pending = self.pending
-        if pending is None:
-            self.pending = [data]
-            self.pending_size = len(data)
-            self.flush_handle = self.conn.loop.call_soon(self.flush, b"")
-        else:
-            pending.append(data)
-            self.pending_size += len(data)
-        if self.pending_size >= _FLUSH_AT:
-            self.flush(b"")
-
-    def flush(self, data: bytes = b"") -> None:
-        """Write what is pending plus ``data``, in one write."""
-        pending = self.pending
-        if pending is not None:
-            self.pending = None
-            self.pending_size = 0
-            if self.flush_handle is not None:
-                self.flush_handle.cancel()
-                self.flush_handle = None
-            if data:
-                pending.append(data)
-            data = b"".join(pending)
-        transport = self.conn.transport
-        if data and not transport.is_closing():
-            transport.write(data)
-
-    def _write_trailers(self, message: dict[str, Any]) -> None:
-        more = message.get("more_trailers", False)
-        if self.chunked and not self.no_body and not self.disconnected:
-            first = self.trailers == 1
-            self.trailers = 2
-            lines = [b"0\r\n"] if first else []
-            for name, value in message.get("headers", ()):
-                if KNOWN_NAMES.get(name) is None:
-                    learn_name(name)
-                check_trailer_name(name)
-                lines += (name, b": ", value, CRLF)
-            block = b"".join(lines)
-            if count_line_breaks(block) != 2 * (len(lines) // 4 + first):
-                raise invalid_block(block)
-            self.flush(block + CRLF if not more else block)
-        # Without chunked framing (HTTP/1.0, or a Content-Length of the app's) there is
-        # no place for trailers on the wire: they are dropped, as RFC 9110 6.5 allows.
-        if not more:
-            self._finish()
 
     async def _pathsend(self, path: str) -> None:
         if self.head is None:
@@ -419,45 +300,35 @@ class HTTPCycle:
 
     async def _send_file(self, fd: int, offset: int, count: int, more: bool) -> None:
         """The body (or, with ``more``, the next part of it) is ``count`` bytes of the
-        file ``fd`` from ``offset``: framed like a body message, sent by the connection's
+        file ``fd`` from ``offset``: framed like a body message, sent by the host's
         ``send_file`` (zero-copy where the transport allows)."""
         if self.response_complete:
             raise RuntimeError(_unexpected("http.response.body", True))
-        if self.head is not None and self.length_left is None and not self.chunked:
-            if not more and not self.trailers:
-                # Known size: framed by Content-Length so the connection stays reusable.
-                self.head.append(b"content-length: %d\r\n" % count)
-                self.head_lines += 1
-                self.length_left = count
-        # The head (decided framing) and anything held back leave first, in one write.
-        if self.head is not None and self.length_left is not None and not self.chunked:
-            self._write_body(b"", False)  # Content-Length framing: written at once
-        else:
-            self._write_body(b"", True)
-            self.flush()
-        if count and not self.no_body and not self.disconnected:
-            if self.length_left is not None:
-                if count > self.length_left:
-                    raise RuntimeError("Response content longer than Content-Length")
-                self.length_left -= count
-            conn = self.conn
-            if self.chunked:
-                conn.transport.write(b"%x\r\n" % count)
-            sent = await conn.send_file(fd, offset, count)
-            if sent < count:
-                if not self.disconnected and not conn.transport.is_closing():
-                    # The file ended before the announced size: the framing is broken.
-                    raise RuntimeError(f"file ended after {sent} of {count} bytes")
-            elif self.chunked:
-                conn.transport.write(CRLF)
-        if self.disconnected or self.conn.transport.is_closing():
+        conn = self.conn
+        if self.head is not None and self.length_left is None and not more and not self.trailers:
+            # Known size: framed by Content-Length so the connection stays reusable.
+            conn.body_length(self, count)
+        if self.no_body or self.disconnected:
+            count = 0
+        elif self.length_left is not None:
+            if count > self.length_left:
+                if self.head is not None:
+                    self.response_started = False  # nothing was written: the app gets its 500
+                raise RuntimeError("Response content longer than Content-Length")
+            self.length_left -= count
+        if not self.disconnected:
+            sent = await conn.send_file(self, fd, offset, count)
+            if sent < count and not self.disconnected and not conn.is_closing():
+                # The file ended before the announced size: the framing is broken.
+                raise RuntimeError(f"file ended after {sent} of {count} bytes")
+        if self.disconnected or conn.is_closing():
             raise ClientDisconnected("the client disconnected during a file response")
         if not more:
-            self._write_body(b"", False)
+            conn.write_body(self, b"", False)  # the end of the framing (last chunk, END_STREAM)
             if not self.trailers:
                 self._finish()
-        elif self.conn.write_paused:
-            await self.conn.drain()
+        elif conn.write_paused:
+            await conn.drain()
 
     def _finish(self) -> None:
         if self.response_complete:
@@ -479,6 +350,16 @@ class HTTPCycle:
             observe(self.status, perf_counter() - self.started_at)
         self.conn.cycle_done(self)
 
+    def _record(self, status: int, disconnected: bool) -> None:
+        """The access line and the observer's count of a response the server ended."""
+        state = self.conn.state
+        access = state.access_log
+        if access is not None:
+            access.response(self.scope, status, self.started_at, False, disconnected)
+        observe = state.on_response
+        if observe is not None:
+            observe(status, perf_counter() - self.started_at, disconnected)
+
     def _abandoned(self) -> None:
         """The app stopped before its response was complete because the connection is
         over for it: the client left (or half-closed), or the server is going away and
@@ -488,27 +369,41 @@ class HTTPCycle:
         if self.response_complete:
             return
         conn = self.conn
-        transport = conn.transport
-        client_left = self.disconnected or conn.read_eof or transport.is_closing()
+        client_left = self.disconnected or conn.read_eof or conn.is_closing()
         self.response_complete = True
         if self.response_started and self.head is None:  # the head went out
             status = self.status
-            self.flush()
+            conn.cut(self, False)
         elif client_left:
             status = CLIENT_CLOSED_REQUEST
+            conn.cut(self, False)
         else:
             status = 503
             self.response_started = True
-            transport.write(simple_response(503, b"Service Unavailable", conn.state.default_headers))
-        state = conn.state
-        access = state.access_log
-        if access is not None:
-            access.response(self.scope, status, self.started_at, False, client_left)
-        observe = state.on_response
-        if observe is not None:
-            observe(status, perf_counter() - self.started_at, client_left)
-        conn.closing = True
-        transport.close()
+            conn.answer(self, 503, b"Service Unavailable")
+        self._record(status, client_left)
+
+    def _failed(self, exc: BaseException | None) -> None:
+        """The app raised ``exc`` (None: it returned without a complete response): a 500
+        if nothing was written, else the response is cut."""
+        conn = self.conn
+        if isinstance(exc, asyncio.CancelledError):
+            if not conn.is_closing():
+                conn.cut(self, False)
+            return
+        if exc is not None:
+            logger.error("Exception in ASGI application\n", exc_info=exc)
+        if self.disconnected or conn.is_closing():
+            return
+        if not self.response_started:
+            self.response_started = self.response_complete = True
+            conn.answer(self, 500, b"Internal Server Error")
+            self._record(500, False)  # the 500 counts as a response, like the app's own
+        elif not self.response_complete:
+            # The head is gone: the only honest signal left is to end the response
+            # short, after what the app did send.
+            self.response_complete = True
+            conn.cut(self, True)
 
     # -------------------------------------------------------------------------- running
 
@@ -526,7 +421,7 @@ class HTTPCycle:
                 )
                 self._abandoned()
             else:
-                self.conn.app_failed(self, exc)
+                self._failed(exc)
                 if not isinstance(exc, Exception):
                     raise
         else:
@@ -535,10 +430,10 @@ class HTTPCycle:
                     self._abandoned()  # it stopped because it heard http.disconnect
                 elif not self.response_started:
                     logger.error("ASGI callable returned without starting response.")
-                    self.conn.app_failed(self, None)
+                    self._failed(None)
                 else:
                     logger.error("ASGI callable returned without completing response.")
-                    self.conn.app_failed(self, None)
+                    self._failed(None)
         finally:
             self.conn.state.active_requests -= 1
 
@@ -551,11 +446,6 @@ def _only_disconnects(exc: BaseException) -> bool:
     if isinstance(exc, _EXCEPTION_GROUP):
         return all(_only_disconnects(inner) for inner in exc.exceptions)  # type: ignore[attr-defined]
     return False
-
-
-def _without(block: bytes, name: bytes) -> bytes:
-    prefix = name + b": "
-    return b"".join(line + CRLF for line in block.split(CRLF) if line and not line.startswith(prefix))
 
 
 def _unexpected(kind: str, complete: bool) -> str:

@@ -6,16 +6,22 @@ as-is: a colon or a space in a name (``x-a: injected`` reads as a field of its o
 LF (a second line, response splitting), NUL, other control bytes or DEL (read differently
 by each client and proxy). A response with such a field is refused before it is written.
 
-Two ways to check, one grammar:
+Ways to check, one grammar:
 
-- :func:`name_kind` checks a name through a cache: an app uses a handful of names, so
-  each is matched against the token grammar once, and afterwards costs one dict lookup,
-  which also tells the HTTP/1.1 cycle whether the name is one it frames the response by.
+- names go through a cache, ``KNOWN_NAMES`` (:func:`learn_name` for a name not in it):
+  an app uses a handful of names, so each is matched against the token grammar once,
+  and afterwards costs one dict lookup, which also tells the framing whether the name
+  is one it frames the response by.
 - :func:`count_line_breaks` checks the values of a whole joined HTTP/1.1 header block in
   one C-level pass (``bytes.translate`` then ``bytes.count``), instead of a Python loop
   per field.
-- :func:`check_fields` checks a list of (name, value) pairs, for a protocol that sends
+- :func:`check_values` checks a list of values in the same single pass (joined by LF),
+  and :func:`check_fields` a list of (name, value) pairs: for a protocol that sends
   fields as a list (HTTP/2) or for a few fields (a denial response).
+
+The framing fields are held to one rule for every version: :func:`content_length`
+(1*DIGIT, one value, identical repeats folded; RFC 9110 8.6) and
+:func:`check_transfer_coding` (only ``chunked``, which asks the server to frame it).
 
 Errors are :class:`InvalidField` (a RuntimeError, as for any ASGI message the server
 cannot send): raised from the app's ``send``, so the app gets it and, if it lets it
@@ -95,16 +101,6 @@ class InvalidField(RuntimeError):
     """A response field the app gave breaks the grammar of RFC 9110 5.1/5.5."""
 
 
-def name_kind(name: bytes) -> int:
-    """The kind of a response field name (ORDINARY, CONTENT_LENGTH, ...); InvalidField
-    if it is not a token. The hot path inlines the cache lookup: ``KNOWN_NAMES.get(name)``,
-    then this function only for a name not seen yet."""
-    kind = KNOWN_NAMES.get(name)
-    if kind is None:
-        kind = learn_name(name)
-    return kind
-
-
 def learn_name(name: bytes) -> int:
     """Check a name not in the cache yet, and remember it if it is a token."""
     if type(name) is not bytes:
@@ -126,17 +122,47 @@ def count_line_breaks(block: bytes) -> int:
     return block.translate(_TO_LF).count(10)
 
 
-def check_value(value: bytes) -> None:
-    """InvalidField unless ``value`` holds only VCHAR, obs-text, SP and HTAB."""
-    if _BAD_VALUE_BYTE.search(value) is not None:
-        raise InvalidField(f"Invalid HTTP header value {value!r}: control character (RFC 9110 5.5)")
+def check_values(values: list[bytes]) -> None:
+    """InvalidField unless every one of ``values`` is a field-value (RFC 9110 5.5): one
+    C-level scan of the values joined by LF, as for a joined header block."""
+    if values:
+        joined = b"\n".join(values)
+        if count_line_breaks(joined) != len(values) - 1:
+            raise invalid_block(joined.replace(b"\n", b"\r\n"))
 
 
 def check_fields(fields: Iterable[tuple[bytes, bytes]]) -> None:
-    """Check (name, value) pairs one by one: names are tokens, values field-values."""
+    """Check (name, value) pairs: names are tokens, values field-values."""
+    values = []
     for name, value in fields:
-        name_kind(name)
-        check_value(value)
+        if KNOWN_NAMES.get(name) is None:
+            learn_name(name)
+        values.append(value)
+    check_values(values)
+
+
+def content_length(value: bytes, seen: int | None) -> int:
+    """The response's Content-Length once the field value ``value`` is read (``seen``:
+    the value of an earlier Content-Length field, None if none). RFC 9110 8.6: 1*DIGIT
+    ("+2", "1_0" or "2, 3" would be read differently by each client) and one value; an
+    identical repeat is folded by the caller. InvalidField otherwise."""
+    if not value.isdigit():
+        raise InvalidField(f"Invalid Content-Length {value!r}: not 1*DIGIT (RFC 9110 8.6)")
+    length = int(value)
+    if seen is not None and length != seen:
+        raise InvalidField("Differing Content-Length values (RFC 9110 8.6)")
+    return length
+
+
+def check_transfer_coding(value: bytes) -> None:
+    """The app's Transfer-Encoding may only ask for ``chunked``: the server does the
+    framing (RFC 9112 6.1), and any other coding could not be framed honestly."""
+    if list_tokens(value) != [b"chunked"]:
+        raise InvalidField(f"Unsupported response Transfer-Encoding {value!r}")
+
+
+#: Content-Length and Transfer-Encoding in one response (RFC 9112 6.2).
+BOTH_FRAMINGS = "Content-Length and Transfer-Encoding in one response (RFC 9112 6.2)"
 
 
 def invalid_block(block: bytes) -> InvalidField:

@@ -34,6 +34,10 @@ class H11Connection(HTTPConnection):
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self.state.h11_max_incomplete_event_size)
 
     def data_received(self, data: bytes) -> None:
+        if self.preface is not None:
+            data = self.sniff(data)
+            if not data:
+                return
         if self.stopped:
             return
         if self.parsing is None:

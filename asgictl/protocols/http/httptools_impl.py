@@ -55,6 +55,10 @@ class HttpToolsConnection(HTTPConnection):
         self.stopped = False
 
     def data_received(self, data: bytes) -> None:
+        if self.preface is not None:
+            data = self.sniff(data)
+            if not data:
+                return
         if self.stopped:
             return
         if self.parsing is None:

@@ -59,6 +59,9 @@ KEEP_ALIVE = 4
 #: The answer to HTTP/2's connection preface (RFC 9113 3.4) while HTTP/2 is not served.
 HTTP2_STATUS = 505
 HTTP2_REASON = "HTTP/2 is not served here: use HTTP/1.1"
+#: The answer to a PRI request that is not the exact preface, while HTTP/2 is served.
+BAD_PREFACE_STATUS = 400
+BAD_PREFACE_REASON = "Invalid HTTP/2 connection preface"
 #: Header names that need a look; every other header costs one dict lookup.
 _SPECIAL = {
     b"host": _HOST,

@@ -37,6 +37,7 @@ from collections import deque
 from time import perf_counter
 from typing import Any
 
+from asgictl.protocols.asgi import ASGI_VERSION, ClientDisconnected
 from asgictl.protocols.flow import FlowControlled
 from asgictl.protocols.http.fields import InvalidField, check_fields
 from asgictl.protocols.http.response import STATUS_LINES, simple_response
@@ -59,7 +60,6 @@ CLOSE_TIMEOUT = 5.0
 #: reading pauses until then.
 EARLY_LIMIT = 64 * 1024
 
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 EXTENSIONS: dict[str, dict[str, Any]] = {"websocket.http.response": {}}
 _CONNECT = {"type": "websocket.connect"}
 _HANDSHAKE_MESSAGES = frozenset({"websocket.accept", "websocket.close", "websocket.http.response.start"})
@@ -67,10 +67,6 @@ _OPEN_MESSAGES = frozenset({"websocket.send", "websocket.close"})
 _DENY_MESSAGES = frozenset({"websocket.http.response.body"})
 _ALL_MESSAGES = _HANDSHAKE_MESSAGES | _OPEN_MESSAGES | _DENY_MESSAGES
 _CLOSE_REASONS = {1001: "server shutting down", 1012: "server restarting"}
-
-
-class ClientDisconnected(OSError):
-    """Raised by ``send`` once the peer has gone or the connection was closed under the app."""
 
 
 def websocket_scope(http_scope: dict[str, Any]) -> dict[str, Any]:
@@ -112,6 +108,7 @@ class WSConnection(FlowControlled):
         "deny_length",
         "disconnect",
         "early",
+        "engine_headers",
         "last_ping",
         "messages",
         "opened_at",
@@ -123,14 +120,14 @@ class WSConnection(FlowControlled):
         "waiter",
     )
 
-    #: The server's shutdown looks for queued requests on every connection: never here.
-    pipeline: tuple[()] = ()
-
     def __init__(self, state: ServerState, scope: dict[str, Any]) -> None:
         super().__init__(state.loop)
         self.state = state
         self.scope = scope
         self.phase = CONNECTING
+        #: the handshake fields the framing library checks, when they are not the scope's
+        #: (a WebSocket over HTTP/2 has no Upgrade, Connection or Sec-WebSocket-Key)
+        self.engine_headers: list[tuple[bytes, bytes]] | None = None
         self.messages: deque[dict[str, Any]] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.connect_sent = False
@@ -191,7 +188,9 @@ class WSConnection(FlowControlled):
         """Start: check the handshake and run the app (called once, by the HTTP protocol)."""
         state = self.state
         try:
-            fields = check_handshake(self.scope["headers"], state.ws_per_message_deflate)
+            # Over HTTP/2 the library is shown an HTTP/1.1 handshake (see http2/websocket.py).
+            request = self.engine_headers or self.scope["headers"]
+            fields = check_handshake(request, state.ws_per_message_deflate)
         except HandshakeRefused as refused:
             body = f"Invalid WebSocket handshake: {refused.reason}\n".encode()
             self._answer_http(simple_response(refused.status, body, state.default_headers + refused.extra))
@@ -411,6 +410,10 @@ class WSConnection(FlowControlled):
             self._answer_http(simple_response(503, b"Service Unavailable", self.state.default_headers))
         # DENYING: the app's response finishes (or the server's deadline cuts it);
         # CLOSING: the close handshake is under way.
+
+    def busy(self) -> bool:
+        """The app is running (shutdown then lets it finish)."""
+        return self.cycle is not None
 
     def check_idle(self, now: float) -> None:
         """Keepalive and the send deadline, from the worker's once-a-second clock."""

@@ -1,0 +1,198 @@
+"""The ``h2`` engine (python-hyper's sans-IO HTTP/2): frames and HPACK, nothing else.
+
+The adapter turns h2's events into calls on the HTTP/2 connection (the seam:
+:mod:`~asgictl.protocols.http2.engine`) and
+the connection's answers into h2 calls. h2 is configured to leave request fields
+alone (``validate_inbound_headers=False``): the connection checks them itself, so that
+a malformed request is a stream error, as RFC 9113 8.1.1 says, not the connection
+error h2 would make of it.
+
+Two behaviours of h2 are changed here, in a subclass:
+
+- a HEADERS frame past SETTINGS_MAX_CONCURRENT_STREAMS ends the connection in h2; it is
+  refused with RST_STREAM REFUSED_STREAM instead (RFC 9113 5.1.2), its block still
+  decoded so that the connection's HPACK state stays right;
+- a GOAWAY with NO_ERROR, received or sent, leaves the streams in flight able to finish
+  (h2 closes the whole connection at once; RFC 9113 6.8 lets them complete);
+- the connection's receive window starts larger than the protocol's 65,535 bytes (a
+  WINDOW_UPDATE right after SETTINGS), so that one upload is not held to 64 KiB in
+  flight.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.connection import _decode_headers  # the one HPACK decode path h2 has
+from h2.stream import StreamClosedBy
+from hyperframe.frame import GoAwayFrame, RstStreamFrame
+
+from asgictl.protocols.http2.engine import EngineError
+
+if TYPE_CHECKING:
+    from asgictl.protocols.http2.connection import HTTP2Connection
+
+_REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
+
+
+class _Connection(h2.connection.H2Connection):
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        stream_id = frame.stream_id
+        if (
+            stream_id not in self.streams
+            and stream_id % 2 == 1
+            and stream_id > self.highest_inbound_stream_id
+            and self.open_inbound_streams >= self.local_settings.max_concurrent_streams
+        ):
+            _decode_headers(self.decoder, frame.data)
+            self.highest_inbound_stream_id = stream_id
+            self._closed_streams[stream_id] = StreamClosedBy.SEND_RST_STREAM
+            reset = RstStreamFrame(stream_id)
+            reset.error_code = _REFUSED
+            return [reset], []
+        return super()._receive_headers_frame(frame)
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        if frame.error_code:
+            return super()._receive_goaway_frame(frame)
+        # A graceful GOAWAY: the client opens no new streams but still wants the answers
+        # of those in flight, which h2 would no longer let us send.
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors.ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+class H2Engine:
+    """One HTTP/2 connection's framing, by the ``h2`` library."""
+
+    __slots__ = ("conn", "h2")
+
+    def __init__(
+        self,
+        conn: HTTP2Connection,
+        settings: dict[int, int],
+        connection_window: int,
+        upgrade: bytes | None = None,
+    ) -> None:
+        """``upgrade``: the HTTP2-Settings of an accepted ``Upgrade: h2c`` (stream 1 is
+        then the request that asked, half-closed by the client)."""
+        self.conn = conn
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        engine = self.h2 = _Connection(config=config)
+        engine.local_settings = h2.settings.Settings(client=False, initial_values=settings)
+        engine.max_inbound_frame_size = engine.local_settings.max_frame_size
+        engine.decoder.max_header_list_size = settings[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE]
+        if upgrade is None:
+            engine.initiate_connection()
+        else:
+            engine.initiate_upgrade_connection(upgrade)
+        extra = connection_window - 65535
+        if extra > 0:
+            engine.increment_flow_control_window(extra)
+
+    # ---------------------------------------------------------------- bytes in
+
+    def receive(self, data: bytes) -> None:
+        """Parse ``data`` and call the connection for each event; raises EngineError
+        for a connection error (the GOAWAY is already queued)."""
+        conn = self.conn
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            code = exc.error_code if isinstance(exc.error_code, int) else h2.errors.ErrorCodes.PROTOCOL_ERROR
+            raise EngineError(int(code), str(exc)) from None
+        for event in events:
+            kind = type(event)
+            if kind is h2.events.RequestReceived:
+                conn.on_request(event.stream_id, event.headers, event.stream_ended is not None)
+            elif kind is h2.events.DataReceived:
+                conn.on_data(
+                    event.stream_id, event.data, event.flow_controlled_length, event.stream_ended is not None
+                )
+            elif kind is h2.events.StreamEnded:
+                pass  # reported with the HEADERS or DATA that carried END_STREAM
+            elif kind is h2.events.WindowUpdated:
+                conn.on_window_update(event.stream_id)
+            elif kind is h2.events.StreamReset:
+                conn.on_reset(event.stream_id, int(event.error_code), event.remote_reset)
+            elif kind is h2.events.TrailersReceived:
+                conn.on_trailers(event.stream_id, event.headers)
+            elif kind is h2.events.RemoteSettingsChanged:
+                conn.on_settings(h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings)
+            elif kind is h2.events.PingReceived:
+                conn.on_ping()
+            elif kind is h2.events.PingAckReceived:
+                conn.on_ping_ack(event.ping_data)
+            elif kind is h2.events.PriorityUpdated:
+                conn.on_priority()
+            elif kind is h2.events.ConnectionTerminated:
+                conn.on_goaway(int(event.error_code))
+            # SettingsAcknowledged, UnknownFrameReceived: nothing to do.
+
+    # ---------------------------------------------------------------- frames out
+
+    def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        self.h2.send_headers(stream_id, headers, end_stream=end_stream)
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """``data`` fits the windows and the peer's frame size (see :meth:`window`)."""
+        self.h2.send_data(stream_id, data, end_stream=end_stream)
+
+    def window(self, stream_id: int) -> int:
+        """Bytes of DATA the peer accepts on ``stream_id`` now (its and the connection's
+        window), at most one frame."""
+        engine = self.h2
+        return min(engine.local_flow_control_window(stream_id), engine.max_outbound_frame_size)
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        """``size`` flow-controlled bytes of ``stream_id`` were consumed: reopen windows."""
+        self.h2.acknowledge_received_data(size, stream_id)
+
+    def reset(self, stream_id: int, code: int) -> bool:
+        """RST_STREAM; False if the stream is closed (both ends sent END_STREAM)."""
+        try:
+            self.h2.reset_stream(stream_id, code)
+        except h2.exceptions.StreamClosedError:
+            return False
+        return True
+
+    def goaway(self, code: int, last_stream_id: int) -> None:
+        """GOAWAY. With NO_ERROR the streams up to ``last_stream_id`` may still finish;
+        with an error the connection is over."""
+        if code:
+            self.h2.close_connection(code, last_stream_id=last_stream_id)
+            return
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = last_stream_id
+        frame.error_code = 0
+        self.h2._data_to_send += frame.serialize()
+
+    def ping(self, payload: bytes) -> None:
+        self.h2.ping(payload)
+
+    @property
+    def headers_pending(self) -> bool:
+        """A header block has begun (HEADERS without END_HEADERS) and is not complete."""
+        return bool(self.h2.incoming_buffer._headers_buffer)
+
+    @property
+    def highest_stream_id(self) -> int:
+        return self.h2.highest_inbound_stream_id
+
+    def data_to_send(self) -> bytes:
+        return self.h2.data_to_send()
