@@ -419,6 +419,15 @@ OPTIONS: tuple[Option, ...] = (
         env_aliases=("FORWARDED_ALLOW_IPS",),
         metavar="IPS",
     ),
+    _opt(
+        "proxy_protocol",
+        choice("off", "v1", "v2", "auto"),
+        "off",
+        "Read a PROXY protocol header (HAProxy's v1 text or v2 binary) at the start of each"
+        " connection from a peer in --forwarded-allow-ips: the client and server addresses come"
+        " from it. v1 or v2: the header is required; auto: either version, or none. A header"
+        " from an untrusted peer, or a missing or malformed one where required, gets 400.",
+    ),
     _opt("server_header", to_bool, True, "Send a default Server header.", flag=True),
     _opt("date_header", to_bool, True, "Send a default Date header.", flag=True),
     _opt(
@@ -749,6 +758,7 @@ class Config:
     root_path: str
     proxy_headers: bool
     forwarded_allow_ips: str
+    proxy_protocol: str
     server_header: bool
     date_header: bool
     headers: list[tuple[str, str]]

@@ -80,16 +80,25 @@ class Case:
         return self.kind == "valid" and self.accepted == len(self.requests)
 
     def options(self) -> dict[str, Any]:
-        """asgictl options matching the origin suite's limits (0 there means its default)."""
+        """asgictl options matching the origin suite's settings: its limits (0 there means
+        its default), and its PROXY protocol switch, whose header was optional: ``auto``."""
         options = dict(ORIGIN_DEFAULTS)
         for key, value in self.settings.items():
             if key in ("limit_request_line", "limit_request_field_size", "limit_request_fields") and value:
                 options[key] = value
+        if self.proxy_protocol:
+            options["proxy_protocol"] = "auto"
         return options
 
     @property
+    def proxy_protocol(self) -> bool:
+        return bool(self.settings.get("proxy_protocol"))
+
+    @property
     def custom_limits(self) -> bool:
-        return self.options() != ORIGIN_DEFAULTS
+        options = self.options()
+        options.pop("proxy_protocol", None)
+        return options != ORIGIN_DEFAULTS
 
 
 def decode(text: bytes) -> bytes:

@@ -4,6 +4,8 @@ configuration files, env files and error messages, through ``resolve`` and ``Con
 from __future__ import annotations
 
 import textwrap
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +351,21 @@ def test_replace_changes_app_and_options() -> None:
     copy = base.replace(app="x:y", port=2)
     assert (copy.app, copy.port, copy.http) == ("x:y", 2, "h11")
     assert (base.app, base.port) == ("a:b", 1)
+
+
+def test_config_annotations_match_the_option_table() -> None:
+    """Every option of the table is a typed attribute of Config, and nothing else is:
+    a new option cannot be forgotten in the class a type checker and a reader see, and
+    every default has the annotated type."""
+    hints = typing.get_type_hints(Config)
+    hints.pop("app")
+    assert set(hints) == {opt.name for opt in OPTIONS}
+    for opt in OPTIONS:
+        hint = hints[opt.name]
+        allowed = typing.get_args(hint) if typing.get_origin(hint) is types.UnionType else (hint,)
+        runtime = tuple(typing.get_origin(t) or t for t in allowed)
+        default = opt.default
+        if opt.multiple:
+            assert runtime == (list,), opt.name
+            default = list(default)
+        assert isinstance(default, tuple(type(None) if t is None else t for t in runtime)), (opt.name, hint)

@@ -20,11 +20,6 @@ from support import read_all, run_asgictl
 CASES = load_cases()
 
 
-def _supported(case: Case) -> None:
-    if case.settings.get("proxy_protocol"):
-        pytest.skip("PROXY protocol is not spoken (yet)")
-
-
 def split_responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     out = []
     while data:
@@ -73,7 +68,6 @@ def check(case: Case, data: bytes, closed: bool) -> None:
 @pytest.mark.parametrize("http", PARSERS)
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_corpus_in_memory(case: Case, http: str) -> None:
-    _supported(case)
     h = Harness(recorder, http=http, **case.options())
     h.feed(case.data)
     h.settle(2.0)
@@ -85,17 +79,20 @@ def test_corpus_in_memory(case: Case, http: str) -> None:
 
 
 @pytest.fixture(scope="module", params=PARSERS)
-def server(request: pytest.FixtureRequest) -> Any:
+def servers(request: pytest.FixtureRequest) -> Any:
+    """Two servers per parser with the origin suite's limits: as configured by default,
+    and with ``--proxy-protocol auto`` for the cases the origin suite ran with it."""
     args = ["serve", "recorder:app", "--port", "0", "--http", request.param, "--no-access-log"]
     for key, value in ORIGIN_DEFAULTS.items():
         args += ["--" + key.replace("_", "-"), str(value)]
-    with run_asgictl(args) as srv:
-        yield srv
+    with run_asgictl(args) as plain, run_asgictl([*args, "--proxy-protocol", "auto"]) as proxied:
+        yield plain, proxied
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", [c for c in CASES if not c.custom_limits], ids=lambda c: c.id)
-def test_corpus_over_socket(case: Case, server: Any) -> None:
-    _supported(case)
+def test_corpus_over_socket(case: Case, servers: Any) -> None:
+    server = servers[1] if case.proxy_protocol else servers[0]
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(case.data)
         sock.shutdown(socket.SHUT_WR)

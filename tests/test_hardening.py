@@ -190,6 +190,7 @@ def test_body_read_deadline(http: str) -> None:
 # ------------------------------------------------------------------ over a real socket
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("parser", PARSERS)
 def test_slowloris_connection_closed_while_others_served(parser: str) -> None:
     args = ["serve", "recorder:app", "--port", "0", "--http", parser, "--timeout-header-read", "2"]
@@ -221,6 +222,7 @@ def test_slowloris_connection_closed_while_others_served(parser: str) -> None:
         assert closed_after is not None and closed_after < 6, closed_after
 
 
+@pytest.mark.e2e
 def test_idle_flood_is_closed_and_normal_clients_served() -> None:
     """Hundreds of connections that never send a byte: normal requests keep getting
     answers, and the keep-alive deadline closes every idle one (uvicorn holds them)."""
@@ -250,6 +252,7 @@ def test_idle_flood_is_closed_and_normal_clients_served() -> None:
                 sock.close()
 
 
+@pytest.mark.e2e
 def test_limit_concurrency_answers_503_under_an_idle_flood() -> None:
     args = ["serve", "recorder:app", "--port", "0", "--limit-concurrency", "50", "--timeout-keep-alive", "30"]
     with run_asgictl(args) as server:

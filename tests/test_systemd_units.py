@@ -58,6 +58,7 @@ def directives(name: str) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.e2e
 @needs_analyze
 @pytest.mark.parametrize("unit", [*UNIT_NAMES, "asgictl@shop.service"])
 def test_systemd_analyze_verify(unit_dir: Path, unit: str) -> None:
@@ -74,6 +75,7 @@ def test_systemd_analyze_verify(unit_dir: Path, unit: str) -> None:
     assert (result.stdout + result.stderr).strip() == ""
 
 
+@pytest.mark.e2e
 @needs_analyze
 @pytest.mark.parametrize("unit", ["asgictl.service", "asgictl@shop.service"])
 def test_security_exposure_is_low(unit_dir: Path, unit: str) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from asgictl.config import Config
+from asgictl.protocols.factory import connection_factory
 from asgictl.protocols.http import protocol_class
 from asgictl.protocols.http.connection import request_tasks
 from asgictl.protocols.state import ServerState, task_starter
@@ -147,12 +148,10 @@ class Server:
         state = self.state
         assert state is not None
         self.sockets = list(sockets) if sockets is not None else bind_from_config(config)
-        protocol = protocol_class(config.http)
+        factory = connection_factory(state)
         loop = asyncio.get_running_loop()
         for sock in self.sockets:
-            server = await loop.create_server(
-                lambda: protocol(state), sock=sock, ssl=ssl_context, backlog=config.backlog
-            )
+            server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=config.backlog)
             self.servers.append(server)
         scheme = "https" if ssl_context else "http"
         for sock in self.sockets:
