@@ -1,6 +1,8 @@
 """Instructions per hello request, counted by callgrind: a deterministic hot-path figure.
 
-    python benchmarks/callgrind_hello.py [--http httptools|h11] [--protocol 1.1|2] [--requests N]
+    python benchmarks/callgrind_hello.py [--http httptools|h11] [--protocol 1.1|2]
+                                         [--request hello|browser] [--loop uvloop|asyncio]
+                                         [--requests N]
 
 Runs valgrind's callgrind on this script's in-process loop twice (N and 2N requests
 through the real connection class over an in-memory transport, ``apps.hello`` as the
@@ -8,6 +10,11 @@ app, PYTHONHASHSEED fixed) and prints the difference divided by N: the instructi
 more request costs, with interpreter start-up and imports cancelled out. Unlike req/s
 this does not move with the machine's load, so a change to the hot path can be judged
 on a shared machine to a fraction of a percent.
+
+``--request browser`` sends the head the ``hello-browser`` benchmark scenario sends:
+Host and the ten fields of a browser's page request (``harness.scenarios.BROWSER_HEADERS``),
+where ``hello`` sends Host, User-Agent and Accept. ``--loop`` is the event loop the
+connection runs on (uvloop, as the server runs by default, or asyncio's own).
 
 ``--protocol 2`` drives the HTTP/2 connection instead (one connection, one stream per
 request, answered by the server's engine); ``--http`` still picks the HTTP/1.1 class
@@ -30,7 +37,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+HELLO_REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+
+
+def browser_request() -> bytes:
+    """The request wrk sends in the hello-browser scenario: Host, then the ten fields."""
+    from harness.scenarios import BROWSER_HEADERS
+
+    fields = "".join(f"{name}: {value}\r\n" for name, value in BROWSER_HEADERS)
+    return f"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n{fields}\r\n".encode("latin-1")
 
 
 class _Transport(asyncio.Transport):
@@ -61,14 +76,19 @@ class _Transport(asyncio.Transport):
         self.protocol = protocol
 
 
-def _loop(http: str, protocol: str, requests: int) -> None:
+def _loop(http: str, protocol: str, request_kind: str, loop_kind: str, requests: int) -> None:
     from apps import hello
 
     from asgictl.config import Config
     from asgictl.protocols.http import protocol_class
     from asgictl.protocols.state import ServerState
 
-    loop = asyncio.new_event_loop()
+    if loop_kind == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     config = Config(hello, http=http, access_log=False)
     state = ServerState(config, hello, loop)
@@ -96,17 +116,18 @@ def _loop(http: str, protocol: str, requests: int) -> None:
                 await asyncio.sleep(0)
 
     else:
+        request = browser_request() if request_kind == "browser" else HELLO_REQUEST
 
         async def drive() -> None:
             for _ in range(requests):
-                conn.data_received(REQUEST)
+                conn.data_received(request)
                 await asyncio.sleep(0)
 
     loop.run_until_complete(drive())
     assert transport.written > requests * 13, "the app was not answered"
 
 
-def _count(http: str, protocol: str, requests: int) -> int:
+def _count(http: str, protocol: str, request_kind: str, loop_kind: str, requests: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         env = dict(os.environ, PYTHONHASHSEED="0")
@@ -122,6 +143,10 @@ def _count(http: str, protocol: str, requests: int) -> int:
                 http,
                 "--protocol",
                 protocol,
+                "--request",
+                request_kind,
+                "--loop",
+                loop_kind,
                 "--requests",
                 str(requests),
             ],
@@ -142,16 +167,22 @@ def main() -> None:
     )
     parser.add_argument("--http", default="httptools", choices=["httptools", "h11"])
     parser.add_argument("--protocol", default="1.1", choices=["1.1", "2"])
+    parser.add_argument("--request", default="hello", choices=["hello", "browser"])
+    parser.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    what = (args.http, args.protocol, args.request, args.loop)
     if args.inner:
-        _loop(args.http, args.protocol, args.requests)
+        _loop(*what, args.requests)
         return
-    small = _count(args.http, args.protocol, args.requests)
-    large = _count(args.http, args.protocol, 2 * args.requests)
+    small = _count(*what, args.requests)
+    large = _count(*what, 2 * args.requests)
     per = (large - small) / args.requests
-    print(f"{args.http} HTTP/{args.protocol}: {per:,.0f} instructions per hello request")
+    print(
+        f"{args.http} HTTP/{args.protocol}, {args.request} request, {args.loop}, Python "
+        f"{sys.version_info[0]}.{sys.version_info[1]}: {per:,.0f} instructions per request"
+    )
 
 
 if __name__ == "__main__":

@@ -201,7 +201,9 @@ class HTTPConnection(ResponseFraming):
             raw_path, query = target, b""
         else:
             raw_path, query = _split_absolute(target)
-        if b"%" in raw_path:
+        # find, not "in": bytes.__contains__ first tries the operand as an int and
+        # raises (and clears) a TypeError for bytes, a cost on every request.
+        if raw_path.find(b"%") >= 0:
             path = unquote(raw_path.decode("ascii", "surrogateescape"))
         else:
             path = raw_path.decode("ascii", "surrogateescape")

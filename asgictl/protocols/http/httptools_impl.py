@@ -107,10 +107,17 @@ class HttpToolsConnection(HTTPConnection):
         end = len(method) + len(url) + 10
         if len(first) <= end or first[end] != 13:
             check_request_line(first)
+            version = parser.get_http_version()
+        elif first.startswith(b"1.1", end - 3):
+            # The line is "METHOD SP target SP HTTP/1.1": the version is read from it
+            # instead of formatted by the parser (a str.format per request).
+            version = "1.1"
+        else:
+            version = parser.get_http_version()
         self.begin_request(
             _METHODS.get(method) or method.decode("ascii"),
             url,
-            parser.get_http_version(),
+            version,
             headers,
             parser.should_keep_alive(),
         )
