@@ -144,7 +144,7 @@ class HTTPCycle:
         self.head: Any = None
         self.started_at = 0.0
         # The rest of the response side (status, no_body, trailers, length_left) is set
-        # by _start: one request costs fewer stores, and nothing reads them before it.
+        # by the start message: fewer stores per request, and nothing reads them before.
 
     # -------------------------------------------------------------------- from the host
 
@@ -212,7 +212,13 @@ class HTTPCycle:
         elif kind == "http.response.start":
             if self.response_started:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
-            self._start(message)
+            status = message["status"]
+            self.status = status
+            self.no_body = status in NO_BODY_STATUSES or self.scope["method"] == "HEAD"
+            # 0: no trailers; 1: announced by the app; 2: the first trailers were sent
+            self.trailers = 1 if message.get("trailers") else 0
+            self.conn.start_response(self, status, message.get("headers", ()))
+            self.response_started = True
         elif kind == "http.response.trailers":
             if not self.response_started or not self.trailers or self.head is not None:
                 raise RuntimeError(_unexpected(kind, self.response_complete))
@@ -228,15 +234,6 @@ class HTTPCycle:
             await self._pathsend(message["path"])
         else:
             raise RuntimeError(_unexpected(kind, self.response_complete))
-
-    def _start(self, message: dict[str, Any]) -> None:
-        status = message["status"]
-        self.status = status
-        self.no_body = status in NO_BODY_STATUSES or self.scope["method"] == "HEAD"
-        # 0: no trailers; 1: announced by the app; 2: the first trailers were sent
-        self.trailers = 1 if message.get("trailers", False) else 0
-        self.conn.start_response(self, status, message.get("headers", ()))
-        self.response_started = True
 
     def _write_body(self, data: bytes, more: bool) -> None:
         if self.response_complete:
@@ -285,11 +282,13 @@ class HTTPCycle:
             self.wake()
         conn = self.conn
         state = conn.state
-        if state.access_log:
-            log_http_access(self.scope, self.status, conn.loop.time() - self.started_at)
-        observe = state.on_response
-        if observe is not None:
-            observe(self.status, conn.loop.time() - self.started_at)
+        if state.timed:  # the access log or the response observer wants the duration
+            seconds = conn.loop.time() - self.started_at
+            if state.access_log:
+                log_http_access(self.scope, self.status, seconds)
+            observe = state.on_response
+            if observe is not None:
+                observe(self.status, seconds)
         conn.cycle_done(self)
 
     # -------------------------------------------------------------------------- running

@@ -66,45 +66,37 @@ class ResponseFraming(FlowControlled):
 
     def start_response(self, cycle: HTTPCycle, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         state = self.state
-        default_headers = state.default_headers
-        head = [STATUS_LINES.get(status) or status_line(status), default_headers]
-        no_body = status in NO_BODY_STATUSES
+        head = [STATUS_LINES.get(status) or status_line(status), state.default_headers]
         length: int | None = None
-        chunked = False
-        keep_alive = cycle.keep_alive
+        self.chunked = False
         for name, value in headers:
-            if name in SPECIAL_HEADERS or (not name.islower() and name.lower() in SPECIAL_HEADERS):
+            if name in SPECIAL_HEADERS or not name.islower():
+                # Framing and connection fields, the server/date defaults, capitals.
                 lname = name.lower()
                 if lname == CONTENT_LENGTH:
-                    if no_body:
+                    if status in NO_BODY_STATUSES:
                         continue
                     length = int(value)
                 elif lname == TRANSFER_ENCODING:
                     # The server does the chunking; an app's chunked header is honoured,
                     # any other coding of its own is left to the app (RFC 9112 6.1).
                     if value.lower() == b"chunked":
-                        chunked = True
+                        self.chunked = True
                         continue
                 elif lname == CONNECTION:
                     if value.lower() == b"close":
-                        keep_alive = False
+                        cycle.keep_alive = False
                     continue
-                else:  # server or date: the app's replaces the default one
-                    default_headers = head[1] = _without(head[1], lname)
+                elif lname in SPECIAL_HEADERS:  # server or date: the app's replaces the default one
+                    head[1] = _without(head[1], lname)
             head += (name, b": ", value, CRLF)
-        # Lines the head has so far; write_body checks the joined bytes against it.
-        self.head_lines = (
-            1
-            + (len(head) - 2) // 4
-            + (
-                state.default_lines
-                if default_headers is state.default_headers
-                else default_headers.count(b"\n")
-            )
+        # Lines the head has so far (the status line, the defaults, one per field of the
+        # app's); write_body checks the joined bytes against it.
+        defaults = head[1]
+        self.head_lines = (len(head) + 2) // 4 + (
+            state.default_lines if defaults is state.default_headers else defaults.count(b"\n")
         )
         cycle.length_left = length
-        self.chunked = chunked
-        cycle.keep_alive = keep_alive
         cycle.head = head
 
     def body_length(self, cycle: HTTPCycle, size: int) -> None:
@@ -118,36 +110,33 @@ class ResponseFraming(FlowControlled):
         if head is not None:
             # The first body message: decide the framing and finish the head block.
             cycle.head = None
-            pieces = len(head)
-            http10 = cycle.scope["http_version"] == "1.0"
+            lines = self.head_lines + 1  # and the blank line that ends the head
             if cycle.length_left is None and not self.chunked and cycle.status not in NO_BODY_STATUSES:
                 if not more and not cycle.trailers:
                     head.append(b"content-length: %d\r\n" % len(data))
+                    lines += 1
                     cycle.length_left = 0  # the whole body is this one piece
-                elif http10:
+                elif cycle.scope["http_version"] == "1.0":
                     cycle.keep_alive = False  # the body ends when the connection closes
                 else:
                     self.chunked = True
             if self.chunked:
-                if http10:
+                if cycle.scope["http_version"] == "1.0":
                     self.chunked = False
                     cycle.keep_alive = False
                 else:
                     head.append(_CHUNKED_LINE)
+                    lines += 1
             if cycle.expect_continue and cycle.more_body:
                 # Answered without asking for the body the client is holding back: it
                 # may send it or not, so the connection's next bytes cannot be trusted.
                 cycle.keep_alive = False
             if not cycle.keep_alive:
                 head.append(_CLOSE_LINE)
-            elif http10:
+                lines += 1
+            elif cycle.scope["http_version"] == "1.0":
                 head.append(_KEEP_ALIVE_LINE)
-            head.append(CRLF)
-            # One scan of the head for the whole header block instead of a check per
-            # header: a CR or LF inside a name or value (response splitting) shows up
-            # as a line break too many. The head's lines: the app's headers and the
-            # default ones counted in start_response, plus one per piece added above.
-            lines = self.head_lines + len(head) - pieces
+                lines += 1
         if cycle.no_body:
             data = b""
         elif self.chunked:
@@ -156,8 +145,11 @@ class ResponseFraming(FlowControlled):
                 framed += LAST_CHUNK
             data = framed
         if head is not None:
-            head.append(data)
+            head += (CRLF, data)
             payload = b"".join(head)
+            # One scan of the head for the whole header block instead of a check per
+            # header: a CR or LF inside a name or value (response splitting) shows up
+            # as a line break too many.
             end = len(payload) - len(data)
             if payload.count(b"\n", 0, end) != lines or payload.count(b"\r", 0, end) != lines:
                 cycle.response_started = False  # nothing was written: the app gets its 500

@@ -2,8 +2,12 @@
 
 llhttp is strict about line endings, folding and control bytes; what it lets through
 that the policy refuses is checked by the shared ``strict.check_head``. Trailer fields
-arrive through ``on_header`` after the head is complete: they are checked and dropped
-(ASGI has no request trailers).
+arrive through ``on_header`` after the head is complete: they are checked when the
+message ends and dropped (ASGI has no request trailers).
+
+Each header field costs a call from C into Python, so ``on_header`` does the least:
+the name lower-cased, the value without trailing whitespace, the pair kept; the checks
+run once per head.
 """
 
 from __future__ import annotations
@@ -16,11 +20,10 @@ from asgictl.protocols.state import ServerState
 
 #: Decoded once instead of per request.
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
-_OWS = b" \t"
 
 
 class HttpToolsConnection(HTTPConnection):
-    __slots__ = ("first_read", "headers", "in_trailers", "parser", "stopped", "url")
+    __slots__ = ("first_read", "headers", "parser", "stopped", "url")
 
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
@@ -28,8 +31,8 @@ class HttpToolsConnection(HTTPConnection):
         self.url = b""
         #: the read a request head started in, until the head is parsed
         self.first_read = b""
+        #: the fields of the head being parsed; after the head, its trailer fields
         self.headers: list[tuple[bytes, bytes]] = []
-        self.in_trailers = False
         self.stopped = False
 
     def data_received(self, data: bytes) -> None:
@@ -84,12 +87,10 @@ class HttpToolsConnection(HTTPConnection):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if self.in_trailers:
-            check_trailer(name)
-            return
         # llhttp drops leading whitespace of a value but keeps trailing (RFC 9110 5.5).
-        self.headers.append((name, value.rstrip(_OWS)))
+        # It refuses control bytes but HTAB in values, so rstrip() with no argument
+        # (ASCII whitespace, its fast path) strips exactly SP and HTAB here.
+        self.headers.append((name.lower(), value.rstrip()))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -98,7 +99,6 @@ class HttpToolsConnection(HTTPConnection):
         url = self.url
         self.headers = []  # the scope owns that list now
         self.url = b""
-        self.in_trailers = True
         # llhttp accepts runs of spaces in the request line where h11 and RFC 9112's
         # grammar do not: refuse them alike. With single spaces the line's CR sits
         # right after "METHOD SP target SP HTTP/x.y"; only when it does not is the
@@ -114,19 +114,28 @@ class HttpToolsConnection(HTTPConnection):
             version = "1.1"
         else:
             version = parser.get_http_version()
+        # The reads since the head began bound its size (none is known for a head that
+        # began inside a read, after a pipelined request).
+        head_size = self.head_bytes if first else None
         self.begin_request(
             _METHODS.get(method) or method.decode("ascii"),
             url,
             version,
             headers,
             parser.should_keep_alive(),
+            head_size,
         )
 
     def on_body(self, body: bytes) -> None:
         self.request_body(body)
 
     def on_message_complete(self) -> None:
-        self.in_trailers = False
+        trailers = self.headers
+        if trailers:
+            # Fields after a chunked body: checked, then dropped.
+            self.headers = []
+            for name, _ in trailers:
+                check_trailer(name)
         self.end_of_request()
 
 

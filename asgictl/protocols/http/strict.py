@@ -45,7 +45,7 @@ _FORWARDED = 7
 #: check_head's result bits
 EXPECT_CONTINUE = 1
 FORWARDED = 2
-#: Header names that need a look; every other header costs one dict lookup.
+#: Header names that need a look; every other header costs one set lookup.
 _SPECIAL = {
     b"host": _HOST,
     b"content-length": _CONTENT_LENGTH,
@@ -59,6 +59,7 @@ _SPECIAL = {
     b"x-forwarded-for": _FORWARDED,
     b"x-forwarded-proto": _FORWARDED,
 }
+_HOST_NAME = b"host"
 
 #: Fields a sender must not put in a trailer section (RFC 9110 6.5.1): framing, routing,
 #: request modifiers, authentication, content handling.
@@ -93,12 +94,20 @@ FORBIDDEN_TRAILERS = frozenset(
 
 
 def check_head(
-    method: str, target: bytes, version: str, headers: list[tuple[bytes, bytes]], limits: Any
+    method: str,
+    target: bytes,
+    version: str,
+    headers: list[tuple[bytes, bytes]],
+    limits: Any,
+    head_size: int | None = None,
 ) -> int:
     """Refuse a head the policy forbids, else return bits: EXPECT_CONTINUE when the
     client waits for ``100 Continue``, FORWARDED when proxy headers are present.
 
-    ``limits`` has the ``limit_*`` attributes of the ServerState.
+    ``limits`` has the ``limit_*`` attributes of the ServerState. ``head_size``, when
+    known, is at least the head's size in bytes: a head no larger than
+    ``limit_request_field_size`` cannot hold a field past it, so its fields are not
+    measured one by one.
     """
     if len(target) + len(method) + 10 > limits.limit_line:
         raise InvalidRequest(414, "request line too long")
@@ -110,16 +119,38 @@ def check_head(
         raise InvalidRequest(505, f"HTTP/{version} is not supported")
     if method not in KNOWN_METHODS:
         raise InvalidRequest(400, "unknown method")
+    max_field = limits.limit_field_size - 4  # the field line counts ": " and its CRLF
+    if head_size is not None and head_size <= max_field:
+        # No field can be too large: only the fields that need a look are looked for,
+        # and the first one other than Host hands the head to the full check.
+        host = 0
+        for name, _ in headers:
+            if name in _SPECIAL:
+                if name != _HOST_NAME:
+                    return _check_fields(method, target, version, headers, limits, 0)
+                host += 1
+        if host != 1 and (host or version == "1.1"):
+            _refuse_host(host)
+        if target[:1] != b"/":
+            _check_target(method, target)
+        return 0
+    return _check_fields(method, target, version, headers, limits, max_field)
+
+
+def _check_fields(
+    method: str, target: bytes, version: str, headers: list[tuple[bytes, bytes]], limits: Any, max_field: int
+) -> int:
+    """check_head's look at every field: sizes (unless ``max_field`` is 0), Host,
+    framing, Content-Type, Expect, proxy headers; then the target."""
     host = length = encoding = content_type = 0
     flags = 0
     length_value = encoding_value = b""
-    max_field = limits.limit_field_size - 4  # the field line counts ": " and its CRLF
     for name, value in headers:
-        if len(name) + len(value) > max_field:
+        if max_field and len(name) + len(value) > max_field:
             raise InvalidRequest(431, "header field too large")
-        kind = _SPECIAL.get(name)
-        if kind is None:
+        if name not in _SPECIAL:
             continue
+        kind = _SPECIAL[name]
         if kind == _HOST:
             host += 1
         elif kind == _CONTENT_LENGTH:
@@ -138,7 +169,7 @@ def check_head(
         else:
             raise InvalidRequest(400, f"ambiguous header name {name.decode('latin-1')!r}")
     if host != 1 and (host or version == "1.1"):
-        raise InvalidRequest(400, "exactly one Host header is required" if host else "missing Host header")
+        _refuse_host(host)
     if length or encoding:
         _check_framing(version, length, length_value, encoding, encoding_value)
         if length and limits.limit_body is not None and int(length_value) > limits.limit_body:
@@ -148,6 +179,11 @@ def check_head(
     if target[:1] != b"/":
         _check_target(method, target)
     return flags
+
+
+def _refuse_host(host: int) -> None:
+    """One Host field per request, and one in every HTTP/1.1 request (RFC 9112 3.2)."""
+    raise InvalidRequest(400, "exactly one Host header is required" if host else "missing Host header")
 
 
 def _check_framing(
