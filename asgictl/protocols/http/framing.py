@@ -70,25 +70,30 @@ class ResponseFraming(FlowControlled):
         length: int | None = None
         self.chunked = False
         for name, value in headers:
-            if name in SPECIAL_HEADERS or not name.islower():
-                # Framing and connection fields, the server/date defaults, capitals.
+            if name in SPECIAL_HEADERS:
+                lname = name  # the set holds lower-case names
+            elif name.islower() or name.lower() not in SPECIAL_HEADERS:
+                head += (name, b": ", value, CRLF)  # no field the server has a say in
+                continue
+            else:
                 lname = name.lower()
-                if lname == CONTENT_LENGTH:
-                    if status in NO_BODY_STATUSES:
-                        continue
-                    length = int(value)
-                elif lname == TRANSFER_ENCODING:
-                    # The server does the chunking; an app's chunked header is honoured,
-                    # any other coding of its own is left to the app (RFC 9112 6.1).
-                    if value.lower() == b"chunked":
-                        self.chunked = True
-                        continue
-                elif lname == CONNECTION:
-                    if value.lower() == b"close":
-                        cycle.keep_alive = False
+            # Framing and connection fields, the server/date defaults.
+            if lname == CONTENT_LENGTH:
+                if status in NO_BODY_STATUSES:
                     continue
-                elif lname in SPECIAL_HEADERS:  # server or date: the app's replaces the default one
-                    head[1] = _without(head[1], lname)
+                length = int(value)
+            elif lname == TRANSFER_ENCODING:
+                # The server does the chunking; an app's chunked header is honoured,
+                # any other coding of its own is left to the app (RFC 9112 6.1).
+                if value.lower() == b"chunked":
+                    self.chunked = True
+                    continue
+            elif lname == CONNECTION:
+                if value.lower() == b"close":
+                    cycle.keep_alive = False
+                continue
+            else:  # server or date: the app's replaces the default one
+                head[1] = _without(head[1], lname)
             head += (name, b": ", value, CRLF)
         # Lines the head has so far (the status line, the defaults, one per field of the
         # app's); write_body checks the joined bytes against it.
