@@ -2,6 +2,7 @@
 
     python benchmarks/callgrind_hello.py [--http httptools|h11] [--protocol 1.1|2]
                                          [--request hello|browser] [--loop uvloop|asyncio]
+                                         [--server asgictl|floor-canned|floor-asgi]
                                          [--requests N]
 
 Runs valgrind's callgrind on this script's in-process loop twice (N and 2N requests
@@ -15,6 +16,10 @@ on a shared machine to a fraction of a percent.
 Host and the ten fields of a browser's page request (``harness.scenarios.BROWSER_HEADERS``),
 where ``hello`` sends Host, User-Agent and Accept. ``--loop`` is the event loop the
 connection runs on (uvloop, as the server runs by default, or asyncio's own).
+
+``--server floor-canned`` or ``floor-asgi`` drives one of ``floor.py``'s reference
+protocols through the same loop instead of asgictl's connection: the instructions of
+uvloop and llhttp alone, and of the least an ASGI server does, for the same request.
 
 ``--protocol 2`` drives the HTTP/2 connection instead (one connection, one stream per
 request, answered by the server's engine); ``--http`` still picks the HTTP/1.1 class
@@ -76,7 +81,7 @@ class _Transport(asyncio.Transport):
         self.protocol = protocol
 
 
-def _loop(http: str, protocol: str, request_kind: str, loop_kind: str, requests: int) -> None:
+def _loop(http: str, protocol: str, request_kind: str, loop_kind: str, server: str, requests: int) -> None:
     from apps import hello
 
     from asgictl.config import Config
@@ -90,12 +95,20 @@ def _loop(http: str, protocol: str, request_kind: str, loop_kind: str, requests:
     else:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    config = Config(hello, http=http, access_log=False)
-    state = ServerState(config, hello, loop)
     transport = _Transport()
-    conn = protocol_class(http)(state)
+    conn: Any
+    if server == "asgictl":
+        config = Config(hello, http=http, access_log=False)
+        conn = protocol_class(http)(ServerState(config, hello, loop))
+    else:
+        import floor
+
+        conn = floor.Canned() if server == "floor-canned" else floor.MinimalASGI()
     transport.protocol = conn
-    conn.connection_made(transport)
+    if server == "asgictl":
+        conn.connection_made(transport)
+    else:  # floor.MinimalASGI looks for the running loop there
+        loop.run_until_complete(_connect(conn, transport))
     if protocol == "2":
         import h2.config
         import h2.connection
@@ -127,7 +140,11 @@ def _loop(http: str, protocol: str, request_kind: str, loop_kind: str, requests:
     assert transport.written > requests * 13, "the app was not answered"
 
 
-def _count(http: str, protocol: str, request_kind: str, loop_kind: str, requests: int) -> int:
+async def _connect(conn: Any, transport: _Transport) -> None:
+    conn.connection_made(transport)
+
+
+def _count(http: str, protocol: str, request_kind: str, loop_kind: str, server: str, requests: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         env = dict(os.environ, PYTHONHASHSEED="0")
@@ -147,6 +164,8 @@ def _count(http: str, protocol: str, request_kind: str, loop_kind: str, requests
                 request_kind,
                 "--loop",
                 loop_kind,
+                "--server",
+                server,
                 "--requests",
                 str(requests),
             ],
@@ -169,18 +188,22 @@ def main() -> None:
     parser.add_argument("--protocol", default="1.1", choices=["1.1", "2"])
     parser.add_argument("--request", default="hello", choices=["hello", "browser"])
     parser.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
+    parser.add_argument("--server", default="asgictl", choices=["asgictl", "floor-canned", "floor-asgi"])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    what = (args.http, args.protocol, args.request, args.loop)
+    if args.server != "asgictl" and args.protocol != "1.1":
+        parser.error("the floors speak HTTP/1.1 only")
+    what = (args.http, args.protocol, args.request, args.loop, args.server)
     if args.inner:
         _loop(*what, args.requests)
         return
     small = _count(*what, args.requests)
     large = _count(*what, 2 * args.requests)
     per = (large - small) / args.requests
+    who = args.http if args.server == "asgictl" else args.server
     print(
-        f"{args.http} HTTP/{args.protocol}, {args.request} request, {args.loop}, Python "
+        f"{who} HTTP/{args.protocol}, {args.request} request, {args.loop}, Python "
         f"{sys.version_info[0]}.{sys.version_info[1]}: {per:,.0f} instructions per request"
     )
 
