@@ -40,8 +40,11 @@ class HttpToolsConnection(HTTPConnection):
             return
         if self.parsing is None:
             head_bytes = self.head_bytes
-            if not head_bytes:
-                self.first_read = data  # a head starts here (see on_headers_complete)
+            if not head_bytes and not self.url:
+                # A head starts here (see on_headers_complete); unless a pipelined one
+                # began at the end of the last read: llhttp has handed over its target
+                # then, since it passes every partial span on when a read ends.
+                self.first_read = data
             head_bytes += len(data)
             if head_bytes > self.state.limit_head:
                 # Only the head counts: the same read may carry (much) body after it.
