@@ -108,6 +108,7 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
         "scheme",
         "server",
         "state",
+        "stopped",
         "trusted",
     )
 
@@ -129,6 +130,8 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
         self.read_eof = False
         #: bytes of the request head received so far (0 between requests)
         self.head_bytes = 0
+        #: the adapter parses nothing more (answered, refused or handed over)
+        self.stopped = False
         # A protocol is made when the connection is accepted, before a TLS handshake
         # (connection_made comes after it): the first head's clock starts here.
         accepted = state.loop.time()
@@ -191,6 +194,42 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
         if self.cycle is not None:
             self.cycle.wake()  # a receive() waiting for more can only get http.disconnect now
         return True
+
+    def data_received(self, data: bytes) -> None:
+        if self.preface is not None:
+            data = self.sniff(data)
+            if not data:
+                return
+        if self.stopped:
+            return
+        if self.parsing is None:
+            # The head's size is counted here, before the adapter parses, the same for
+            # every parser: the bytes of a read that may hold a head (and body, and
+            # more requests after it), exact only when it could pass --limit-head.
+            head_bytes = self.head_bytes + len(data)
+            limit = self.state.limit_head
+            if head_bytes > limit:
+                # Only the head counts: the same read may carry (much) body after it.
+                end = data.find(b"\r\n\r\n")
+                if end >= 0:
+                    head_bytes -= len(data) - end - 4
+                if head_bytes > limit:
+                    self.stopped = True
+                    self.parse_error(431, "request head too large")
+                    return
+            # begin_request resets it when the head is complete.
+            self.head_bytes = head_bytes
+        self.feed(data)
+        if self.cycle is None and self.pipeline:
+            self.start_next()
+
+    def feed(self, data: bytes) -> None:
+        """The adapter's one hook: parse ``data`` (bytes the connection received, the
+        HTTP/2 preface sniffed out and the head's size counted), calling
+        :meth:`begin_request`, :meth:`request_body`, :meth:`end_of_request`,
+        :meth:`upgrade` or :meth:`parse_error` as the bytes say; set ``stopped`` when
+        nothing after them may be parsed."""
+        raise NotImplementedError
 
     def sniff(self, data: bytes) -> bytes:
         """The adapters' first look at a connection's bytes: what HTTP/1.1 must parse, or
