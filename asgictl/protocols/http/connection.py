@@ -40,6 +40,8 @@ TRACE = 5
 
 #: Unread request body past this many bytes pauses reading from the socket.
 HIGH_WATER = 64 * 1024
+#: The start of HTTP/2's connection preface that has the shape of an HTTP/1.1 head.
+PRI_LINE = PREFACE[:18]
 
 EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.trailers": {},
@@ -240,6 +242,13 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
         data = self.preface + data if self.preface else data
         size = min(len(data), len(PREFACE))
         if data[:size] != PREFACE[:size]:
+            if data.startswith(PRI_LINE):
+                # The preface's HTTP/1.1-shaped part, then something else: an HTTP/2
+                # client whose preface is invalid, a connection error of type
+                # PROTOCOL_ERROR (RFC 9113 3.4), which the HTTP/2 engine answers.
+                self.preface = None
+                switch_to_http2(self, data)
+                return b""
             self.preface = None
             self.head_bytes = 0  # the adapter counts these bytes again, as a head's
             return data
