@@ -583,16 +583,24 @@ PREFACES = {
     "preface+settings": [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"],
     "split": [b"PRI * HTTP/2.0\r\n", b"\r\nSM\r\n\r\n"],
 }
-NOT_PREFACES = {
+#: The preface's HTTP/1.1-shaped first part, then not the rest of it: an HTTP/2 client
+#: with an invalid preface. (Bytes that do not start "PRI * HTTP/2.0", such as h2spec
+#: 3.5/2's "INVALID CONNECTION PREFACE", are an HTTP/1.1 request on a cleartext port
+#: that serves both, and get HTTP/1.1's 400.)
+BROKEN_PREFACES = {
     "bad-preface": [b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"],
+    "bad-preface-split": [b"PRI * HTTP/2.0\r\n", b"\r\nSM\r\n\r\r"],
+    "bad-last-byte": [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\rQ"],
+}
+#: Requests with the PRI method that are not HTTP/2's preface at all.
+NOT_PREFACES = {
     "with-host": [b"PRI * HTTP/2.0\r\nHost: a\r\n\r\n"],
     "pri-1.1": [b"PRI * HTTP/1.1\r\nHost: a\r\n\r\n"],
 }
+ALL_PRI = {**PREFACES, **BROKEN_PREFACES, **NOT_PREFACES}
 
 
-@pytest.mark.parametrize(
-    "reads", [*PREFACES.values(), *NOT_PREFACES.values()], ids=[*PREFACES, *NOT_PREFACES]
-)
+@pytest.mark.parametrize("reads", ALL_PRI.values(), ids=ALL_PRI)
 def test_http2_preface_gets_one_answer_with_http2_off(http: str, reads: list[bytes]) -> None:
     h = served(http, *reads, http2=False)
     data = h.transport.data
@@ -617,6 +625,21 @@ def test_a_pri_request_that_is_no_preface_is_400_with_http2_on(http: str, reads:
     data = h.transport.data
     assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n"), data
     assert data.endswith(b"Invalid HTTP/2 connection preface\n") and h.transport.closed
+    h.close()
+
+
+@pytest.mark.parametrize("engine", ["h2", "zttp"])
+@pytest.mark.parametrize("reads", BROKEN_PREFACES.values(), ids=BROKEN_PREFACES)
+def test_a_broken_preface_is_an_http2_connection_error(http: str, engine: str, reads: list[bytes]) -> None:
+    # RFC 9113 3.4: an invalid preface is a connection error of type PROTOCOL_ERROR.
+    if engine == "zttp":
+        pytest.importorskip("zttp")
+    h = served(http, *reads, http2_engine=engine)
+    data = h.transport.data
+    assert b"HTTP/1.1" not in data and h.transport.closed, data
+    # The last frame: GOAWAY (type 7, stream 0, 8 bytes) with error code PROTOCOL_ERROR (1).
+    assert data[-17:-8] == b"\x00\x00\x08\x07\x00\x00\x00\x00\x00", data
+    assert data[-4:] == b"\x00\x00\x00\x01", data
     h.close()
 
 

@@ -40,6 +40,8 @@ TRACE = 5
 
 #: Unread request body past this many bytes pauses reading from the socket.
 HIGH_WATER = 64 * 1024
+#: The start of HTTP/2's connection preface that has the shape of an HTTP/1.1 head.
+PRI_LINE = PREFACE[:18]
 
 EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.trailers": {},
@@ -108,6 +110,7 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
         "scheme",
         "server",
         "state",
+        "stopped",
         "trusted",
     )
 
@@ -129,6 +132,8 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
         self.read_eof = False
         #: bytes of the request head received so far (0 between requests)
         self.head_bytes = 0
+        #: the adapter parses nothing more (answered, refused or handed over)
+        self.stopped = False
         # A protocol is made when the connection is accepted, before a TLS handshake
         # (connection_made comes after it): the first head's clock starts here.
         accepted = state.loop.time()
@@ -192,6 +197,42 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
             self.cycle.wake()  # a receive() waiting for more can only get http.disconnect now
         return True
 
+    def data_received(self, data: bytes) -> None:
+        if self.preface is not None:
+            data = self.sniff(data)
+            if not data:
+                return
+        if self.stopped:
+            return
+        if self.parsing is None:
+            # The head's size is counted here, before the adapter parses, the same for
+            # every parser: the bytes of a read that may hold a head (and body, and
+            # more requests after it), exact only when it could pass --limit-head.
+            head_bytes = self.head_bytes + len(data)
+            limit = self.state.limit_head
+            if head_bytes > limit:
+                # Only the head counts: the same read may carry (much) body after it.
+                end = data.find(b"\r\n\r\n")
+                if end >= 0:
+                    head_bytes -= len(data) - end - 4
+                if head_bytes > limit:
+                    self.stopped = True
+                    self.parse_error(431, "request head too large")
+                    return
+            # begin_request resets it when the head is complete.
+            self.head_bytes = head_bytes
+        self.feed(data)
+        if self.cycle is None and self.pipeline:
+            self.start_next()
+
+    def feed(self, data: bytes) -> None:
+        """The adapter's one hook: parse ``data`` (bytes the connection received, the
+        HTTP/2 preface sniffed out and the head's size counted), calling
+        :meth:`begin_request`, :meth:`request_body`, :meth:`end_of_request`,
+        :meth:`upgrade` or :meth:`parse_error` as the bytes say; set ``stopped`` when
+        nothing after them may be parsed."""
+        raise NotImplementedError
+
     def sniff(self, data: bytes) -> bytes:
         """The adapters' first look at a connection's bytes: what HTTP/1.1 must parse, or
         b"" when it is (or may yet be) the HTTP/2 client preface (prior knowledge, RFC 9113
@@ -201,6 +242,13 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
         data = self.preface + data if self.preface else data
         size = min(len(data), len(PREFACE))
         if data[:size] != PREFACE[:size]:
+            if data.startswith(PRI_LINE):
+                # The preface's HTTP/1.1-shaped part, then something else: an HTTP/2
+                # client whose preface is invalid, a connection error of type
+                # PROTOCOL_ERROR (RFC 9113 3.4), which the HTTP/2 engine answers.
+                self.preface = None
+                switch_to_http2(self, data)
+                return b""
             self.preface = None
             self.head_bytes = 0  # the adapter counts these bytes again, as a head's
             return data

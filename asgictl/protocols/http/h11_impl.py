@@ -21,39 +21,22 @@ from asgictl.protocols.state import ServerState
 
 
 class H11Connection(HTTPConnection):
-    __slots__ = ("parser", "raw_head", "stopped")
+    __slots__ = ("parser", "raw_head")
 
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
         self.parser = self._new_parser()
         #: bytes of a head not yet parsed, or None while a body is being read
         self.raw_head: bytearray | None = bytearray()
-        self.stopped = False
 
     def _new_parser(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self.state.h11_max_incomplete_event_size)
 
-    def data_received(self, data: bytes) -> None:
-        if self.preface is not None:
-            data = self.sniff(data)
-            if not data:
-                return
-        if self.stopped:
-            return
-        if self.parsing is None:
-            # Only the head counts: the same read may carry (much) body after it.
-            end = data.find(b"\r\n\r\n")
-            self.head_bytes += len(data) if end < 0 else end + 4
-            if self.head_bytes > self.state.limit_head:
-                self.stopped = True
-                self.parse_error(431, "request head too large")
-                return
+    def feed(self, data: bytes) -> None:
         if not self._check_head_bytes(data):
             return
         self.parser.receive_data(data)
         self._handle_events()
-        if self.cycle is None and self.pipeline:
-            self.start_next()
 
     def eof_received(self) -> bool | None:
         if not self.stopped:

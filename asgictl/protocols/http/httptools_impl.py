@@ -60,7 +60,7 @@ _TRAILERS = _TrailerCheck()
 
 
 class HttpToolsConnection(HTTPConnection):
-    __slots__ = ("first_read", "headers", "parser", "stopped", "url")
+    __slots__ = ("first_read", "headers", "parser", "url")
 
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
@@ -70,40 +70,17 @@ class HttpToolsConnection(HTTPConnection):
         self.first_read = b""
         #: the fields of the head being parsed (between heads, the trailer check)
         self.headers: list[tuple[bytes, bytes]] | _TrailerCheck = []
-        self.stopped = False
 
-    def data_received(self, data: bytes) -> None:
-        if self.preface is not None:
-            data = self.sniff(data)
-            if not data:
-                return
-        if self.stopped:
-            return
-        if self.parsing is None:
-            head_bytes = self.head_bytes
-            if not head_bytes and not self.url:
-                # A head starts here (see on_headers_complete); unless a pipelined one
-                # began at the end of the last read: llhttp has handed over its target
-                # then, since it passes every partial span on when a read ends.
-                self.first_read = data
-            head_bytes += len(data)
-            if head_bytes > self.state.limit_head:
-                # Only the head counts: the same read may carry (much) body after it.
-                end = data.find(b"\r\n\r\n")
-                if end >= 0:
-                    head_bytes -= len(data) - end - 4
-                if head_bytes > self.state.limit_head:
-                    self.stopped = True
-                    self.parse_error(431, "request head too large")
-                    return
-            # Counted before parsing: begin_request resets it when the head is complete.
-            self.head_bytes = head_bytes
+    def feed(self, data: bytes) -> None:
+        if not self.first_read and self.parsing is None and not self.url:
+            # A head starts in this read (see on_headers_complete); unless a pipelined
+            # one began at the end of the last read: llhttp has handed over its target
+            # then, since it passes every partial span on when a read ends.
+            self.first_read = data
         try:
             self.parser.feed_data(data)
         except _STOPS as exc:
             self._stopped(data, exc)
-        if self.cycle is None and self.pipeline:
-            self.start_next()
 
     def _stopped(self, data: bytes, exc: Exception) -> None:
         """llhttp stopped in ``data``: answer, or resume with a fresh parser (as many

@@ -93,7 +93,8 @@ class Upgrades:
         """The parser met HTTP/2's connection preface (``PRI * HTTP/2.0``, RFC 9113 3.4)
         or another request with the PRI method, reserved for it, and the connection
         closes, whichever parser saw it: with --no-http2 the answer is 505; with HTTP/2
-        on (``sniff`` serves the exact preface) this is a broken preface, 400."""
+        on (``sniff`` serves the exact preface, and a broken one that starts like it)
+        this is a request with the PRI method that is no preface, 400."""
         if self.state.h2_protocol is None:
             self.parse_error(HTTP2_STATUS, HTTP2_REASON)
         else:

@@ -29,7 +29,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from h2.connection import _decode_headers  # the one HPACK decode path h2 has
+from h2.connection import ConnectionState, _decode_headers  # the one HPACK decode path h2 has
 from h2.stream import StreamClosedBy
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
@@ -115,6 +115,10 @@ class H2Engine:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             code = exc.error_code if isinstance(exc.error_code, int) else h2.errors.ErrorCodes.PROTOCOL_ERROR
+            if self.h2.state_machine.state is not ConnectionState.CLOSED:
+                # An invalid client preface: h2 refuses it before it would queue a
+                # GOAWAY (RFC 9113 3.4 lets it be omitted; zttp sends one: so do we).
+                self.h2.close_connection(code)
             raise EngineError(int(code), str(exc)) from None
         for event in events:
             kind = type(event)
