@@ -65,7 +65,7 @@ def serve_requests(http: str, loop_name: str, count: int, protocol: str = "1.1",
     from apps import hello
 
     from asgictl.config import Config
-    from asgictl.protocols.http import protocol_class
+    from asgictl.protocols.factory import connection_factory
     from asgictl.protocols.state import ServerState
 
     if loop_name == "uvloop":
@@ -103,7 +103,7 @@ def serve_requests(http: str, loop_name: str, count: int, protocol: str = "1.1",
     config = Config(hello, http=http, access_log=False, http2_engine=engine)
     state = ServerState(config, hello, loop)
     transport = Transport()
-    transport.protocol = protocol_class(http)(state)
+    transport.protocol = connection_factory(state)()
     transport.protocol.connection_made(transport)
     reads = http2_frames(count) if protocol == "2" else [REQUEST] * count
 

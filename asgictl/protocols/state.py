@@ -27,6 +27,7 @@ from asgictl.protocols.proxy import TrustedHosts
 
 if TYPE_CHECKING:
     from asgictl.protocols.http.connection import HTTPConnection
+    from asgictl.protocols.websockets import WSFactory
 
 ASGIApp = Callable[..., Any]
 
@@ -144,19 +145,17 @@ class ServerState:
         self.is_ssl = config.is_ssl
         #: --log-level trace: connection events are logged (checked once, not per call)
         self.trace = logger.isEnabledFor(5)
-        # WebSocket: the protocol factory an Upgrade is handed to (None: --ws none, the
-        # upgrade is answered as plain HTTP), and its settings.
-        from asgictl.protocols.http2 import engine_class, http2_protocol
-        from asgictl.protocols.websockets import ws_protocol_factory
-
         #: ``start_task(coro)``: runs a request's or a WebSocket's app (eager on 3.12+).
         self.start_task = task_starter(loop)
-
-        self.ws_protocol = ws_protocol_factory(config.ws)
-        #: ``h2_protocol(state)``: the protocol a connection switches to for HTTP/2 (None:
-        #: --no-http2), and what it needs that HTTP/1.1 does not.
-        self.h2_protocol = http2_protocol() if config.http2 else None
-        self.h2_engine = engine_class(config.http2_engine) if config.http2 else None
+        # What an HTTP/1.1 connection hands over to, set with the rest of the protocol
+        # stack by factory.connection_factory (this module imports no protocol):
+        #: ``ws_protocol(state, http_scope)``: the protocol of an accepted WebSocket
+        #: handshake (None: --ws none, an Upgrade is answered as plain HTTP);
+        self.ws_protocol: WSFactory | None = None
+        #: ``h2_protocol(state)``: the protocol a connection switches to for HTTP/2, and
+        #: the framing engine class it runs (None: --no-http2).
+        self.h2_protocol: Callable[[ServerState], Any] | None = None
+        self.h2_engine: Any = None
         self.h2_max_concurrent_streams = config.http2_max_concurrent_streams
         self.h2c_upgrade = config.http2 and config.h2c_upgrade
         self.h2_default_fields: list[tuple[bytes, bytes]] = []

@@ -140,6 +140,9 @@ class Server:
             self._close_sockets(sockets)
             return
         state = self.state = ServerState(config, app, loop)
+        # The protocol stack before the lifespan: a library named but missing is a
+        # ConfigError before the app starts.
+        factory = connection_factory(state)
         lifespan = Lifespan(app, config.lifespan, state.lifespan_state)
         # asgictl.pubsub's backend before lifespan startup: the app may publish there.
         self._pubsub = pubsub_backends.setup_for_server(config)
@@ -157,7 +160,7 @@ class Server:
             await lifespan.shutdown()
             return
         try:
-            await self._start_listening(sockets, ssl_context)
+            await self._start_listening(sockets, ssl_context, factory)
         except BaseException:
             # e.g. the port is taken: the app started, so it gets its shutdown too (and
             # its lifespan task is not left to be cancelled mid-receive, with a traceback).
@@ -191,12 +194,11 @@ class Server:
             with contextlib.suppress(OSError):
                 sock.close()
 
-    async def _start_listening(self, sockets: list[socket.socket] | None, ssl_context: Any) -> None:
+    async def _start_listening(
+        self, sockets: list[socket.socket] | None, ssl_context: Any, factory: Callable[[], asyncio.Protocol]
+    ) -> None:
         config = self.config
-        state = self.state
-        assert state is not None
         self.sockets = list(sockets) if sockets is not None else bind_from_config(config)
-        factory = connection_factory(state)
         loop = asyncio.get_running_loop()
         # The TLS handshake is part of the time a client has to send its first request
         # head: it is bounded by the same deadline (and the head's clock runs from

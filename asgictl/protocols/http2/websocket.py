@@ -27,7 +27,6 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from asgictl.protocols.http2.stream import CONNECTION_FIELDS
-from asgictl.protocols.websockets.connection import websocket_scope
 
 if TYPE_CHECKING:
     from asgictl.protocols.http2.connection import HTTP2Connection
@@ -170,7 +169,7 @@ def start_websocket(conn: HTTP2Connection, stream: H2Stream, http_scope: dict[st
     assert factory is not None
     transport = StreamTransport(conn, stream)
     stream.tunnel = transport
-    protocol = factory(state, websocket_scope(http_scope))
+    protocol = factory(state, http_scope)
     transport.set_protocol(protocol)
     key = base64.b64encode(os.urandom(16))
     protocol.engine_headers = [

@@ -120,10 +120,12 @@ class WSConnection(FlowControlled):
         "waiter",
     )
 
-    def __init__(self, state: ServerState, scope: dict[str, Any]) -> None:
+    def __init__(self, state: ServerState, http_scope: dict[str, Any]) -> None:
+        """``http_scope``: the HTTP scope of the request that asked for the WebSocket
+        (already checked by the HTTP protocol); the websocket scope is built from it."""
         super().__init__(state.loop)
         self.state = state
-        self.scope = scope
+        self.scope = websocket_scope(http_scope)
         self.phase = CONNECTING
         #: the handshake fields the framing library checks, when they are not the scope's
         #: (a WebSocket over HTTP/2 has no Upgrade, Connection or Sec-WebSocket-Key)
