@@ -26,7 +26,6 @@ from asgictl.protocols.access import AccessLog
 from asgictl.protocols.proxy import TrustedHosts
 
 if TYPE_CHECKING:
-    from asgictl.protocols.http.connection import HTTPConnection
     from asgictl.protocols.websockets import WSFactory
 
 ASGIApp = Callable[..., Any]
@@ -52,8 +51,23 @@ def task_starter(loop: asyncio.AbstractEventLoop) -> Callable[[Any], asyncio.Tas
     return functools.partial(asyncio.Task, loop=loop, name=TASK_NAME)
 
 
-class Tickable(Protocol):
-    def check_idle(self, now: float) -> None: ...
+class Connection(Protocol):
+    """What the server asks of each of its open connections (``ServerState.connections``:
+    HTTP/1.1, HTTP/2 and WebSocket ones), the same questions whatever the protocol."""
+
+    transport: asyncio.Transport
+    #: no new requests or streams will start on it (the server's stop sets it too)
+    closing: bool
+
+    def check_idle(self, now: float) -> None:
+        """The once-a-second deadlines (``now``: the loop's clock, seconds)."""
+
+    def busy(self) -> bool:
+        """An app is running for it, or a request is queued: a graceful stop lets it
+        finish instead of closing the connection after a short grace."""
+
+    def shutdown(self) -> None:
+        """Graceful stop (``shutting_down`` is set): finish what is in flight, then close."""
 
 
 class ServerState:
@@ -109,7 +123,7 @@ class ServerState:
         self.loop = loop
         self.app = app
         self.config = config
-        self.connections: set[HTTPConnection] = set()
+        self.connections: set[Connection] = set()
         self.total_requests = 0
         self.active_requests = 0
         self.server_line = b"server: asgictl\r\n" if config.server_header else b""

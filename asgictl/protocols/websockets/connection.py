@@ -100,10 +100,10 @@ def websocket_scope(http_scope: dict[str, Any]) -> dict[str, Any]:
 class WSConnection(FlowControlled):
     __slots__ = (
         "app_closed",
+        "app_running",
         "close_timer",
         "closing",
         "connect_sent",
-        "cycle",
         "deny_head",
         "deny_length",
         "disconnect",
@@ -142,8 +142,8 @@ class WSConnection(FlowControlled):
         self.deny_head: bytes | None = None
         self.deny_length = False
         self.closing = False
-        #: not None while the app runs (the server's shutdown treats the connection as busy)
-        self.cycle: Any = None
+        #: the app runs (the server's shutdown treats the connection as busy)
+        self.app_running = False
         self.ping_payload: bytes | None = None
         self.ping_sent_at: float | None = None
         self.last_ping = 0.0
@@ -208,7 +208,7 @@ class WSConnection(FlowControlled):
             state.active_requests -= 1
             self._answer_http(simple_response(503, b"Service Unavailable", state.default_headers))
             return
-        self.cycle = self
+        self.app_running = True
         # No reference kept, as for HTTP: shutdown finds the task by its coroutine.
         state.start_task(self.run(state.app))
 
@@ -290,7 +290,7 @@ class WSConnection(FlowControlled):
             self.app_done(None)
         finally:
             self.state.active_requests -= 1
-            self.cycle = None
+            self.app_running = False
 
     async def receive(self) -> dict[str, Any]:
         if not self.connect_sent:
@@ -415,7 +415,7 @@ class WSConnection(FlowControlled):
 
     def busy(self) -> bool:
         """The app is running (shutdown then lets it finish)."""
-        return self.cycle is not None
+        return self.app_running
 
     def check_idle(self, now: float) -> None:
         """Keepalive and the send deadline, from the worker's once-a-second clock."""
