@@ -51,6 +51,13 @@ def task_starter(loop: asyncio.AbstractEventLoop) -> Callable[[Any], asyncio.Tas
     return functools.partial(asyncio.Task, loop=loop, name=TASK_NAME)
 
 
+class AppRunner(Protocol):
+    """What runs the app for one request, HTTP/2 stream or WebSocket (an HTTPCycle, a
+    WSConnection): its ``run`` ends with ``state.tasks.pop(self, None)``."""
+
+    async def run(self, app: ASGIApp) -> None: ...
+
+
 class Connection(Protocol):
     """What the server asks of each of its open connections (``ServerState.connections``:
     HTTP/1.1, HTTP/2 and WebSocket ones), the same questions whatever the protocol."""
@@ -116,7 +123,8 @@ class ServerState:
         "close_code",
         "on_response",
         "timed",
-        "start_task",
+        "new_task",
+        "tasks",
     )
 
     def __init__(self, config: Config, app: ASGIApp, loop: asyncio.AbstractEventLoop) -> None:
@@ -159,8 +167,13 @@ class ServerState:
         self.is_ssl = config.is_ssl
         #: --log-level trace: connection events are logged (checked once, not per call)
         self.trace = logger.isEnabledFor(5)
-        #: ``start_task(coro)``: runs a request's or a WebSocket's app (eager on 3.12+).
-        self.start_task = task_starter(loop)
+        #: ``new_task(coro)``: a task of the loop (eager on 3.12+); see start_task.
+        self.new_task = task_starter(loop)
+        #: The tasks running an app for a request, an HTTP/2 stream or a WebSocket, by
+        #: what runs it (see start_task): the server's shutdown waits for them, then
+        #: cancels what is left. (A task cancelled before its first step never runs its
+        #: ``finally`` and stays here: only that last cancel can do it.)
+        self.tasks: dict[AppRunner, asyncio.Task[Any]] = {}
         # What an HTTP/1.1 connection hands over to, set with the rest of the protocol
         # stack by factory.connection_factory (this module imports no protocol):
         #: ``ws_protocol(state, http_scope)``: the protocol of an accepted WebSocket
@@ -194,6 +207,17 @@ class ServerState:
         response, complete or cut short by a client that left."""
         self.on_response = callback
         self.timed = True
+
+    def start_task(self, runner: AppRunner, app: ASGIApp) -> asyncio.Task[Any]:
+        """Run ``runner.run(app)`` (the app for one request, HTTP/2 stream or WebSocket)
+        in a task kept in ``tasks[runner]`` until the run ends; the run removes it in its
+        ``finally``, which costs less than a done callback per request (a trip through
+        the loop's ready queue). An eager task (3.12+) that finished inside this call is
+        not kept at all."""
+        task = self.new_task(runner.run(app))
+        if not task.done():
+            self.tasks[runner] = task
+        return task
 
     def update_date(self) -> None:
         if self.config.date_header:

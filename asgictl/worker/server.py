@@ -30,7 +30,7 @@ from asgictl.logs import ROUTINE, SERVING, plural
 from asgictl.protocols.access import compile_format
 from asgictl.protocols.factory import connection_factory
 from asgictl.protocols.http import protocol_class
-from asgictl.protocols.http.connection import CLOSE_GRACE, request_tasks
+from asgictl.protocols.http.connection import CLOSE_GRACE
 from asgictl.protocols.http2 import engine_class, http2_protocol
 from asgictl.protocols.state import ServerState, task_starter
 from asgictl.protocols.websockets import ws_protocol_factory
@@ -155,7 +155,7 @@ class Server:
             self.exit_code = STARTUP_FAILURE
             return
         # The app may have set a task factory on the loop during its startup.
-        state.start_task = task_starter(loop)
+        state.new_task = task_starter(loop)
         if self.should_exit:
             await lifespan.shutdown()
             return
@@ -243,7 +243,7 @@ class Server:
         while (state.connections or state.active_requests) and not self.force_exit and loop.time() < deadline:
             await asyncio.sleep(0.05)
         if state.connections or state.active_requests:
-            tasks = request_tasks()
+            tasks = list(state.tasks.values())
             logger.warning(
                 "Graceful shutdown timed out: cancelling %s, closing %s",
                 plural(len(tasks), "request"),

@@ -55,16 +55,6 @@ EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.zerocopysend": {},
 }
 
-#: The coroutines that run an app for one request or one WebSocket session.
-_APP_RUNNERS = frozenset({"HTTPCycle.run", "WSConnection.run"})
-
-
-def request_tasks(loop: asyncio.AbstractEventLoop | None = None) -> list[asyncio.Task[Any]]:
-    """The tasks running requests (and WebSocket sessions) in ``loop`` (for shutdown:
-    not tracked per request)."""
-    return [t for t in asyncio.all_tasks(loop) if getattr(t.get_coro(), "__qualname__", "") in _APP_RUNNERS]
-
-
 #: What every HTTP scope starts from: begin_request copies it and sets every entry but
 #: type, asgi and extensions (placeholders keep the copy at its final size).
 SCOPE_TEMPLATE: dict[str, Any] = {
@@ -434,9 +424,8 @@ class HTTPConnection(ResponseFraming):
                     app = service_unavailable
                 if state.timed:
                     cycle.started_at = perf_counter()  # the loop's clock has 1 ms steps
-                # No reference is kept: the loop holds running tasks, active_requests
-                # counts them, and shutdown finds them by their coroutine (request_tasks).
-                state.start_task(cycle.run(app))
+                # The task is kept in state.tasks while it runs (the shutdown's).
+                state.start_task(cycle, app)
             if self.read_paused and not self.pipeline:
                 self.resume_reading()
         finally:

@@ -435,7 +435,9 @@ class HTTPCycle:
                     logger.error("ASGI callable returned without completing response.")
                     self._failed(None)
         finally:
-            self.conn.state.active_requests -= 1
+            state = self.conn.state
+            state.active_requests -= 1
+            state.tasks.pop(self, None)  # kept there by state.start_task
 
 
 def _only_disconnects(exc: BaseException) -> bool:

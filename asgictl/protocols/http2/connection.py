@@ -278,7 +278,7 @@ class HTTP2Connection(FlowControlled):
         if state.timed:
             cycle.started_at = perf_counter()  # the loop's clock has 1 ms steps
         self.running += 1
-        state.start_task(cycle.run(app)).add_done_callback(self._app_returned)
+        state.start_task(cycle, app).add_done_callback(self._app_returned)
 
     def on_data(self, stream_id: int, data: bytes, flow_length: int, end_stream: bool) -> None:
         if self.transport.is_closing():

@@ -209,8 +209,7 @@ class WSConnection(FlowControlled):
             self._answer_http(simple_response(503, b"Service Unavailable", state.default_headers))
             return
         self.app_running = True
-        # No reference kept, as for HTTP: shutdown finds the task by its coroutine.
-        state.start_task(self.run(state.app))
+        state.start_task(self, state.app)
 
     def data_received(self, data: bytes) -> None:
         phase = self.phase
@@ -289,7 +288,9 @@ class WSConnection(FlowControlled):
         else:
             self.app_done(None)
         finally:
-            self.state.active_requests -= 1
+            state = self.state
+            state.active_requests -= 1
+            state.tasks.pop(self, None)  # kept there by state.start_task
             self.app_running = False
 
     async def receive(self) -> dict[str, Any]:
