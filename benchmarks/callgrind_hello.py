@@ -1,7 +1,9 @@
 """CPU instructions per hello request, counted by callgrind: a figure noise cannot move.
 
     python3 benchmarks/callgrind_hello.py [--http httptools|h11|both] [--loop uvloop|asyncio]
-                                          [--protocol 1.1|2] [--engine h2|zttp]
+                                          [--request hello|browser] [--protocol 1.1|2]
+                                          [--engine h2|zttp]
+                                          [--server asgictl|floor-canned|floor-asgi]
 
 Runs the real connection class over an in-memory transport (no sockets, no client) and
 feeds it keep-alive ``GET /`` requests as wrk sends them, answered by ``apps.hello``
@@ -22,6 +24,14 @@ server's engine (``--engine``). The client's frames are made ahead with plain by
 after the first request every field is in HPACK's dynamic table, so each later request
 is the same block on a new stream, and no client library's work is counted as the
 server's.
+
+``--request browser`` sends the head of the ``hello-browser`` scenario instead: Host and
+the ten fields of a browser's page request (``harness.scenarios.BROWSER_HEADERS``), where
+``hello`` sends Host alone, as wrk does.
+
+``--server floor-canned`` or ``floor-asgi`` drives one of ``floor.py``'s reference
+protocols through the same loop instead of asgictl's connection: the instructions of
+uvloop and llhttp alone, and of the least an ASGI server does, for the same request.
 """
 
 from __future__ import annotations
@@ -37,6 +47,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
+
+
+def browser_request() -> bytes:
+    """The request wrk sends in the hello-browser scenario: Host, then the ten fields."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from harness.scenarios import BROWSER_HEADERS
+
+    fields = "".join(f"{name}: {value}\r\n" for name, value in BROWSER_HEADERS)
+    return REQUEST[:-2] + f"{fields}\r\n".encode("latin-1")
 
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -57,7 +76,9 @@ def http2_frames(count: int) -> list[bytes]:
     ]
 
 
-def serve_requests(http: str, loop_name: str, count: int, protocol: str = "1.1", engine: str = "h2") -> None:
+def serve_requests(
+    http: str, loop_name: str, count: int, protocol: str, engine: str, request: str, server: str
+) -> None:
     """The measured body: ``count`` requests on one keep-alive connection."""
     import asyncio
 
@@ -103,26 +124,45 @@ def serve_requests(http: str, loop_name: str, count: int, protocol: str = "1.1",
     config = Config(hello, http=http, access_log=False, http2_engine=engine)
     state = ServerState(config, hello, loop)
     transport = Transport()
-    transport.protocol = connection_factory(state)()
-    transport.protocol.connection_made(transport)
-    reads = http2_frames(count) if protocol == "2" else [REQUEST] * count
+    if server == "asgictl":
+        transport.protocol = connection_factory(state)()
+    else:
+        import floor
+
+        transport.protocol = floor.Canned() if server == "floor-canned" else floor.MinimalASGI()
+    reads = (
+        http2_frames(count)
+        if protocol == "2"
+        else [browser_request() if request == "browser" else REQUEST] * count
+    )
+
+    async def connect() -> None:  # floor.MinimalASGI looks for the running loop there
+        transport.protocol.connection_made(transport)
+
+    loop.run_until_complete(connect())
 
     async def drive() -> None:
         for data in reads:
             transport.protocol.data_received(data)  # HTTP/2 once the preface handed it over
             while state.active_requests:
                 await asyncio.sleep(0)
+            if server != "asgictl":
+                await asyncio.sleep(0)  # the floors keep no count: one loop turn per request
         await asyncio.sleep(0)  # the HTTP/2 frames of the last stream are flushed
 
     loop.run_until_complete(drive())
-    if protocol == "2":
+    if server != "asgictl":
+        assert transport.written == count, (transport.written, count)
+    elif protocol == "2":
         assert state.total_requests == count and transport.written >= count, (transport.written, count)
     else:
         assert transport.written == count, (transport.written, count)
     loop.close()
 
 
-def instructions(http: str, loop_name: str, count: int, protocol: str, engine: str) -> int:
+def instructions(
+    http: str, loop_name: str, count: int, protocol: str, engine: str, request: str, server: str
+) -> int:
     out = tempfile.mkdtemp(prefix="callgrind-")
     try:
         env = dict(os.environ, PYTHONHASHSEED="0")
@@ -138,6 +178,8 @@ def instructions(http: str, loop_name: str, count: int, protocol: str, engine: s
             str(count),
             protocol,
             engine,
+            request,
+            server,
         ]
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -151,8 +193,9 @@ def instructions(http: str, loop_name: str, count: int, protocol: str, engine: s
 
 
 def main() -> None:
-    if len(sys.argv) == 7 and sys.argv[1] == "--child":
-        serve_requests(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6])
+    if len(sys.argv) == 9 and sys.argv[1] == "--child":
+        http, loop_name, count, protocol, engine, request, server = sys.argv[2:]
+        serve_requests(http, loop_name, int(count), protocol, engine, request, server)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--http", choices=("httptools", "h11", "both"), default="both")
@@ -161,17 +204,31 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000, help="extra requests of the second run")
     parser.add_argument("--protocol", choices=("1.1", "2"), default="1.1", help="2: HTTP/2, prior knowledge")
     parser.add_argument("--engine", choices=("h2", "zttp"), default="h2", help="the HTTP/2 framing engine")
+    parser.add_argument(
+        "--request", choices=("hello", "browser"), default="hello", help="the request's fields"
+    )
+    parser.add_argument(
+        "--server", choices=("asgictl", "floor-canned", "floor-asgi"), default="asgictl", help="who answers"
+    )
     args = parser.parse_args()
+    if args.server != "asgictl" and args.protocol != "1.1":
+        parser.error("the floors speak HTTP/1.1 only")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     parsers = ("httptools", "h11") if args.http == "both" else (args.http,)
-    what = REQUEST if args.protocol == "1.1" else f"HTTP/2 GET / streams, engine {args.engine}"
-    print(f"python {sys.version.split()[0]}, loop {args.loop}, PYTHONHASHSEED=0, {what!r}")
+    if args.server != "asgictl":
+        parsers = (args.server,)  # the floors parse with httptools
+    what = (
+        f"{args.request} request" if args.protocol == "1.1" else f"HTTP/2 GET / streams, engine {args.engine}"
+    )
+    print(f"python {sys.version.split()[0]}, loop {args.loop}, PYTHONHASHSEED=0, {what}")
+    rest = (args.protocol, args.engine, args.request, args.server)
     for http in parsers:
-        low = instructions(http, args.loop, args.base, args.protocol, args.engine)
-        high = instructions(http, args.loop, args.base + args.requests, args.protocol, args.engine)
+        http_class = "httptools" if http.startswith("floor") else http
+        low = instructions(http_class, args.loop, args.base, *rest)
+        high = instructions(http_class, args.loop, args.base + args.requests, *rest)
         per = (high - low) / args.requests
-        print(f"{http:10s} {per:10.0f} instructions per request")
+        print(f"{http:12s} {per:10.0f} instructions per request")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Benchmark asgictl against uvicorn, granian and gunicorn+uvicorn-worker.
+"""Benchmark asgictl against uvicorn, granian, h2corn, fastpysgi and gunicorn+uvicorn-worker.
 
 One command (see benchmarks/README.md)::
 
     python3 benchmarks/run.py            # full run: every scenario, 3 rounds of 5 s
     python3 benchmarks/run.py --quick    # smoke run: 1 round of 2 s, fewer repeats
     python3 benchmarks/run.py --list     # the servers and scenarios
+    python3 benchmarks/run.py --python 3.13 --scenarios hello,hello-browser   # on Python 3.13
 
 Besides the wrk scenarios it runs WebSocket echo (``ws-echo``), memory per idle
 connection (``idle-rss``), start to first answer (``startup``) and worker SIGKILL to
@@ -75,6 +76,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="list servers and scenarios, then exit")
     parser.add_argument(
         "--reinstall", action="store_true", help="reinstall the venv's packages (picks up new peer releases)"
+    )
+    parser.add_argument(
+        "--python",
+        metavar="EXE",
+        help="build the venv with this interpreter: a path, a command or a version such as 3.13 "
+        "(venv benchmarks/.venv-X.Y; default: benchmarks/.venv with the interpreter running this)",
     )
     parser.add_argument(
         "--results-dir", type=Path, default=bootstrap.BENCH_DIR / "results", help="where JSON and PNG go"
@@ -177,11 +184,11 @@ def print_list() -> None:
 
     print("servers (wrk scenarios):")
     for spec in SERVERS:
-        print(f"  {spec.name:<13} group {spec.group:<5} {shlex.join(spec.command('APP', 'PORT'))}")
+        print(f"  {spec.name:<15} group {spec.group:<5} {shlex.join(spec.command('APP', 'PORT'))}")
     print("wrk scenarios:")
     for scenario in SCENARIOS:
         print(
-            f"  {scenario.name:<13} group {scenario.group:<5} -c{scenario.connections:<5} "
+            f"  {scenario.name:<15} group {scenario.group:<5} -c{scenario.connections:<5} "
             f"{scenario.description}"
         )
     print("other scenarios (the client is this harness, on CPU 0), with their servers:")
@@ -193,7 +200,7 @@ def print_list() -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    bootstrap.ensure_venv(reinstall=args.reinstall)  # may re-exec this script in the venv
+    bootstrap.ensure_venv(reinstall=args.reinstall, python=args.python)  # may re-exec in the venv
     if args.list:
         print_list()
         return 0
@@ -245,7 +252,15 @@ def main(argv: list[str]) -> int:
         config = runner.RunConfig(args.rounds, args.duration, args.warmup, Path(work_dir))
         for scenario in scenarios:
             print(f"\n--- {scenario.name}: {scenario.description}", flush=True)
-            group = [spec for spec in specs if spec.group == scenario.group]
+            group = []
+            for spec in specs:
+                reason = spec.unsupported_reason(scenario.name)
+                if spec.group != scenario.group:
+                    continue
+                if reason:
+                    print(f"note: {spec.name} skipped: {reason}")
+                else:
+                    group.append(spec)
             outcome = runner.run_scenario(scenario, group, config)
             outcomes.append(outcome)
             print(report.format_table(outcome, args.rounds), flush=True)

@@ -156,6 +156,43 @@ def test_pipelined_requests_in_order(http: str) -> None:
     h.close()
 
 
+async def path_app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+
+def test_pipelined_head_split_across_reads(http: str) -> None:
+    # The second head begins at the end of the first read: it is not a head that
+    # starts where the second read does (its request line is checked as a whole).
+    h = make(path_app, http)
+    h.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HT")
+    h.settle()
+    h.feed(b"TP/1.1\r\nHost: example\r\n\r\n")
+    for _ in range(5):
+        h.settle()
+    answers = responses(h.transport.data)
+    assert [r.split(b"\r\n", 1)[0] for r in answers] == [b"HTTP/1.1 200 OK"] * 2
+    assert [r.split(b"\r\n\r\n", 1)[1] for r in answers] == [b"/a", b"/b"]
+    h.close()
+
+
+def test_field_limit_holds_for_a_split_pipelined_head(http: str) -> None:
+    # A field in the part of a pipelined head that came with the previous read is
+    # measured too, however small the read that completes the head.
+    h = make(path_app, http, limit_request_field_size=100)
+    h.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 200)
+    h.settle()
+    h.feed(b"\r\n\r\n")
+    for _ in range(5):
+        h.settle()
+    answers = responses(h.transport.data)
+    assert [r.split(b"\r\n", 1)[0] for r in answers] == [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 431 Request Header Fields Too Large",
+    ]
+    h.close()
+
+
 def test_content_length_body_and_chunked_body(http: str) -> None:
     h = make(echo, http)
     h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhel")
@@ -169,6 +206,42 @@ def test_content_length_body_and_chunked_body(http: str) -> None:
     h.settle()
     bodies = [r.split(b"\r\n\r\n", 1)[1] for r in responses(h.transport.data)]
     assert bodies == [b"hello", b"abcde"]
+    h.close()
+
+
+async def fields_app(scope: Any, receive: Any, send: Any) -> None:
+    while (await receive()).get("more_body"):
+        pass
+    names = b",".join(name for name, _ in scope["headers"])
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": names})
+
+
+def test_request_trailers_are_dropped_and_the_next_head_is_whole(http: str) -> None:
+    # Trailer fields after a chunked body reach neither that request's scope nor the
+    # next pipelined request's fields, in one read or split across reads.
+    h = make(fields_app, http)
+    h.feed(
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+        b"X-Trailer-1: a\r\nX-Trailer-2: b\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nX-Next: c\r\n\r\n"
+    )
+    for _ in range(3):
+        h.settle()
+    h.feed(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Trailer")
+    h.settle()
+    h.feed(b"-3: d\r\n\r\nGET /d HTTP/1.1\r\nHost: x\r\nX-Last: e\r\n\r\n")
+    for _ in range(3):
+        h.settle()
+    bodies = [r.split(b"\r\n\r\n", 1)[1] for r in responses(h.transport.data)]
+    assert bodies == [b"host,transfer-encoding", b"host,x-next", b"host,transfer-encoding", b"host,x-last"]
+    h.close()
+
+
+def test_forbidden_request_trailer_is_refused(http: str) -> None:
+    h = make(fields_app, http)
+    h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nHost: y\r\n\r\n")
+    h.settle()
+    assert h.transport.data.startswith(b"HTTP/1.1 400 ") and h.transport.closed
     h.close()
 
 

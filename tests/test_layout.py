@@ -21,9 +21,6 @@ ACYCLIC = ("asgictl.supervisor", "asgictl.protocols")
 MAX_LINES = 600
 #: The option table: one definition per option, long by nature.
 LONG_BY_NATURE = {"config.py"}
-#: Over the limit while another branch splits it; strict, so this fails once it is
-#: split, and the entry goes.
-BEING_SPLIT = "protocols/http/connection.py"
 
 
 def modules(root: Path) -> dict[str, Path]:
@@ -164,10 +161,5 @@ def long_modules() -> dict[str, int]:
 
 
 def test_no_module_over_600_lines() -> None:
-    too_long = {name: count for name, count in long_modules().items() if name != BEING_SPLIT}
+    too_long = long_modules()
     assert not too_long, f"modules over {MAX_LINES} lines (split them along their seams): {too_long}"
-
-
-@pytest.mark.xfail(strict=True, reason=f"{BEING_SPLIT} is being split on the hot-path branch")
-def test_the_module_being_split_is_under_600_lines() -> None:
-    assert BEING_SPLIT not in long_modules()

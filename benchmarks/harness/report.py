@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from harness.bootstrap import VENV_DIR
+from harness import bootstrap
 from harness.metrics import MetricOutcome
 from harness.runner import ScenarioOutcome, ServerOutcome
 
@@ -160,7 +160,7 @@ CLIENT_NOTE = (
 
 def short_command(command: list[str]) -> str:
     """A command line with the venv's bin/ prefix dropped from the executable."""
-    prefix = str(VENV_DIR / "bin") + "/"
+    prefix = str(bootstrap.VENV_DIR / "bin") + "/"
     return shlex.join(part[len(prefix) :] if part.startswith(prefix) else part for part in command)
 
 

@@ -148,7 +148,8 @@ def warm_up(servers: list[RunningServer], scenario: Scenario, script: Path | Non
         return
     for server in servers:
         try:
-            run_wrk(wrk_command(server.url, scenario.connections, seconds, script), seconds)
+            cmd = wrk_command(server.url, scenario.connections, seconds, script, scenario.headers)
+            run_wrk(cmd, seconds)
         except (RuntimeError, ValueError) as exc:  # the measured runs will report it
             print(f"  {server.spec.name}: warm-up failed: {exc}", flush=True)
 
@@ -165,7 +166,7 @@ def run_rounds(
     for round_no in range(1, config.rounds + 1):
         for server in list(active):
             record = outcome.servers[server.spec.name]
-            cmd = wrk_command(server.url, scenario.connections, config.duration_s, script)
+            cmd = wrk_command(server.url, scenario.connections, config.duration_s, script, scenario.headers)
             try:
                 measurement = measure(server, cmd, config.duration_s)
                 if scenario.kind == "pipeline":
@@ -220,9 +221,8 @@ def error_note(run: dict[str, Any]) -> str:
 def run_scenario(scenario: Scenario, specs: list[ServerSpec], config: RunConfig) -> ScenarioOutcome:
     """Start the servers, warm up, run the interleaved rounds, stop the servers."""
     script = write_script(scenario.kind, config.work_dir, POST_SIZE)
-    example_cmd = wrk_command(
-        f"http://127.0.0.1:PORT{scenario.path}", scenario.connections, config.duration_s, script
-    )
+    url = f"http://127.0.0.1:PORT{scenario.path}"
+    example_cmd = wrk_command(url, scenario.connections, config.duration_s, script, scenario.headers)
     outcome = ScenarioOutcome(scenario, example_cmd, script.read_text() if script else None)
     outcome.servers = {spec.name: ServerOutcome(spec.name) for spec in specs}
     launched: list[RunningServer] = []

@@ -5,6 +5,10 @@ their fast configurations, ``h11`` scenarios compare the pure-Python h11 parsers
 (asgictl ``--http h11`` vs uvicorn ``--http h11``). Ratios are against the group's
 baseline server.
 
+A "browser" scenario sends, besides wrk's Host, the ten header fields a browser puts on
+a page request (``BROWSER_HEADERS``, wrk ``-H``): parsing and handing over request
+fields is part of every real request's cost.
+
 Before measuring, each server gets one request through ``http.client`` and its answer is
 checked (``Scenario.verify``), so a server that answers wrongly is reported as failed
 instead of being benchmarked.
@@ -21,6 +25,31 @@ import apps
 POST_SIZE = 10 * 1024
 GROUP_BASELINES = {"main": "uvicorn", "h11": "uvicorn-h11"}
 
+#: What a desktop Chrome sends with a same-origin navigation (wrk adds Host), 10 fields.
+BROWSER_HEADERS: tuple[tuple[str, str], ...] = (
+    (
+        "User-Agent",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0.0.0 Safari/537.36",
+    ),
+    (
+        "Accept",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,"
+        "application/signed-exchange;v=b3;q=0.7",
+    ),
+    ("Accept-Language", "en-US,en;q=0.9,de;q=0.8"),
+    ("Accept-Encoding", "gzip, deflate, br, zstd"),
+    (
+        "Cookie",
+        "sessionid=8f2b1c9e4d7a4e0f9b3c2a1d5e6f7a8b; csrftoken=Zq3xW9pL2mN8vB4cR7tY1uI6oP0aS5dF; theme=dark",
+    ),
+    ("Referer", "http://127.0.0.1/items/?page=2"),
+    ("Sec-Fetch-Dest", "document"),
+    ("Sec-Fetch-Mode", "navigate"),
+    ("Sec-Fetch-Site", "same-origin"),
+    ("Upgrade-Insecure-Requests", "1"),
+)
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -33,6 +62,7 @@ class Scenario:
     kind: str = "get"  # "get", "post" (10 KiB body) or "pipeline" (16 requests per write)
     connections: int = 64
     group: str = "main"
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request (wrk -H)
 
     @property
     def baseline(self) -> str:
@@ -42,12 +72,13 @@ class Scenario:
         """Send one request and check the answer; returns an error message or None."""
         conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
         try:
+            headers = dict(self.headers)
             if self.kind == "post":
                 sent = b"x" * POST_SIZE
-                conn.request("POST", self.path, body=sent)
+                conn.request("POST", self.path, body=sent, headers=headers)
             else:
                 sent = b""
-                conn.request("GET", self.path)
+                conn.request("GET", self.path, headers=headers)
             response = conn.getresponse()
             body = response.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -78,6 +109,12 @@ EXPECTED_BODIES = {
 
 SCENARIOS = [
     Scenario("hello", "GET 13-byte 'Hello, world!' text/plain, 64 connections", "apps:hello"),
+    Scenario(
+        "hello-browser",
+        "GET 13-byte hello with a browser's 10 request header fields",
+        "apps:hello",
+        headers=BROWSER_HEADERS,
+    ),
     Scenario("hello-c1024", "GET 13-byte hello, 1024 connections", "apps:hello", connections=1024),
     Scenario(
         "pipeline16",
@@ -92,6 +129,13 @@ SCENARIOS = [
         "FastAPI JSON endpoint (path + query params, pydantic response model)",
         "fastapi_app:app",
         path="/items/42?q=widget",
+    ),
+    Scenario(
+        "fastapi-browser",
+        "FastAPI JSON endpoint with a browser's 10 request header fields",
+        "fastapi_app:app",
+        path="/items/42?q=widget",
+        headers=BROWSER_HEADERS,
     ),
     Scenario(
         "stream64",

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from harness import procstat
-from harness.bootstrap import BENCH_DIR, VENV_DIR
+from harness import bootstrap, procstat
+from harness.bootstrap import BENCH_DIR
 from harness.net import free_port
 
 HOST = "127.0.0.1"
@@ -32,7 +32,6 @@ SERVER_CPU = 1
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.05
-VENV_BIN = VENV_DIR / "bin"
 IGNORED_ENV_PREFIXES = ("ASGICTL_", "UVICORN_", "GRANIAN_", "GUNICORN_")
 IGNORED_ENV = frozenset({"GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "PYTHONDONTWRITEBYTECODE"})
 
@@ -61,6 +60,11 @@ class Target(Protocol):
 ArgsFn = Callable[[str, int | str], list[str]]  # (app, port) -> arguments after the executable
 
 
+def venv_bin() -> Path:
+    """The bin/ of the benchmark venv in use (``--python`` chooses it)."""
+    return bootstrap.VENV_DIR / "bin"
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     """How to launch one server configuration."""
@@ -69,14 +73,19 @@ class ServerSpec:
     group: str  # scenario group it takes part in: "main", "h11", or a non-wrk scenario's name
     executable: str  # name of the console script in the venv's bin/
     args: ArgsFn
+    #: (scenario, why) for scenarios the server cannot run correctly: skipped with a note
+    unsupported: tuple[tuple[str, str], ...] = ()
+
+    def unsupported_reason(self, scenario: str) -> str | None:
+        return dict(self.unsupported).get(scenario)
 
     def command(self, app: str, port: int | str) -> list[str]:
         """The full command line, pinned to the server CPU."""
-        exe = str(VENV_BIN / self.executable)
+        exe = str(venv_bin() / self.executable)
         return ["taskset", "-c", str(SERVER_CPU), exe, *self.args(app, port)]
 
     def available(self) -> bool:
-        return (VENV_BIN / self.executable).exists()
+        return (venv_bin() / self.executable).exists()
 
 
 def asgictl_args(*extra: str, command: str = "serve") -> ArgsFn:
@@ -152,10 +161,39 @@ def gunicorn_args(*extra: str, workers: int = 1) -> ArgsFn:
     return args
 
 
+def h2corn_args(*extra: str) -> ArgsFn:
+    """``h2corn APP --bind HOST:PORT --workers 1 --no-access-log EXTRA`` (HTTP/1.1 and h2c
+    on one port; uvloop for the app when installed, its default)."""
+
+    def args(app: str, port: int | str) -> list[str]:
+        return [app, "--bind", f"{HOST}:{port}", "--workers", "1", "--no-access-log", *extra]
+
+    return args
+
+
+def fastpysgi_args(*extra: str) -> ArgsFn:
+    """``fastpysgi --host HOST --port PORT EXTRA APP`` (one process; logs nothing per request)."""
+
+    def args(app: str, port: int | str) -> list[str]:
+        return ["--host", HOST, "--port", str(port), *extra, app]
+
+    return args
+
+
 SERVERS = [
     ServerSpec("asgictl", "main", "asgictl", asgictl_args()),
     ServerSpec("uvicorn", "main", "uvicorn", uvicorn_args()),
     ServerSpec("granian", "main", "granian", granian_args()),
+    ServerSpec("h2corn", "main", "h2corn", h2corn_args()),
+    ServerSpec(
+        "fastpysgi",
+        "main",
+        "fastpysgi",
+        fastpysgi_args(),
+        # 0.6 sends the first chunk, logs "stream_write: [UB] client state cannot equ
+        # CS_RESP_SEND" and never finishes the response.
+        unsupported=(("stream64", "fastpysgi 0.6 stalls after the first chunk of a streamed body"),),
+    ),
     ServerSpec("gunicorn", "main", "gunicorn", gunicorn_args()),
     ServerSpec("asgictl-h11", "h11", "asgictl", asgictl_args("--http", "h11")),
     ServerSpec("uvicorn-h11", "h11", "uvicorn", uvicorn_args(http="h11")),
@@ -185,7 +223,7 @@ def server_env() -> dict[str, str]:
         if not key.startswith(IGNORED_ENV_PREFIXES) and key not in IGNORED_ENV
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
-    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join([str(venv_bin()), env.get("PATH", "")])
     return env
 
 

@@ -102,9 +102,17 @@ def write_script(kind: str, directory: Path, post_size: int) -> Path | None:
     return path
 
 
-def wrk_command(url: str, connections: int, duration_s: int, script: Path | None) -> list[str]:
-    """``taskset -c 0 wrk -t1 -cN -dNs --latency [-s script] URL``."""
+def wrk_command(
+    url: str,
+    connections: int,
+    duration_s: int,
+    script: Path | None,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> list[str]:
+    """``taskset -c 0 wrk -t1 -cN -dNs --latency [-H 'Name: value' ...] [-s script] URL``."""
     cmd = ["taskset", "-c", str(WRK_CPU), WRK, "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency"]
+    for name, value in headers:
+        cmd += ["-H", f"{name}: {value}"]
     if script is not None:
         cmd += ["-s", str(script)]
     return [*cmd, url]

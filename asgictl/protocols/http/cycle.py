@@ -170,7 +170,7 @@ class HTTPCycle:
         #: time.perf_counter() of the complete head, when timed (access log, metrics)
         self.started_at = 0.0
         # The rest of the response side (status, no_body, trailers, length_left) is set
-        # by _start: one request costs fewer stores, and nothing reads them before it.
+        # by the start message: fewer stores per request, and nothing reads them before.
 
     # -------------------------------------------------------------------- from the host
 
@@ -258,7 +258,7 @@ class HTTPCycle:
             self.status = status
             self.no_body = status in NO_BODY_STATUSES or self.scope["method"] == "HEAD"
             # 0: no trailers; 1: announced by the app; 2: the first trailers were sent
-            self.trailers = 1 if message.get("trailers", False) else 0
+            self.trailers = 1 if message.get("trailers") else 0
             self.conn.start_response(self, status, message.get("headers", ()))
             self.response_started = True
         elif kind == "http.response.trailers":
@@ -341,14 +341,16 @@ class HTTPCycle:
         self.response_complete = True
         if self.waiter is not None:  # a receive() waiting for body gets http.disconnect
             self.wake()
-        state = self.conn.state
-        access = state.access_log
-        if access is not None:
-            access.response(self.scope, self.status, self.started_at, self.keep_alive)
-        observe = state.on_response
-        if observe is not None:
-            observe(self.status, perf_counter() - self.started_at)
-        self.conn.cycle_done(self)
+        conn = self.conn
+        state = conn.state
+        if state.timed:  # the access log or the response observer is on
+            access = state.access_log
+            if access is not None:
+                access.response(self.scope, self.status, self.started_at, self.keep_alive)
+            observe = state.on_response
+            if observe is not None:
+                observe(self.status, perf_counter() - self.started_at)
+        conn.cycle_done(self)
 
     def _record(self, status: int, disconnected: bool) -> None:
         """The access line and the observer's count of a response the server ended."""

@@ -2,8 +2,13 @@
 
 llhttp is strict about line endings, folding and control bytes; what it lets through
 that the policy refuses is checked by the shared ``strict.check_head``. Trailer fields
-arrive through ``on_header`` after the head is complete: they are checked and dropped
-(ASGI has no request trailers).
+arrive through ``on_header`` after the head is complete: they are checked as they come
+and dropped (ASGI has no request trailers).
+
+Each header field costs a call from C into Python, so ``on_header`` does the least:
+the name lower-cased, the value without trailing whitespace, the pair appended to
+``headers`` (after a head, a sink that checks trailer fields and keeps none); the
+checks of the head run once, on the whole list.
 
 Two places where llhttp stops and the policy does not, and parsing is resumed with a
 fresh parser that is first fed a made-up head carrying only the request's framing
@@ -35,14 +40,27 @@ from asgictl.protocols.state import ServerState
 
 #: Decoded once instead of per request.
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
-_OWS = b" \t"
 _TE_REFUSED = "Request has invalid `Transfer-Encoding`"
 #: What feed_data raises when llhttp stops (an upgrade pause is no HttpParserError).
 _STOPS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 
+class _TrailerCheck:
+    """Stands in for the field list between a head and the end of its message: a
+    trailer field (after a chunked body) is checked and dropped, so a long trailer
+    section costs no memory and the fields of a head no test of where they are."""
+
+    __slots__ = ()
+
+    def append(self, field: tuple[bytes, bytes]) -> None:
+        check_trailer(field[0])
+
+
+_TRAILERS = _TrailerCheck()
+
+
 class HttpToolsConnection(HTTPConnection):
-    __slots__ = ("first_read", "headers", "in_trailers", "parser", "stopped", "url")
+    __slots__ = ("first_read", "headers", "parser", "stopped", "url")
 
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
@@ -50,8 +68,8 @@ class HttpToolsConnection(HTTPConnection):
         self.url = b""
         #: the read a request head started in, until its message ends
         self.first_read = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.in_trailers = False
+        #: the fields of the head being parsed (between heads, the trailer check)
+        self.headers: list[tuple[bytes, bytes]] | _TrailerCheck = []
         self.stopped = False
 
     def data_received(self, data: bytes) -> None:
@@ -63,8 +81,11 @@ class HttpToolsConnection(HTTPConnection):
             return
         if self.parsing is None:
             head_bytes = self.head_bytes
-            if not head_bytes:
-                self.first_read = data  # a head starts here (see on_headers_complete)
+            if not head_bytes and not self.url:
+                # A head starts here (see on_headers_complete); unless a pipelined one
+                # began at the end of the last read: llhttp has handed over its target
+                # then, since it passes every partial span on when a read ends.
+                self.first_read = data
             head_bytes += len(data)
             if head_bytes > self.state.limit_head:
                 # Only the head counts: the same read may carry (much) body after it.
@@ -136,8 +157,7 @@ class HttpToolsConnection(HTTPConnection):
             self.stopped = True
             return None
         cycle = self.pipeline[-1]  # the upgrade request: llhttp paused right after it
-        self.parser = httptools.HttpRequestParser(self)
-        return self._body_of(cycle) + rest
+        return self._fresh_parser(cycle) + rest
 
     def _after_refused_head(self, data: bytes, reason: str) -> bytes | None:
         """llhttp refused, after the head, a ``Transfer-Encoding`` the policy read as
@@ -158,18 +178,20 @@ class HttpToolsConnection(HTTPConnection):
         end = data.find(b"\r\n\r\n")
         if end < 0:
             return None
-        self.parser = httptools.HttpRequestParser(self)
-        return self._body_of(cycle) + data[end + 4 :]
+        return self._fresh_parser(cycle) + data[end + 4 :]
 
-    def _body_of(self, cycle: HTTPCycle) -> bytes:
-        """The made-up head that has a fresh parser read the rest of ``cycle``'s body
-        (b"" when it has none); its callbacks are ignored (see on_headers_complete)."""
+    def _fresh_parser(self, cycle: HTTPCycle) -> bytes:
+        """A fresh parser takes over after ``cycle``'s head: the made-up head it must be
+        fed first to read the rest of that request's body (b"" when it has none); its
+        callbacks are ignored (see on_headers_complete)."""
+        self.parser = httptools.HttpRequestParser(self)
+        self.headers = []
+        self.url = b""
         framing = framing_of(cycle.scope["headers"])
         if framing is None:
             return b""
         cycle.more_body = True
         self.parsing = cycle
-        self.in_trailers = False
         return b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n"
 
     # ------------------------------------------------------------- parser callbacks
@@ -181,27 +203,23 @@ class HttpToolsConnection(HTTPConnection):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if self.in_trailers:
-            check_trailer(name)
-            return
         # llhttp drops leading whitespace of a value but keeps trailing (RFC 9110 5.5).
-        self.headers.append((name, value.rstrip(_OWS)))
+        # It refuses control bytes but HTAB in values, so rstrip() with no argument
+        # (ASCII whitespace, its fast path) strips exactly SP and HTAB here.
+        self.headers.append((name.lower(), value.rstrip()))
 
     def on_headers_complete(self) -> None:
         if self.parsing is not None:
-            # The made-up head of a resumed body (_body_of): nothing to begin.
-            self.headers = []
+            # The made-up head of a resumed body (_fresh_parser): nothing to begin.
+            self.headers = _TRAILERS
             self.url = b""
-            self.in_trailers = True
             return
         parser = self.parser
         method = parser.get_method()
         headers = self.headers
         url = self.url
-        self.headers = []  # the scope owns that list now
+        self.headers = _TRAILERS  # the scope owns that list now
         self.url = b""
-        self.in_trailers = True
         # llhttp accepts runs of spaces in the request line where h11 and RFC 9112's
         # grammar do not: refuse them alike. With single spaces the line's CR sits
         # right after "METHOD SP target SP HTTP/x.y"; only when it does not is the
@@ -212,18 +230,29 @@ class HttpToolsConnection(HTTPConnection):
         end = len(method) + len(url) + 10
         if len(first) <= end or first[end] != 13:
             check_request_line(first if first.startswith(method) else b"")
+            version = parser.get_http_version()
+        elif first.startswith(b" HTTP/1.1", end - 9):
+            # The line is "METHOD SP target SP HTTP/1.1": the version is read from it
+            # instead of formatted by the parser (a str.format per request).
+            version = "1.1"
+        else:
+            version = parser.get_http_version()
+        # The reads since the head began hold all its fields, and bound their sizes
+        # (nothing is known of a head that began inside a read after another message).
+        head_size = self.head_bytes if first else None
         self.begin_request(
             _METHODS.get(method) or method.decode("ascii"),
             url,
-            parser.get_http_version(),
+            version,
             headers,
+            head_size,
         )
 
     def on_body(self, body: bytes) -> None:
         self.request_body(body)
 
     def on_message_complete(self) -> None:
-        self.in_trailers = False
+        self.headers = []
         self.first_read = b""
         self.end_of_request()
 

@@ -62,7 +62,7 @@ HTTP2_REASON = "HTTP/2 is not served here: use HTTP/1.1"
 #: The answer to a PRI request that is not the exact preface, while HTTP/2 is served.
 BAD_PREFACE_STATUS = 400
 BAD_PREFACE_REASON = "Invalid HTTP/2 connection preface"
-#: Header names that need a look; every other header costs one dict lookup.
+#: Header names that need a look; every other header costs one dict membership test.
 _SPECIAL = {
     b"host": _HOST,
     b"content-length": _CONTENT_LENGTH,
@@ -77,10 +77,16 @@ _SPECIAL = {
     b"x-forwarded-proto": _FORWARDED,
     b"connection": _CONNECTION,
 }
+_HOST_NAME = b"host"
 
 
 def check_head(
-    method: str, target: bytes, version: str, headers: list[tuple[bytes, bytes]], limits: Any
+    method: str,
+    target: bytes,
+    version: str,
+    headers: list[tuple[bytes, bytes]],
+    limits: Any,
+    head_size: int | None = None,
 ) -> int:
     """Refuse a head the policy forbids, else return bits: EXPECT_CONTINUE when the
     client waits for ``100 Continue``, FORWARDED when proxy headers are present,
@@ -88,7 +94,10 @@ def check_head(
 
     ``headers`` are (lower-cased name, value) pairs whose values the parser trimmed of
     leading and trailing SP/HTAB. ``limits`` has the ``limit_*`` attributes of the
-    ServerState.
+    ServerState. ``head_size``, when known, is at least the size in bytes of the part
+    of the head that holds its fields: when it is no larger than
+    ``limit_request_field_size`` no field can be past it, so the fields are not
+    measured one by one.
     """
     if len(target) + len(method) + 10 > limits.limit_line:
         raise InvalidRequest(414, "request line too long")
@@ -100,16 +109,42 @@ def check_head(
         raise InvalidRequest(505, f"HTTP/{version} is not supported")
     if method not in KNOWN_METHODS:
         raise InvalidRequest(400, "unknown method")
+    max_field = limits.limit_field_size - 4  # the field line counts ": " and its CRLF
+    if head_size is not None and head_size <= max_field:
+        # No field can be too large: only the fields that need a look are looked for,
+        # and the first one other than Host hands the head to the full check.
+        host = 0
+        host_value = b""
+        for name, value in headers:
+            if name in _SPECIAL:
+                if name != _HOST_NAME:
+                    return _check_fields(method, target, version, headers, limits, 0)
+                host += 1
+                host_value = value
+        if host != 1 and (host or version == "1.1"):
+            _refuse_host(host)
+        if host and host_value != _last_host[0]:
+            check_host(host_value)
+        if target[:1] != b"/":
+            _check_target(method, target)
+        return KEEP_ALIVE if version == "1.1" else 0
+    return _check_fields(method, target, version, headers, limits, max_field)
+
+
+def _check_fields(
+    method: str, target: bytes, version: str, headers: list[tuple[bytes, bytes]], limits: Any, max_field: int
+) -> int:
+    """check_head's look at every field: sizes (unless ``max_field`` is 0), Host,
+    framing, Content-Type, Expect, Connection, proxy headers; then the target."""
     host = length = encoding = content_type = closed = 0
     flags = KEEP_ALIVE if version == "1.1" else 0
     length_value = encoding_value = host_value = b""
-    max_field = limits.limit_field_size - 4  # the field line counts ": " and its CRLF
     for name, value in headers:
-        if len(name) + len(value) > max_field:
+        if max_field and len(name) + len(value) > max_field:
             raise InvalidRequest(431, "header field too large")
-        kind = _SPECIAL.get(name)
-        if kind is None:
+        if name not in _SPECIAL:
             continue
+        kind = _SPECIAL[name]
         if kind == _HOST:
             host += 1
             host_value = value
@@ -136,7 +171,7 @@ def check_head(
         else:
             raise InvalidRequest(400, f"ambiguous header name {name.decode('latin-1')!r}")
     if host != 1 and (host or version == "1.1"):
-        raise InvalidRequest(400, "exactly one Host header is required" if host else "missing Host header")
+        _refuse_host(host)
     if host and host_value != _last_host[0]:
         check_host(host_value)
     if length or encoding:
@@ -148,6 +183,11 @@ def check_head(
     if target[:1] != b"/":
         _check_target(method, target)
     return flags
+
+
+def _refuse_host(host: int) -> None:
+    """One Host field per request, and one in every HTTP/1.1 request (RFC 9112 3.2)."""
+    raise InvalidRequest(400, "exactly one Host header is required" if host else "missing Host header")
 
 
 def _check_framing(
