@@ -26,6 +26,7 @@ import base64
 import os
 from typing import TYPE_CHECKING, Any
 
+from asgictl.protocols.http2.engine import CANCEL
 from asgictl.protocols.http2.stream import CONNECTION_FIELDS
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 #: HTTP/1.1 answer fields that mean nothing in HTTP/2 (RFC 9113 8.2.2, RFC 8441 5).
 _DROPPED = CONNECTION_FIELDS | {b"sec-websocket-accept"}
-_CANCEL = 0x8
 
 
 class StreamTransport(asyncio.Transport):
@@ -78,7 +78,7 @@ class StreamTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self.closing = True
-        self.stream.cancel(_CANCEL)
+        self.stream.cancel(CANCEL)
         self.conn.loop.call_soon(self.connection_lost)
 
     def is_closing(self) -> bool:
