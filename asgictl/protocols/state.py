@@ -3,7 +3,8 @@
 A :class:`ServerState` is built once per server from its Config and the loaded app. The
 protocols read settings from it instead of from the Config, already in the form the hot
 path wants (bytes, booleans, a parsed trust list), and they report to it: open
-connections, requests served, requests in progress.
+connections (:class:`Connection`: what the server asks of each), requests served,
+requests in progress and the tasks running their apps (``start_task``, ``tasks``).
 
 :meth:`ServerState.tick` runs once a second (the worker's clock): it formats the Date
 header, closes connections idle past the keep-alive timeout and lets the owner check

@@ -58,6 +58,18 @@ class BootCancelled(BaseException):
 
 
 class Server:
+    """One worker's server: it owns the app (loaded from ``config``), its lifespan, the
+    listeners it serves, the :class:`~asgictl.protocols.state.ServerState` its
+    connections share, the once-a-second tick, and the graceful stop.
+
+    ``config``: a :class:`~asgictl.config.Config` (``Config(app, ...)`` from Python, or
+    the CLI's). Build, then ``run()`` (a new event loop) or ``await serve()`` (the
+    running one); set ``should_exit`` (any thread) to stop gracefully, ``force_exit``
+    to skip the waiting. ``exit_code`` says how it ended (0, or ``STARTUP_FAILURE``: 3,
+    when the lifespan startup failed); ``started`` turns True once it accepts
+    connections, when ``on_ready`` is called.
+    """
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.started = False
@@ -82,6 +94,7 @@ class Server:
 
     @property
     def should_exit(self) -> bool:
+        """A graceful stop was asked for; setting it (from any thread) starts one."""
         return self._should_exit
 
     @should_exit.setter
@@ -114,6 +127,19 @@ class Server:
         return self.exit_code
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Load the app, run its lifespan startup, serve until stopped, then stop
+        gracefully, in the running loop; SIGINT/SIGTERM (``handled_signals``) stop it.
+
+        ``sockets``: listening sockets to serve (the supervisor's, bound by the master);
+        None binds from the config (``--fd``, ``--uds``, systemd's LISTEN_FDS, else
+        ``--host``/``--port``). Handed sockets are closed if the boot is given up.
+
+        Raises ConfigError for a bad TLS setting or an ``--http``, ``--ws`` or
+        ``--http2-engine`` library that is not installed, AppLoadError (one line) when
+        the app cannot be imported or is not callable, OSError when a listener cannot
+        be bound (after the app's lifespan shutdown). A failed lifespan startup is no exception: it
+        returns with ``exit_code`` set to ``STARTUP_FAILURE``.
+        """
         self._loop = asyncio.get_running_loop()
         with self._capture_signals():
             try:
@@ -309,6 +335,7 @@ class Server:
     # ------------------------------------------------------------------ signals
 
     def handle_exit(self, sig: int) -> None:
+        """A stop signal: a graceful stop; a second SIGINT skips the waiting."""
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         self.should_exit = True
