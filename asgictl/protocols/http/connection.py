@@ -32,7 +32,7 @@ from asgictl.protocols.http.response import simple_response
 from asgictl.protocols.http.shutdown import CLOSE_GRACE, GracefulStop
 from asgictl.protocols.http.strict import EXPECT_CONTINUE, FORWARDED, KEEP_ALIVE, check_head
 from asgictl.protocols.http.upgrade import Upgrades
-from asgictl.protocols.state import ServerState
+from asgictl.protocols.state import EAGER_TASKS, ServerState
 
 logger = logging.getLogger("asgictl.error")
 
@@ -361,8 +361,11 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
                     app = service_unavailable
                 if state.timed:
                     cycle.started_at = perf_counter()  # the loop's clock has 1 ms steps
-                # The task is kept in state.tasks while it runs (the shutdown's).
-                state.start_task(cycle, app)
+                # state.start_task(cycle, app), inline (a call less per request): the
+                # task is kept in state.tasks until cycle.run ends (the shutdown's).
+                task = state.new_task(cycle.run(app))
+                if not (EAGER_TASKS and task.done()):
+                    state.tasks[cycle] = task
             if self.read_paused and not pipeline:
                 self.resume_reading()
         finally:
