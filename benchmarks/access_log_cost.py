@@ -30,7 +30,7 @@ from typing import Any
 
 from asgictl.config import Config
 from asgictl.logs import configure_logging
-from asgictl.protocols.http import protocol_class
+from asgictl.protocols.factory import connection_factory
 from asgictl.protocols.state import ServerState
 
 REQUEST = b"GET /path?q=1 HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench/1\r\n\r\n"
@@ -74,7 +74,7 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     state = ServerState(config, hello, loop)
-    protocol = protocol_class("httptools")(state)
+    protocol = connection_factory(state)()
     transport = Transport()
     protocol.connection_made(transport)
 

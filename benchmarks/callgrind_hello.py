@@ -86,7 +86,7 @@ def serve_requests(
     from apps import hello
 
     from asgictl.config import Config
-    from asgictl.protocols.http import protocol_class
+    from asgictl.protocols.factory import connection_factory
     from asgictl.protocols.state import ServerState
 
     if loop_name == "uvloop":
@@ -125,7 +125,7 @@ def serve_requests(
     state = ServerState(config, hello, loop)
     transport = Transport()
     if server == "asgictl":
-        transport.protocol = protocol_class(http)(state)
+        transport.protocol = connection_factory(state)()
     else:
         import floor
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from asgictl.config import Config
 from asgictl.protocols.factory import connection_factory
-from asgictl.protocols.http.connection import request_tasks
 from asgictl.protocols.state import ServerState
 
 PARSERS = ["httptools", "h11"]
@@ -112,7 +111,7 @@ class Harness:
             # Wait on the tasks themselves, not on the active-request counter: a test may
             # set the counter to stand for requests that are not running here.
             while self.loop.time() < deadline:
-                tasks = request_tasks()
+                tasks = list(self.state.tasks.values())
                 if not tasks:
                     break
                 await asyncio.wait(tasks, timeout=deadline - self.loop.time())
@@ -122,7 +121,7 @@ class Harness:
         self.loop.run_until_complete(wait())
 
     def close(self) -> None:
-        for task in request_tasks(self.loop):
+        for task in list(self.state.tasks.values()):
             task.cancel()
         self.settle(1.0)
         self.loop.close()

@@ -29,7 +29,6 @@ from support import ServerProcess, run_asgictl, wait_until
 DEADLINE = 30.0
 
 
-
 def ctl(
     *args: str, env: dict[str, str] | None = None, timeout: float = 90.0
 ) -> subprocess.CompletedProcess[str]:

@@ -79,3 +79,15 @@ def test_unknown_path_names_the_endpoints(tmp_path: Path) -> None:
         r = httpx.get(base + "/nope", timeout=TIMEOUT)
         assert r.status_code == 404 and "/healthz" in r.text and "/readyz" in r.text
         assert probes(base) == ((200, "ok: 1/1 workers ready"), (200, "ready: 1/1 workers ready"))
+        # The listener's answers are the protocols' own small responses: the status line
+        # with its reason, the fields of a GET for a HEAD (without the body), Allow on 405.
+        r = httpx.post(base + "/metrics", timeout=TIMEOUT)
+        assert r.status_code == 405 and r.reason_phrase == "Method Not Allowed"
+        assert r.headers["allow"] == "GET, HEAD" and r.headers["connection"] == "close"
+        get = httpx.get(base + "/healthz", timeout=TIMEOUT)
+        head = httpx.head(base + "/healthz", timeout=TIMEOUT)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
+        assert get.headers["content-type"] == "text/plain; charset=utf-8"
+        scrape = httpx.get(base + "/metrics", timeout=TIMEOUT)
+        assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain; version=")

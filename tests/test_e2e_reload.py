@@ -62,9 +62,6 @@ def app_source(version: str, startup: str = "pass") -> str:
 # ----------------------------------------------------------------------------- helpers
 
 
-
-
-
 def get(port: int, path: str = "/", timeout: float = 10.0) -> bytes:
     """One request on a fresh connection (Connection: close); returns the body."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:

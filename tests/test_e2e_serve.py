@@ -28,9 +28,10 @@ def test_serves_hello_and_echo_on_port_zero(http: str) -> None:
 
 def test_pipelined_requests_answered_in_order() -> None:
     with run_asgictl(["serve", "basic:app", "--port", "0"]) as server:
-        reqs = b"".join(
-            b"GET /scope?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5)
-        ) + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        reqs = (
+            b"".join(b"GET /scope?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5))
+            + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         data = raw_request("127.0.0.1", server.port, reqs)
         assert data.count(b"HTTP/1.1 200 OK") == 6
         order = [int(x) for x in __import__("re").findall(rb'"query_string": "n=(\d)"', data)]

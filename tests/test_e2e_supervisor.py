@@ -28,9 +28,6 @@ DEADLINE = 30.0
 # ----------------------------------------------------------------------------- helpers
 
 
-
-
-
 def worker_pids(master: int) -> set[int]:
     pids = set()
     with contextlib.suppress(psutil.NoSuchProcess):
@@ -301,13 +298,13 @@ def test_usr1_reopens_log_files(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- signals
 
-APP_V1 = '''
+APP_V1 = """
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"VERSION"})
-'''
+"""
 
 
 def write_app(directory: Path, body: str) -> None:

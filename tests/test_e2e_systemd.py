@@ -36,7 +36,6 @@ from support import test_env as make_env
 DEADLINE = 30.0
 
 
-
 # ----------------------------------------------------------------------------- notify socket
 
 

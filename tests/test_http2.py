@@ -87,6 +87,26 @@ def test_scope(http: str, engine: str) -> None:
     h.close()
 
 
+def test_state_tasks_hold_a_running_stream_until_it_ends(http: str, engine: str) -> None:
+    # The server's shutdown waits for, then cancels, what state.tasks holds.
+    release: list[asyncio.Future[None]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        release.append(asyncio.get_running_loop().create_future())
+        await release[0]
+        await hello(scope, receive, send)
+
+    h = H2Harness(app, http, http2_engine=engine)
+    stream_id = h.request()
+    h.turn()
+    assert len(h.state.tasks) == 1 and h.server.busy()
+    release[0].set_result(None)
+    h.settle()
+    assert h.response(stream_id)[1] == b"Hello, world!"
+    assert not h.state.tasks and not h.server.busy()
+    h.close()
+
+
 def test_preface_split_over_reads(http: str) -> None:
     h = Harness(hello, http=http)
     from h2client import client_connection

@@ -115,12 +115,14 @@ def test_echo_and_close(impl: tuple[str, str]) -> None:
     t.send(text("hello"))
     t.send(frame(0x2, b"\x00\x01"))
     assert t.frames() == [(0x1, b"hello"), (0x2, b"\x00\x01")]
+    # The app's task is one the server's shutdown waits for, until it ends.
+    assert len(h.state.tasks) == 1 and h.server.busy()
     t.send(text("bye"))
     assert t.frames()[-1] == (0x8, (4000).to_bytes(2, "big") + b"done")
     t.send(close(4000), end=True)
     h.settle()
     assert t.ended or t.reset == 0
-    assert h.state.active_requests == 0
+    assert h.state.active_requests == 0 and not h.state.tasks
     h.close()
 
 

@@ -64,14 +64,14 @@ def test_keep_alive_many_requests_one_write_each(http: str) -> None:
 def test_at_most_one_task_per_request_and_none_per_connection(http: str, monkeypatch: Any) -> None:
     h = make(hello, http)
     created: list[Any] = []
-    start_task = h.state.start_task
+    new_task = h.state.new_task
 
     def counting(coro: Any) -> Any:
-        task = start_task(coro)
+        task = new_task(coro)
         created.append(task)
         return task
 
-    h.state.start_task = counting
+    h.state.new_task = counting
     before = len(asyncio.all_tasks(h.loop))
     for _ in range(3):
         h.feed(GET)
@@ -81,6 +81,31 @@ def test_at_most_one_task_per_request_and_none_per_connection(http: str, monkeyp
     # aside, which settle() awaits and which is gone when it returns).
     assert len(asyncio.all_tasks(h.loop)) == before
     assert len(h.transport.writes) == 3
+    h.close()
+
+
+def test_state_tasks_hold_a_running_request_until_it_ends(http: str) -> None:
+    # The server's shutdown waits for, then cancels, what state.tasks holds: a request
+    # whose app is still running must be there, and gone once the app returned.
+    release: list[asyncio.Future[None]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        release.append(asyncio.get_running_loop().create_future())
+        await release[0]
+        await hello(scope, receive, send)
+
+    h = make(app, http)
+    h.feed(GET)
+    h.loop.run_until_complete(asyncio.sleep(0))
+    assert len(h.state.tasks) == 1 and h.protocol.busy()
+    (task,) = h.state.tasks.values()
+    assert not task.done()
+    release[0].set_result(None)
+    h.settle()
+    assert task.done() and not h.state.tasks and not h.protocol.busy()
+    h.feed(GET)  # an eager task (3.12+) that finished at once leaves no entry either
+    h.settle()
+    assert not h.state.tasks and len(h.transport.writes) == 2
     h.close()
 
 

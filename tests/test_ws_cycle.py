@@ -90,6 +90,8 @@ def test_handoff_and_echo_text_and_bytes(ws: str, http: str) -> None:
     h.feed(text("hello") + frame(BINARY, b"\x00\x01"))
     h.run_until(lambda: len(h.frames()) == 2)
     assert h.frames() == [(TEXT, b"hello"), (BINARY, b"\x00\x01")]
+    # The app's task is one the server's shutdown waits for (state.tasks), until it ends.
+    assert len(h.state.tasks) == 1 and h.ws.busy()
     assert app.received[0] == {"type": "websocket.receive", "text": "hello"}
     assert app.received[1] == {"type": "websocket.receive", "bytes": b"\x00\x01"}
     # The peer closes: the server answers with its code, closes the TCP, the app is told.
@@ -99,6 +101,8 @@ def test_handoff_and_echo_text_and_bytes(ws: str, http: str) -> None:
     assert h.frames()[-1][0] == CLOSE and close_code(h.frames()[-1][1]) == 4000
     assert h.transport.closed
     assert h.state.active_requests == 0
+    h.run_until(lambda: not h.state.tasks)
+    assert not h.ws.busy()
     h.close()
 
 

@@ -17,7 +17,8 @@ from urllib.parse import urlencode
 import flask
 import pytest
 
-from asgictl.worker.wsgi import AHEAD, MESSAGE_COST, WSGIAdapter, build_environ
+from asgictl.worker.wsgi import WSGIAdapter, build_environ
+from asgictl.worker.wsgi.response import AHEAD, MESSAGE_COST
 
 Message = dict[str, Any]
 Environ = dict[str, Any]
@@ -881,7 +882,7 @@ def test_requests_past_threads_and_queue_are_answered_503() -> None:
 
 
 def test_small_body_is_read_before_the_app_runs_and_large_one_streams() -> None:
-    from asgictl.worker.wsgi import PREREAD
+    from asgictl.worker.wsgi.adapter import PREREAD
 
     seen: dict[str, Any] = {}
 

@@ -3,7 +3,8 @@
 A :class:`ServerState` is built once per server from its Config and the loaded app. The
 protocols read settings from it instead of from the Config, already in the form the hot
 path wants (bytes, booleans, a parsed trust list), and they report to it: open
-connections, requests served, requests in progress.
+connections (:class:`Connection`: what the server asks of each), requests served,
+requests in progress and the tasks running their apps (``start_task``, ``tasks``).
 
 :meth:`ServerState.tick` runs once a second (the worker's clock): it formats the Date
 header, closes connections idle past the keep-alive timeout and lets the owner check
@@ -26,7 +27,7 @@ from asgictl.protocols.access import AccessLog
 from asgictl.protocols.proxy import TrustedHosts
 
 if TYPE_CHECKING:
-    from asgictl.protocols.http.connection import HTTPConnection
+    from asgictl.protocols.websockets import WSFactory
 
 ASGIApp = Callable[..., Any]
 
@@ -37,6 +38,9 @@ access_logger = logging.getLogger("asgictl.access")
 #: Request and WebSocket tasks share one name: a name of asyncio's own ("Task-N") is
 #: formatted per task, a measurable cost at tens of thousands of requests a second.
 TASK_NAME = "asgictl.app"
+#: Tasks start eagerly (3.12+): one may finish inside its creation, before it could be
+#: kept (see ServerState.start_task). Before 3.12 no task is done at creation.
+EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 def task_starter(loop: asyncio.AbstractEventLoop) -> Callable[[Any], asyncio.Task[Any]]:
@@ -51,8 +55,30 @@ def task_starter(loop: asyncio.AbstractEventLoop) -> Callable[[Any], asyncio.Tas
     return functools.partial(asyncio.Task, loop=loop, name=TASK_NAME)
 
 
-class Tickable(Protocol):
-    def check_idle(self, now: float) -> None: ...
+class AppRunner(Protocol):
+    """What runs the app for one request, HTTP/2 stream or WebSocket (an HTTPCycle, a
+    WSConnection): its ``run`` ends with ``state.tasks.pop(self, None)``."""
+
+    async def run(self, app: ASGIApp) -> None: ...
+
+
+class Connection(Protocol):
+    """What the server asks of each of its open connections (``ServerState.connections``:
+    HTTP/1.1, HTTP/2 and WebSocket ones), the same questions whatever the protocol."""
+
+    transport: asyncio.Transport
+    #: no new requests or streams will start on it (the server's stop sets it too)
+    closing: bool
+
+    def check_idle(self, now: float) -> None:
+        """The once-a-second deadlines (``now``: the loop's clock, seconds)."""
+
+    def busy(self) -> bool:
+        """An app is running for it, or a request is queued: a graceful stop lets it
+        finish instead of closing the connection after a short grace."""
+
+    def shutdown(self) -> None:
+        """Graceful stop (``shutting_down`` is set): finish what is in flight, then close."""
 
 
 class ServerState:
@@ -101,14 +127,15 @@ class ServerState:
         "close_code",
         "on_response",
         "timed",
-        "start_task",
+        "new_task",
+        "tasks",
     )
 
     def __init__(self, config: Config, app: ASGIApp, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.app = app
         self.config = config
-        self.connections: set[HTTPConnection] = set()
+        self.connections: set[Connection] = set()
         self.total_requests = 0
         self.active_requests = 0
         self.server_line = b"server: asgictl\r\n" if config.server_header else b""
@@ -144,19 +171,22 @@ class ServerState:
         self.is_ssl = config.is_ssl
         #: --log-level trace: connection events are logged (checked once, not per call)
         self.trace = logger.isEnabledFor(5)
-        # WebSocket: the protocol factory an Upgrade is handed to (None: --ws none, the
-        # upgrade is answered as plain HTTP), and its settings.
-        from asgictl.protocols.http2 import engine_class, http2_protocol
-        from asgictl.protocols.websockets import ws_protocol_factory
-
-        #: ``start_task(coro)``: runs a request's or a WebSocket's app (eager on 3.12+).
-        self.start_task = task_starter(loop)
-
-        self.ws_protocol = ws_protocol_factory(config.ws)
-        #: ``h2_protocol(state)``: the protocol a connection switches to for HTTP/2 (None:
-        #: --no-http2), and what it needs that HTTP/1.1 does not.
-        self.h2_protocol = http2_protocol() if config.http2 else None
-        self.h2_engine = engine_class(config.http2_engine) if config.http2 else None
+        #: ``new_task(coro)``: a task of the loop (eager on 3.12+); see start_task.
+        self.new_task = task_starter(loop)
+        #: The tasks running an app for a request, an HTTP/2 stream or a WebSocket, by
+        #: what runs it (see start_task): the server's shutdown waits for them, then
+        #: cancels what is left. (A task cancelled before its first step never runs its
+        #: ``finally`` and stays here: only that last cancel can do it.)
+        self.tasks: dict[AppRunner, asyncio.Task[Any]] = {}
+        # What an HTTP/1.1 connection hands over to, set with the rest of the protocol
+        # stack by factory.connection_factory (this module imports no protocol):
+        #: ``ws_protocol(state, http_scope)``: the protocol of an accepted WebSocket
+        #: handshake (None: --ws none, an Upgrade is answered as plain HTTP);
+        self.ws_protocol: WSFactory | None = None
+        #: ``h2_protocol(state)``: the protocol a connection switches to for HTTP/2, and
+        #: the framing engine class it runs (None: --no-http2).
+        self.h2_protocol: Callable[[ServerState], Any] | None = None
+        self.h2_engine: Any = None
         self.h2_max_concurrent_streams = config.http2_max_concurrent_streams
         self.h2c_upgrade = config.http2 and config.h2c_upgrade
         self.h2_default_fields: list[tuple[bytes, bytes]] = []
@@ -181,6 +211,18 @@ class ServerState:
         response, complete or cut short by a client that left."""
         self.on_response = callback
         self.timed = True
+
+    def start_task(self, runner: AppRunner, app: ASGIApp) -> asyncio.Task[Any]:
+        """Run ``runner.run(app)`` (the app for one request, HTTP/2 stream or WebSocket)
+        in a task kept in ``tasks[runner]`` until the run ends; the run removes it in its
+        ``finally``, which costs less than a done callback per request (a trip through
+        the loop's ready queue). An eager task (3.12+) that finished inside this call is
+        not kept at all. (HTTPConnection.start_next has these lines inline: a Python call
+        less per request on the hot path.)"""
+        task = self.new_task(runner.run(app))
+        if not (EAGER_TASKS and task.done()):
+            self.tasks[runner] = task
+        return task
 
     def update_date(self) -> None:
         if self.config.date_header:

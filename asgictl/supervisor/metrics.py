@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from asgictl.config import Config, ConfigError
+from asgictl.protocols.http.response import TEXT_PLAIN, simple_response
 from asgictl.supervisor.endpoints import Channel, Endpoint
 from asgictl.supervisor.hooks import MasterHooks
 
@@ -353,7 +354,7 @@ class _MetricsChannel(Channel):
 
     def refuse(self) -> None:
         try:
-            self.sock.send(_response(503, b"Too many scrapes at once\n"))
+            self.sock.send(simple_response(503, b"Too many scrapes at once\n", b""))
         except OSError:
             pass
 
@@ -366,13 +367,14 @@ class _MetricsChannel(Channel):
         status: int,
         body: bytes,
         extra: bytes = b"",
-        content_type: bytes = b"text/plain; charset=utf-8",
+        content_type: bytes = TEXT_PLAIN,
         head_only: bool = False,
     ) -> None:
+        """Answer and close; ``extra``: more field lines (each ending in CRLF)."""
         self.answered = True
         self.inbuf.clear()
         self.close_when_flushed = True
-        self.write(_response(status, body, extra, content_type, head_only))
+        self.write(simple_response(status, body, extra, content_type=content_type, head=head_only))
 
 
 def _header(head: bytearray, name: bytes) -> str:
@@ -382,34 +384,6 @@ def _header(head: bytearray, name: bytes) -> str:
         if sep and key.strip().lower() == name:
             return value.strip().decode("latin-1")
     return ""
-
-
-_REASONS = {
-    200: b"OK",
-    400: b"Bad Request",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    431: b"Request Header Fields Too Large",
-    503: b"Service Unavailable",
-}
-
-
-def _response(
-    status: int,
-    body: bytes,
-    extra: bytes = b"",
-    content_type: bytes = b"text/plain; charset=utf-8",
-    head_only: bool = False,
-) -> bytes:
-    head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n%s\r\n" % (
-        status,
-        _REASONS.get(status, b"Error"),
-        content_type,
-        len(body),
-        extra,
-    )
-    return head if head_only else head + body
 
 
 def parse_bind(value: str) -> tuple[str, int]:

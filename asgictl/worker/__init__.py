@@ -4,7 +4,8 @@ listening sockets, and what it is made of.
 * ``server.py``: the Server (start, serve, graceful shutdown) and the runtime the master
   imports before forking;
 * ``loader.py``: importing the app (``module:attr``, factories, ``--env-file``) and
-  adapting ASGI2 and WSGI apps; ``wsgi.py``: the WSGI adapter;
+  adapting ASGI2 and WSGI apps; ``wsgi/``: the WSGI adapter (a package: the adapter,
+  the environ and ``wsgi.input``, the response, the thread's bridge to the loop);
 * ``lifespan.py``: the ASGI lifespan protocol (startup before serving, shutdown after);
 * ``sockets.py``, ``tls.py``, ``loops.py``: binding (``asgictl serve``), the SSL
   context, the event loop.

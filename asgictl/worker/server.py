@@ -30,7 +30,7 @@ from asgictl.logs import ROUTINE, SERVING, plural
 from asgictl.protocols.access import compile_format
 from asgictl.protocols.factory import connection_factory
 from asgictl.protocols.http import protocol_class
-from asgictl.protocols.http.connection import CLOSE_GRACE, request_tasks
+from asgictl.protocols.http.connection import CLOSE_GRACE
 from asgictl.protocols.http2 import engine_class, http2_protocol
 from asgictl.protocols.state import ServerState, task_starter
 from asgictl.protocols.websockets import ws_protocol_factory
@@ -58,6 +58,18 @@ class BootCancelled(BaseException):
 
 
 class Server:
+    """One worker's server: it owns the app (loaded from ``config``), its lifespan, the
+    listeners it serves, the :class:`~asgictl.protocols.state.ServerState` its
+    connections share, the once-a-second tick, and the graceful stop.
+
+    ``config``: a :class:`~asgictl.config.Config` (``Config(app, ...)`` from Python, or
+    the CLI's). Build, then ``run()`` (a new event loop) or ``await serve()`` (the
+    running one); set ``should_exit`` (any thread) to stop gracefully, ``force_exit``
+    to skip the waiting. ``exit_code`` says how it ended (0, or ``STARTUP_FAILURE``: 3,
+    when the lifespan startup failed); ``started`` turns True once it accepts
+    connections, when ``on_ready`` is called.
+    """
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.started = False
@@ -82,6 +94,7 @@ class Server:
 
     @property
     def should_exit(self) -> bool:
+        """A graceful stop was asked for; setting it (from any thread) starts one."""
         return self._should_exit
 
     @should_exit.setter
@@ -114,6 +127,19 @@ class Server:
         return self.exit_code
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Load the app, run its lifespan startup, serve until stopped, then stop
+        gracefully, in the running loop; SIGINT/SIGTERM (``handled_signals``) stop it.
+
+        ``sockets``: listening sockets to serve (the supervisor's, bound by the master);
+        None binds from the config (``--fd``, ``--uds``, systemd's LISTEN_FDS, else
+        ``--host``/``--port``). Handed sockets are closed if the boot is given up.
+
+        Raises ConfigError for a bad TLS setting or an ``--http``, ``--ws`` or
+        ``--http2-engine`` library that is not installed, AppLoadError (one line) when
+        the app cannot be imported or is not callable, OSError when a listener cannot
+        be bound (after the app's lifespan shutdown). A failed lifespan startup is no exception: it
+        returns with ``exit_code`` set to ``STARTUP_FAILURE``.
+        """
         self._loop = asyncio.get_running_loop()
         with self._capture_signals():
             try:
@@ -140,6 +166,9 @@ class Server:
             self._close_sockets(sockets)
             return
         state = self.state = ServerState(config, app, loop)
+        # The protocol stack before the lifespan: a library named but missing is a
+        # ConfigError before the app starts.
+        factory = connection_factory(state)
         lifespan = Lifespan(app, config.lifespan, state.lifespan_state)
         # asgictl.pubsub's backend before lifespan startup: the app may publish there.
         self._pubsub = pubsub_backends.setup_for_server(config)
@@ -152,12 +181,12 @@ class Server:
             self.exit_code = STARTUP_FAILURE
             return
         # The app may have set a task factory on the loop during its startup.
-        state.start_task = task_starter(loop)
+        state.new_task = task_starter(loop)
         if self.should_exit:
             await lifespan.shutdown()
             return
         try:
-            await self._start_listening(sockets, ssl_context)
+            await self._start_listening(sockets, ssl_context, factory)
         except BaseException:
             # e.g. the port is taken: the app started, so it gets its shutdown too (and
             # its lifespan task is not left to be cancelled mid-receive, with a traceback).
@@ -191,12 +220,11 @@ class Server:
             with contextlib.suppress(OSError):
                 sock.close()
 
-    async def _start_listening(self, sockets: list[socket.socket] | None, ssl_context: Any) -> None:
+    async def _start_listening(
+        self, sockets: list[socket.socket] | None, ssl_context: Any, factory: Callable[[], asyncio.Protocol]
+    ) -> None:
         config = self.config
-        state = self.state
-        assert state is not None
         self.sockets = list(sockets) if sockets is not None else bind_from_config(config)
-        factory = connection_factory(state)
         loop = asyncio.get_running_loop()
         # The TLS handshake is part of the time a client has to send its first request
         # head: it is bounded by the same deadline (and the head's clock runs from
@@ -241,7 +269,7 @@ class Server:
         while (state.connections or state.active_requests) and not self.force_exit and loop.time() < deadline:
             await asyncio.sleep(0.05)
         if state.connections or state.active_requests:
-            tasks = request_tasks()
+            tasks = list(state.tasks.values())
             logger.warning(
                 "Graceful shutdown timed out: cancelling %s, closing %s",
                 plural(len(tasks), "request"),
@@ -307,6 +335,7 @@ class Server:
     # ------------------------------------------------------------------ signals
 
     def handle_exit(self, sig: int) -> None:
+        """A stop signal: a graceful stop; a second SIGINT skips the waiting."""
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         self.should_exit = True

@@ -32,7 +32,7 @@ from asgictl.protocols.http.response import simple_response
 from asgictl.protocols.http.shutdown import CLOSE_GRACE, GracefulStop
 from asgictl.protocols.http.strict import EXPECT_CONTINUE, FORWARDED, KEEP_ALIVE, check_head
 from asgictl.protocols.http.upgrade import Upgrades
-from asgictl.protocols.state import ServerState
+from asgictl.protocols.state import EAGER_TASKS, ServerState
 
 logger = logging.getLogger("asgictl.error")
 
@@ -48,16 +48,6 @@ EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.pathsend": {},
     "http.response.zerocopysend": {},
 }
-
-#: The coroutines that run an app for one request or one WebSocket session.
-_APP_RUNNERS = frozenset({"HTTPCycle.run", "WSConnection.run"})
-
-
-def request_tasks(loop: asyncio.AbstractEventLoop | None = None) -> list[asyncio.Task[Any]]:
-    """The tasks running requests (and WebSocket sessions) in ``loop`` (for shutdown:
-    not tracked per request)."""
-    return [t for t in asyncio.all_tasks(loop) if getattr(t.get_coro(), "__qualname__", "") in _APP_RUNNERS]
-
 
 #: What every HTTP scope starts from: begin_request copies it and sets every entry but
 #: type, asgi and extensions (placeholders keep the copy at its final size). A copy and
@@ -419,9 +409,11 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
                     app = service_unavailable
                 if state.timed:
                     cycle.started_at = perf_counter()  # the loop's clock has 1 ms steps
-                # No reference is kept: the loop holds running tasks, active_requests
-                # counts them, and shutdown finds them by their coroutine (request_tasks).
-                state.start_task(cycle.run(app))
+                # state.start_task(cycle, app), inline (a call less per request): the
+                # task is kept in state.tasks until cycle.run ends (the shutdown's).
+                task = state.new_task(cycle.run(app))
+                if not (EAGER_TASKS and task.done()):
+                    state.tasks[cycle] = task
             if self.read_paused and not pipeline:
                 self.resume_reading()
         finally:

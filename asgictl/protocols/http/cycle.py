@@ -175,14 +175,19 @@ class HTTPCycle:
     # -------------------------------------------------------------------- from the host
 
     def feed_body(self, data: bytes) -> None:
+        """``data``: request body bytes as they arrive (the host pauses reading while
+        the app has not taken them)."""
         self.body = self.body + data if self.body else data
         self.wake()
 
     def on_disconnect(self) -> None:
+        """The peer went away (or the request was cut): receive() answers
+        http.disconnect, send() raises ClientDisconnected."""
         self.disconnected = True
         self.wake()
 
     def wake(self) -> None:
+        """Resume a receive() or send() waiting for the host (body, drain, the end)."""
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
@@ -192,6 +197,10 @@ class HTTPCycle:
     # ------------------------------------------------------------------------- receive
 
     async def receive(self) -> dict[str, Any]:
+        """The ASGI ``receive``: ``http.request`` messages with the body as it arrives
+        (sending ``100 Continue`` first when the client waits for it), then
+        ``http.disconnect`` once the client has gone, the response is complete, or the
+        server stops with the request read whole."""
         conn = self.conn
         if self.expect_continue:
             # The client waits for this before sending the body: send it only now that
@@ -227,6 +236,9 @@ class HTTPCycle:
     # ---------------------------------------------------------------------------- send
 
     async def send(self, message: dict[str, Any]) -> None:
+        """The ASGI ``send``: ``http.response.start``, ``.body``, ``.trailers``,
+        ``.pathsend`` and ``.zerocopysend``, in the order the spec allows (RuntimeError
+        otherwise), waiting while the host's write buffer is full."""
         if self.disconnected:
             # ASGI 2.4: the app learns that nobody is listening any more.
             raise ClientDisconnected("the client has disconnected")
@@ -410,6 +422,8 @@ class HTTPCycle:
     # -------------------------------------------------------------------------- running
 
     async def run(self, app: Any) -> None:
+        """Run ``app`` for this request (the task of state.start_task): an app error
+        or an incomplete response becomes a 500, or a cut response after its head."""
         try:
             await app(self.scope, self.receive, self.send)
         except BaseException as exc:
@@ -437,7 +451,9 @@ class HTTPCycle:
                     logger.error("ASGI callable returned without completing response.")
                     self._failed(None)
         finally:
-            self.conn.state.active_requests -= 1
+            state = self.conn.state
+            state.active_requests -= 1
+            state.tasks.pop(self, None)  # kept there by state.start_task
 
 
 def _only_disconnects(exc: BaseException) -> bool:

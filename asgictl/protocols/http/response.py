@@ -1,8 +1,8 @@
-"""Pre-encoded pieces of HTTP/1.1 responses.
+"""Pre-encoded pieces of HTTP/1.1 responses, and the one way to write a small one.
 
-Status lines for every code are built once at import. Server-generated answers (400,
-500, 503, ...) are complete byte strings made here, with ``connection: close`` when the
-connection will not be reused.
+Status lines for every code are built once at import. The answers the server writes on
+its own behalf (400, 413, 500, 503, ... from the protocols; the metrics listener's
+scrapes and health checks) are complete byte strings made by :func:`simple_response`.
 """
 
 from __future__ import annotations
@@ -29,17 +29,25 @@ def status_line(status: int) -> bytes:
         raise ValueError(f"invalid HTTP status code {status!r}") from None
 
 
+TEXT_PLAIN = b"text/plain; charset=utf-8"
+
+
 def simple_response(
-    status: int, body: bytes, default_headers: bytes, *, close: bool = True, head: bool = False
+    status: int, body: bytes, default_headers: bytes, *, content_type: bytes = TEXT_PLAIN, head: bool = False
 ) -> bytes:
-    """A complete plain-text response the server writes on its own behalf."""
+    """A complete response the server writes on its own behalf, after which the
+    connection closes: the status line (``status``: 100-599, else KeyError), then
+    ``default_headers`` (field lines, each ending in CRLF: the Date/Server defaults, or
+    any extra fields), Content-Type, Content-Length and ``connection: close``, then
+    ``body``. With ``head`` (the answer to a HEAD request) the fields are the same and
+    the body is left out (RFC 9110 9.3.2)."""
     return b"".join(
         (
             STATUS_LINES[status],
             default_headers,
-            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-type: %b\r\n" % content_type,
             b"content-length: %d\r\n" % len(body),
-            b"connection: close\r\n" if close else b"",
+            b"connection: close\r\n",
             CRLF,
             b"" if head else body,
         )

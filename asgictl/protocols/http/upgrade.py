@@ -82,9 +82,7 @@ class Upgrades:
         scope = pipeline[0].scope
         pipeline.clear()
         self.parsing = None
-        from asgictl.protocols.websockets.connection import websocket_scope
-
-        protocol = ws_protocol(self.state, websocket_scope(scope))
+        protocol = ws_protocol(self.state, scope)
         hand_over(self, protocol)
         protocol.handshake(trailing)
         return True

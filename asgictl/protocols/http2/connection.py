@@ -24,9 +24,10 @@ asks for; everything else is here, once:
   connection (``--timeout-keep-alive``), a stream whose body stops coming
   (``--timeout-body-read``), a peer that takes no bytes or never opens its window
   (``--timeout-send``);
-- graceful shutdown (RFC 9113 6.8): GOAWAY with the last possible stream id and a
-  PING; at the PING's answer, GOAWAY with the real last stream id; streams in flight
-  finish, new ones are refused.
+- graceful shutdown (RFC 9113 6.8), in its own base class
+  (:class:`~asgictl.protocols.http2.shutdown.GoawayShutdown`): GOAWAY with the last
+  possible stream id and a PING; at the PING's answer, GOAWAY with the real last stream
+  id; streams in flight finish, new ones are refused.
 
 Frames are written once per read (the engine's output batched) or once per loop
 iteration for what the apps send in between.
@@ -36,37 +37,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from time import perf_counter
 from typing import Any
 
 from asgictl.protocols.flow import FlowControlled
-from asgictl.protocols.http.connection import CLOSE_GRACE, service_unavailable
+from asgictl.protocols.http.connection import service_unavailable
 from asgictl.protocols.http.cycle import HTTPCycle
 from asgictl.protocols.http.strict import InvalidRequest
-from asgictl.protocols.http2.engine import Engine, EngineError
+from asgictl.protocols.http2.engine import (
+    CANCEL,
+    ENABLE_CONNECT_PROTOCOL,
+    ENABLE_PUSH,
+    ENHANCE_YOUR_CALM,
+    HEADER_TABLE_SIZE,
+    INITIAL_WINDOW_SIZE,
+    MAX_CONCURRENT_STREAMS,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    Engine,
+    EngineError,
+)
 from asgictl.protocols.http2.request import MalformedRequest, build_scope, check_trailers
+from asgictl.protocols.http2.shutdown import GoawayShutdown
 from asgictl.protocols.http2.stream import H2Stream
 from asgictl.protocols.http2.websocket import start_websocket
 from asgictl.protocols.state import ServerState
 
 logger = logging.getLogger("asgictl.error")
-
-NO_ERROR = 0x0
-PROTOCOL_ERROR = 0x1
-INTERNAL_ERROR = 0x2
-REFUSED_STREAM = 0x7
-CANCEL = 0x8
-ENHANCE_YOUR_CALM = 0xB
-
-# SETTINGS identifiers (RFC 9113 6.5.2, RFC 8441 3).
-HEADER_TABLE_SIZE = 0x1
-ENABLE_PUSH = 0x2
-MAX_CONCURRENT_STREAMS = 0x3
-INITIAL_WINDOW_SIZE = 0x4
-MAX_FRAME_SIZE = 0x5
-MAX_HEADER_LIST_SIZE = 0x6
-ENABLE_CONNECT_PROTOCOL = 0x8
 
 #: Request body a stream may have in flight, and the whole connection (bounded buffering).
 STREAM_WINDOW = 256 * 1024
@@ -76,17 +75,11 @@ MAX_RESETS = 200  # streams the client opened and reset before their response (r
 MAX_EMPTY_DATA = 100  # DATA frames with neither payload nor END_STREAM
 MAX_CONTROL = 200  # SETTINGS and PING frames
 MAX_PRIORITY = 1000  # PRIORITY frames
-#: Seconds the shutdown's PING may take before the second GOAWAY goes without it.
-GOAWAY_PING_WAIT = 1.0
-#: Seconds a shutdown waits for the streams in flight before the GOAWAY goes anyway.
-GOAWAY_DEFER = 1.0
-#: Seconds between a final GOAWAY on an idle connection and its close.
-GOAWAY_LINGER = 0.5
 #: Frames owed an ACK while the peer does not read what is written (bounded ACK queue).
 MAX_UNREAD_ACKS = 64
 
 
-class HTTP2Connection(FlowControlled):
+class HTTP2Connection(GoawayShutdown, FlowControlled):
     __slots__ = (
         "acks_unread",
         "awaiting_request",
@@ -193,7 +186,7 @@ class HTTP2Connection(FlowControlled):
             self.data_received(data)
         if self.state.shutting_down:
             # After the first bytes: the client's SETTINGS are acknowledged before the
-            # GOAWAY, nothing after it (see _close_if_done).
+            # GOAWAY, nothing after it (see close_if_done).
             self.shutdown()
 
     def data_received(self, data: bytes) -> None:
@@ -278,7 +271,7 @@ class HTTP2Connection(FlowControlled):
         if state.timed:
             cycle.started_at = perf_counter()  # the loop's clock has 1 ms steps
         self.running += 1
-        state.start_task(cycle.run(app)).add_done_callback(self._app_returned)
+        state.start_task(cycle, app).add_done_callback(self._app_returned)
 
     def on_data(self, stream_id: int, data: bytes, flow_length: int, end_stream: bool) -> None:
         if self.transport.is_closing():
@@ -350,13 +343,6 @@ class HTTP2Connection(FlowControlled):
     def on_ping(self) -> None:
         self._control_frame("PING")
 
-    def on_ping_ack(self, payload: bytes) -> None:
-        if payload == self.goaway_ping and not self.transport.is_closing():
-            self.goaway_ping = None
-            self.last_stream_id = self.engine.highest_stream_id
-            self.engine.goaway(NO_ERROR, self.last_stream_id)
-            self._close_if_done()
-
     def on_priority(self) -> None:
         self.priority += 1
         if self.priority > MAX_PRIORITY:
@@ -365,7 +351,7 @@ class HTTP2Connection(FlowControlled):
     def on_goaway(self, code: int) -> None:
         """The peer sends no new streams: finish those in flight, then close."""
         self.closing = True
-        self._close_if_done()
+        self.close_if_done()
 
     # ------------------------------------------------------------ for the streams
 
@@ -390,7 +376,7 @@ class HTTP2Connection(FlowControlled):
         if not self.transport.is_closing():
             self.engine.reset(stream_id, code)
             self.schedule_flush()
-        self._close_if_done()
+        self.close_if_done()
 
     def stream_finished(self, stream: H2Stream) -> None:
         """The response of ``stream`` is on the wire."""
@@ -402,7 +388,7 @@ class HTTP2Connection(FlowControlled):
         # malformed trailer section after an early response is a PROTOCOL_ERROR).
         if not self.streams:
             self.idle_since = self.loop.time()
-        self._close_if_done()
+        self.close_if_done()
 
     # ------------------------------------------------------------ writing
 
@@ -435,14 +421,14 @@ class HTTP2Connection(FlowControlled):
                     self.fail(PROTOCOL_ERROR, "header block not complete in time")
                 else:
                     logger.debug("Closing HTTP/2 connection: no request head in time")
-                    self._goaway_now()
+                    self.goaway_now()
                 return
         else:
             self.headers_since = None
         since = self.idle_since
         idle = since is not None and not head_open and not self.streams
         if idle and now - since >= state.keep_alive_timeout:  # type: ignore[operator]
-            self._goaway_now()
+            self.goaway_now()
             return
         timeout_send = state.timeout_send
         for stream in list(self.streams.values()):
@@ -458,57 +444,6 @@ class HTTP2Connection(FlowControlled):
                     logger.debug("HTTP/2 stream %d: request body not received in time", stream.stream_id)
                     stream.cancel(CANCEL)
         self.flush()
-
-    def _goaway_now(self) -> None:
-        """GOAWAY NO_ERROR with the last stream there was, and close."""
-        self.closing = True
-        self.last_stream_id = self.engine.highest_stream_id
-        self.engine.goaway(NO_ERROR, self.last_stream_id)
-        self.flush()
-        self.transport.close()
-
-    def shutdown(self) -> None:
-        """Graceful stop: no new streams, those in flight finish, then GOAWAY and close.
-
-        An idle connection gets its GOAWAY (NO_ERROR, the last stream it had) at once.
-        With streams in flight, the GOAWAY waits up to a second for them to finish: the
-        h2-based clients (httpx) fail a request in flight at any GOAWAY, so a connection
-        between requests is the place for it. Streams still in flight then get RFC 9113
-        6.8's sequence: a PING and GOAWAY with the last possible stream id, then, at the
-        PING's answer (or a second later), GOAWAY with the real last stream id; streams
-        up to it finish. A connection whose first request has not come yet (opened as the
-        stop began) first gets the grace an HTTP/1.1 connection gets (``CLOSE_GRACE``):
-        its request is served, where a GOAWAY with last stream id 0 would be taken for an
-        error by httpx (httpcore retries a refused stream only past a non-zero last
-        stream id). Called again, it does nothing more.
-        """
-        self.closing = True
-        if self.stopping or self.transport.is_closing():
-            return
-        self.stopping = True
-        if self.awaiting_request and not self.streams:
-            self.goaway_timer = self.loop.call_later(CLOSE_GRACE, self._wind_down)
-        else:
-            self._wind_down()
-
-    def _wind_down(self) -> None:
-        """The GOAWAY now if no stream is in flight, else once they finish (or later)."""
-        self.goaway_timer = None
-        if self.streams:
-            self.goaway_timer = self.loop.call_later(GOAWAY_DEFER, self._goaway_in_flight)
-        else:
-            self._close_if_done()
-
-    def _goaway_in_flight(self) -> None:
-        self.goaway_timer = None
-        if self.transport.is_closing() or not self.streams or self.last_stream_id != 2**31 - 1:
-            return
-        # The PING goes first: an h2-based client stops reading frames at a GOAWAY.
-        self.goaway_ping = os.urandom(8)
-        self.engine.ping(self.goaway_ping)
-        self.engine.goaway(NO_ERROR, 2**31 - 1)
-        self.flush()
-        self.loop.call_later(GOAWAY_PING_WAIT, self.on_ping_ack, self.goaway_ping)
 
     def busy(self) -> bool:
         """Streams are in flight."""
@@ -574,28 +509,6 @@ class HTTP2Connection(FlowControlled):
             cycle.response_started = cycle.response_complete = True
             stream.respond(413, b"Request body too large\n")
         stream.cancel(CANCEL)
-
-    def _close_if_done(self) -> None:
-        """Closing and no stream left: the final GOAWAY (if not sent yet), and close once
-        the client had time to read it (a request it sent meanwhile is refused, and the
-        client knows from the GOAWAY to send it again elsewhere)."""
-        if not self.closing or self.streams or self.goaway_ping is not None or self.transport.is_closing():
-            return
-        if self.goaway_timer is not None:
-            self.goaway_timer.cancel()
-            self.goaway_timer = None
-        if self.last_stream_id == 2**31 - 1:
-            self.last_stream_id = self.engine.highest_stream_id
-            self.engine.goaway(NO_ERROR, self.last_stream_id)
-            self.flush()
-            # Nothing more is written: an h2-based client (httpx) fails on any frame
-            # after a GOAWAY (a SETTINGS or PING ACK, a RST_STREAM of a refused stream)
-            # instead of sending its request again on a new connection.
-            self.silent = True
-            self.loop.call_later(GOAWAY_LINGER, self.transport.close)
-        else:
-            self.flush()
-            self.transport.close()
 
 
 def _peer(client: Any) -> str:

@@ -4,12 +4,30 @@ An engine turns bytes into calls on the :class:`HTTP2Connection` (``on_request``
 ``on_data``, ``on_trailers``, ``on_reset``, ``on_window_update``, ``on_settings``,
 ``on_ping``, ``on_ping_ack``, ``on_priority``, ``on_goaway``) and the connection's
 requests into frames. Everything else (streams as ASGI cycles, checks, limits, floods,
-deadlines, shutdown) is the connection's, once for every engine.
+deadlines, shutdown) is the connection's, once for every engine. The error codes and
+SETTINGS identifiers both sides of the seam speak are defined here.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+# Error codes (RFC 9113 7), in RST_STREAM and GOAWAY frames whatever the engine.
+NO_ERROR = 0x0
+PROTOCOL_ERROR = 0x1
+INTERNAL_ERROR = 0x2
+REFUSED_STREAM = 0x7
+CANCEL = 0x8
+ENHANCE_YOUR_CALM = 0xB
+
+# SETTINGS identifiers (RFC 9113 6.5.2, RFC 8441 3).
+HEADER_TABLE_SIZE = 0x1
+ENABLE_PUSH = 0x2
+MAX_CONCURRENT_STREAMS = 0x3
+INITIAL_WINDOW_SIZE = 0x4
+MAX_FRAME_SIZE = 0x5
+MAX_HEADER_LIST_SIZE = 0x6
+ENABLE_CONNECT_PROTOCOL = 0x8
 
 
 class EngineError(Exception):

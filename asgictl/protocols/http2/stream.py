@@ -37,6 +37,7 @@ from asgictl.protocols.http.fields import (
 )
 from asgictl.protocols.http.files import copy_region
 from asgictl.protocols.http.response import NO_BODY_STATUSES
+from asgictl.protocols.http2.engine import CANCEL, INTERNAL_ERROR
 
 if TYPE_CHECKING:
     from asgictl.protocols.http.cycle import HTTPCycle
@@ -49,8 +50,6 @@ CONNECTION_FIELDS = frozenset(
 )
 _STATUS = {code: str(code).encode("ascii") for code in range(100, 600)}
 _CONTINUE = [(b":status", b"100")]
-_INTERNAL_ERROR = 0x2
-_CANCEL = 0x8
 
 
 class H2Stream:
@@ -303,7 +302,7 @@ class H2Stream:
         self.respond(status, body)
 
     def cut(self, cycle: HTTPCycle, failed: bool) -> None:
-        self.cancel(_INTERNAL_ERROR if failed else _CANCEL)
+        self.cancel(INTERNAL_ERROR if failed else CANCEL)
 
     def send_raw(self, data: bytes, end: bool) -> None:
         """DATA of a tunnel (a WebSocket's frames), END_STREAM after it if ``end``."""
@@ -338,7 +337,7 @@ class H2Stream:
         if self.tunnel is not None:
             self.tunnel.connection_lost()
 
-    def cancel(self, code: int = _CANCEL) -> None:
+    def cancel(self, code: int = CANCEL) -> None:
         """Reset the stream from this side (RST_STREAM ``code``); the app sees a disconnect."""
         if not self.reset:
             self.give_back()

@@ -26,8 +26,8 @@ import base64
 import os
 from typing import TYPE_CHECKING, Any
 
+from asgictl.protocols.http2.engine import CANCEL
 from asgictl.protocols.http2.stream import CONNECTION_FIELDS
-from asgictl.protocols.websockets.connection import websocket_scope
 
 if TYPE_CHECKING:
     from asgictl.protocols.http2.connection import HTTP2Connection
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 #: HTTP/1.1 answer fields that mean nothing in HTTP/2 (RFC 9113 8.2.2, RFC 8441 5).
 _DROPPED = CONNECTION_FIELDS | {b"sec-websocket-accept"}
-_CANCEL = 0x8
 
 
 class StreamTransport(asyncio.Transport):
@@ -79,7 +78,7 @@ class StreamTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self.closing = True
-        self.stream.cancel(_CANCEL)
+        self.stream.cancel(CANCEL)
         self.conn.loop.call_soon(self.connection_lost)
 
     def is_closing(self) -> bool:
@@ -170,7 +169,7 @@ def start_websocket(conn: HTTP2Connection, stream: H2Stream, http_scope: dict[st
     assert factory is not None
     transport = StreamTransport(conn, stream)
     stream.tunnel = transport
-    protocol = factory(state, websocket_scope(http_scope))
+    protocol = factory(state, http_scope)
     transport.set_protocol(protocol)
     key = base64.b64encode(os.urandom(16))
     protocol.engine_headers = [

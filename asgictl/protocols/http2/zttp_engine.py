@@ -18,13 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import zttp
 
-from asgictl.protocols.http2.engine import EngineError
+from asgictl.protocols.http2.engine import INITIAL_WINDOW_SIZE, PROTOCOL_ERROR, EngineError
 
 if TYPE_CHECKING:
     from asgictl.protocols.http2.connection import HTTP2Connection
 
-_PROTOCOL_ERROR = 0x1
-_INITIAL_WINDOW_SIZE = 0x4
 _MAX_FRAME = 16384
 
 
@@ -41,7 +39,7 @@ class ZttpEngine:
         upgrade: bytes | None = None,
     ) -> None:
         if upgrade is not None:
-            raise EngineError(_PROTOCOL_ERROR, "h2c upgrade is not available with the zttp engine")
+            raise EngineError(PROTOCOL_ERROR, "h2c upgrade is not available with the zttp engine")
         self.conn = conn
         self.z = zttp.Connection(zttp.SERVER, zttp.HTTP2)
         self.z.initiate_connection()
@@ -75,7 +73,7 @@ class ZttpEngine:
                 elif kind is zttp.RstStream:
                     conn.on_reset(event.stream_id, event.error_code, True)
                 elif kind is zttp.Settings:
-                    conn.on_settings(any(key == _INITIAL_WINDOW_SIZE for key, _ in event.params))
+                    conn.on_settings(any(key == INITIAL_WINDOW_SIZE for key, _ in event.params))
                 elif kind is zttp.Ping:
                     if event.ack:
                         conn.on_ping_ack(event.data)
@@ -86,7 +84,7 @@ class ZttpEngine:
                 elif kind is zttp.ConnectionClosed:
                     raise EngineError(0, "connection closed")
         except zttp.ProtocolError as exc:
-            raise EngineError(_PROTOCOL_ERROR, str(exc)) from None
+            raise EngineError(PROTOCOL_ERROR, str(exc)) from None
 
     def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         stream = self.z.stream(stream_id)

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from asgictl.protocols.state import ServerState
     from asgictl.protocols.websockets.connection import WSConnection
 
-#: ``factory(state, scope)``: the WebSocket protocol for one upgraded connection.
+#: ``factory(state, http_scope)``: the WebSocket protocol for one upgraded connection (it
+#: builds its websocket scope from the HTTP scope of the request that asked for it).
 WSFactory = Callable[["ServerState", dict[str, Any]], "WSConnection"]
 
 _IMPLEMENTATIONS = {
@@ -57,11 +58,11 @@ def ws_protocol_factory(name: str) -> WSFactory | None:
 def _lazy(module: str, attribute: str) -> WSFactory:
     cls: type[WSConnection] | None = None
 
-    def factory(state: ServerState, scope: dict[str, Any]) -> WSConnection:
+    def factory(state: ServerState, http_scope: dict[str, Any]) -> WSConnection:
         nonlocal cls
         if cls is None:
             cls = getattr(importlib.import_module(module), attribute)
-        return cls(state, scope)
+        return cls(state, http_scope)
 
     factory.module = module  # type: ignore[attr-defined]  # for tests and debugging
     return factory

@@ -100,10 +100,10 @@ def websocket_scope(http_scope: dict[str, Any]) -> dict[str, Any]:
 class WSConnection(FlowControlled):
     __slots__ = (
         "app_closed",
+        "app_running",
         "close_timer",
         "closing",
         "connect_sent",
-        "cycle",
         "deny_head",
         "deny_length",
         "disconnect",
@@ -120,10 +120,12 @@ class WSConnection(FlowControlled):
         "waiter",
     )
 
-    def __init__(self, state: ServerState, scope: dict[str, Any]) -> None:
+    def __init__(self, state: ServerState, http_scope: dict[str, Any]) -> None:
+        """``http_scope``: the HTTP scope of the request that asked for the WebSocket
+        (already checked by the HTTP protocol); the websocket scope is built from it."""
         super().__init__(state.loop)
         self.state = state
-        self.scope = scope
+        self.scope = websocket_scope(http_scope)
         self.phase = CONNECTING
         #: the handshake fields the framing library checks, when they are not the scope's
         #: (a WebSocket over HTTP/2 has no Upgrade, Connection or Sec-WebSocket-Key)
@@ -140,8 +142,8 @@ class WSConnection(FlowControlled):
         self.deny_head: bytes | None = None
         self.deny_length = False
         self.closing = False
-        #: not None while the app runs (the server's shutdown treats the connection as busy)
-        self.cycle: Any = None
+        #: the app runs (the server's shutdown treats the connection as busy)
+        self.app_running = False
         self.ping_payload: bytes | None = None
         self.ping_sent_at: float | None = None
         self.last_ping = 0.0
@@ -206,9 +208,8 @@ class WSConnection(FlowControlled):
             state.active_requests -= 1
             self._answer_http(simple_response(503, b"Service Unavailable", state.default_headers))
             return
-        self.cycle = self
-        # No reference kept, as for HTTP: shutdown finds the task by its coroutine.
-        state.start_task(self.run(state.app))
+        self.app_running = True
+        state.start_task(self, state.app)
 
     def data_received(self, data: bytes) -> None:
         phase = self.phase
@@ -287,8 +288,10 @@ class WSConnection(FlowControlled):
         else:
             self.app_done(None)
         finally:
-            self.state.active_requests -= 1
-            self.cycle = None
+            state = self.state
+            state.active_requests -= 1
+            state.tasks.pop(self, None)  # kept there by state.start_task
+            self.app_running = False
 
     async def receive(self) -> dict[str, Any]:
         if not self.connect_sent:
@@ -413,7 +416,7 @@ class WSConnection(FlowControlled):
 
     def busy(self) -> bool:
         """The app is running (shutdown then lets it finish)."""
-        return self.cycle is not None
+        return self.app_running
 
     def check_idle(self, now: float) -> None:
         """Keepalive and the send deadline, from the worker's once-a-second clock."""

@@ -52,8 +52,8 @@ class _Engine(ServerProtocol):
 class WebsocketsConnection(WSConnection):
     __slots__ = ("decoder", "engine", "parts", "response")
 
-    def __init__(self, state: ServerState, scope: dict[str, Any]) -> None:
-        super().__init__(state, scope)
+    def __init__(self, state: ServerState, http_scope: dict[str, Any]) -> None:
+        super().__init__(state, http_scope)
         self.engine: _Engine = None  # type: ignore[assignment]
         self.response: Response | None = None
         #: fragments of the message being received; decoder set for a text message

@@ -39,8 +39,8 @@ _LOCAL_CLOSED = ConnectionState.CLOSED
 class WSProtoConnection(WSConnection):
     __slots__ = ("engine", "parts", "size")
 
-    def __init__(self, state: ServerState, scope: dict[str, Any]) -> None:
-        super().__init__(state, scope)
+    def __init__(self, state: ServerState, http_scope: dict[str, Any]) -> None:
+        super().__init__(state, http_scope)
         self.engine: WSProtoEngine = None  # type: ignore[assignment]
         #: fragments of the message being received, and its size so far in bytes
         self.parts: list[Any] = []
