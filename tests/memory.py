@@ -15,7 +15,7 @@ from asgictl.protocols.factory import connection_factory
 from asgictl.protocols.http.connection import request_tasks
 from asgictl.protocols.state import ServerState
 
-PARSERS = ["httptools", "h11"]
+PARSERS = ["httptools", "h11", "h1c"]
 
 
 class MemoryTransport(asyncio.Transport):
