@@ -164,10 +164,20 @@ class H1cConnection(HTTPConnection):
                     continue
                 length = request.content_length
                 if length > 0:
-                    self.body_left = length
-                    if pos == end:
+                    # The body's first part is in this read, usually all of it.
+                    stop = pos + length
+                    if stop > end:
+                        self.body_left = stop - end
+                        if pos < end:
+                            self.request_body(data[pos:])
+                            if self.parsing is None:  # too large: answered and closed
+                                self.stopped = True
                         return
-                    continue
+                    self.request_body(data[pos:stop])
+                    if self.parsing is None:
+                        self.stopped = True
+                        return
+                    pos = stop
             # A request ended at pos.
             self.end_of_request()
             if self.switching:
