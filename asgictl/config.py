@@ -359,7 +359,12 @@ OPTIONS: tuple[Option, ...] = (
     _opt(
         "loop", choice("auto", "asyncio", "uvloop"), "auto", "Event loop implementation. auto prefers uvloop."
     ),
-    _opt("http", choice("auto", "httptools", "h11"), "auto", "HTTP/1.1 parser. auto prefers httptools."),
+    _opt(
+        "http",
+        choice("auto", "h1c", "httptools", "h11"),
+        "auto",
+        "HTTP/1.1 parser. auto prefers h1c (gunicorn_h1c), then httptools.",
+    ),
     _opt(
         "http2",
         to_bool,

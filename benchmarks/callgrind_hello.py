@@ -1,7 +1,7 @@
 """CPU instructions per hello request, counted by callgrind: a figure noise cannot move.
 
-    python3 benchmarks/callgrind_hello.py [--http httptools|h11|both] [--loop uvloop|asyncio]
-                                          [--request hello|browser] [--protocol 1.1|2]
+    python3 benchmarks/callgrind_hello.py [--http h1c|httptools|h11|both|all] [--loop uvloop|asyncio]
+                                          [--request hello|browser|post] [--protocol 1.1|2]
                                           [--engine h2|zttp]
                                           [--server asgictl|floor-canned|floor-asgi]
 
@@ -27,7 +27,19 @@ server's.
 
 ``--request browser`` sends the head of the ``hello-browser`` scenario instead: Host and
 the ten fields of a browser's page request (``harness.scenarios.BROWSER_HEADERS``), where
-``hello`` sends Host alone, as wrk does.
+``hello`` sends Host alone, as wrk does. ``--request post`` sends ``POST /`` with Host
+and a 10 KiB body framed by Content-Length, in the same read (the app does not read it:
+the connection still parses and queues it).
+
+``--http h1c`` needs a gunicorn_h1c built without ``-msse4.2`` first on ``PYTHONPATH``:
+valgrind does not decode the SSE4.2 string instruction picohttpparser uses (the run dies
+of SIGILL). That build scans with picohttpparser's scalar loop, so its count is an upper
+bound of the real build's::
+
+    pip download --no-binary :all: --no-deps gunicorn_h1c && tar xzf gunicorn_h1c-*.tar.gz
+    sed -i 's/extra_compile_args.append("-msse4.2")/pass/' gunicorn_h1c-*/setup.py
+    pip install --no-deps --target /tmp/h1c-scalar ./gunicorn_h1c-*/
+    PYTHONPATH=/tmp/h1c-scalar python3 benchmarks/callgrind_hello.py --http all
 
 ``--server floor-canned`` or ``floor-asgi`` drives one of ``floor.py``'s reference
 protocols through the same loop instead of asgictl's connection: the instructions of
@@ -57,6 +69,8 @@ def browser_request() -> bytes:
     fields = "".join(f"{name}: {value}\r\n" for name, value in BROWSER_HEADERS)
     return REQUEST[:-2] + f"{fields}\r\n".encode("latin-1")
 
+
+POST = b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Length: 10240\r\n\r\n" + b"x" * 10240
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -133,7 +147,7 @@ def serve_requests(
     reads = (
         http2_frames(count)
         if protocol == "2"
-        else [browser_request() if request == "browser" else REQUEST] * count
+        else [browser_request() if request == "browser" else POST if request == "post" else REQUEST] * count
     )
 
     async def connect() -> None:  # floor.MinimalASGI looks for the running loop there
@@ -198,14 +212,14 @@ def main() -> None:
         serve_requests(http, loop_name, int(count), protocol, engine, request, server)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--http", choices=("httptools", "h11", "both"), default="both")
+    parser.add_argument("--http", choices=("h1c", "httptools", "h11", "both", "all"), default="both")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--base", type=int, default=500, help="requests of the first run")
     parser.add_argument("--requests", type=int, default=5000, help="extra requests of the second run")
     parser.add_argument("--protocol", choices=("1.1", "2"), default="1.1", help="2: HTTP/2, prior knowledge")
     parser.add_argument("--engine", choices=("h2", "zttp"), default="h2", help="the HTTP/2 framing engine")
     parser.add_argument(
-        "--request", choices=("hello", "browser"), default="hello", help="the request's fields"
+        "--request", choices=("hello", "browser", "post"), default="hello", help="the request's fields"
     )
     parser.add_argument(
         "--server", choices=("asgictl", "floor-canned", "floor-asgi"), default="asgictl", help="who answers"
@@ -215,7 +229,7 @@ def main() -> None:
         parser.error("the floors speak HTTP/1.1 only")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    parsers = ("httptools", "h11") if args.http == "both" else (args.http,)
+    parsers = {"both": ("httptools", "h11"), "all": ("h1c", "httptools", "h11")}.get(args.http, (args.http,))
     if args.server != "asgictl":
         parsers = (args.server,)  # the floors parse with httptools
     what = (

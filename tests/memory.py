@@ -14,7 +14,7 @@ from asgictl.config import Config
 from asgictl.protocols.factory import connection_factory
 from asgictl.protocols.state import ServerState
 
-PARSERS = ["httptools", "h11"]
+PARSERS = ["httptools", "h11", "h1c"]
 
 
 class MemoryTransport(asyncio.Transport):

@@ -226,7 +226,7 @@ def test_config_file_that_does_not_exist() -> None:
         ("port", "70000", "70000 is not a port number (0-65535)"),
         ("backlog", "0", "0 must be greater than zero"),
         ("timeout_keep_alive", "-1", "-1.0 must not be negative"),
-        ("http", "spdy", "'spdy' is not one of auto, httptools, h11"),
+        ("http", "spdy", "'spdy' is not one of auto, h1c, httptools, h11"),
         ("access_log", "maybe", "'maybe' is not a boolean (use true or false)"),
         ("headers", "NoColon", "'NoColon' is not of the form Name:Value"),
         ("uds_mode", "999", "'999' is not an octal file mode such as 660"),

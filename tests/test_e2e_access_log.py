@@ -20,7 +20,7 @@ def _line(server: Any, pattern: str) -> str:
     return next(line for line in server.output.splitlines() if re.search(pattern, line))
 
 
-@pytest.mark.parametrize("http", ["httptools", "h11"])
+@pytest.mark.parametrize("http", ["httptools", "h11", "h1c"])
 def test_e2e_combined_format_under_start(http: str) -> None:
     fmt = COMBINED + " %(D)sus %({x-request-id}i)s %({content-type}o)s %(B)s %(X)s"
     with run_asgictl(

@@ -68,7 +68,7 @@ def test_spot_checks() -> None:
         "--max-worker-memory FLOAT",
         "--env-file PATH",
         "--ssl-certfile PATH",
-        "--http [auto|httptools|h11]",
+        "--http [auto|h1c|httptools|h11]",
         "--log-level [critical|error|warning|info|debug|trace]",
         "--uds-mode OCTAL",
         "--metrics-bind HOST:PORT",

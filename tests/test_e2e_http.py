@@ -1,4 +1,4 @@
-"""End to end HTTP/1.1 behaviour over raw sockets, for both parsers (httptools and h11):
+"""End to end HTTP/1.1 behaviour over raw sockets, for every parser (httptools, h11, h1c):
 HEAD, Expect: 100-continue, chunked request bodies, HTTP/1.0, client disconnects,
 malformed requests. After each, the same worker must still serve."""
 
@@ -15,7 +15,7 @@ from support import ServerProcess, run_asgictl
 TIMEOUT = 10.0
 
 
-@pytest.fixture(scope="module", params=["httptools", "h11"])
+@pytest.fixture(scope="module", params=["httptools", "h11", "h1c"])
 def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     with run_asgictl(["serve", "extra:app", "--port", "0", "--http", request.param]) as proc:
         yield proc

@@ -60,7 +60,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @needs_curl
-@pytest.mark.parametrize("http", ["httptools", "h11"])
+@pytest.mark.parametrize("http", ["httptools", "h11", "h1c"])
 def test_curl_prior_knowledge(http: str) -> None:
     with run_asgictl(["serve", "basic:app", "--port", "0", "--http", http]) as server:
         done = curl("--http2-prior-knowledge", "-w", "\\n%{http_version}", server.url + "/scope?x=1")
@@ -85,7 +85,7 @@ def test_curl_prior_knowledge_over_uds() -> None:
 
 
 @needs_curl
-@pytest.mark.parametrize("http", ["httptools", "h11"])
+@pytest.mark.parametrize("http", ["httptools", "h11", "h1c"])
 def test_no_http2_option(http: str) -> None:
     with run_asgictl(["serve", "basic:app", "--port", "0", "--no-http2", "--http", http]) as server:
         done = curl("--http2-prior-knowledge", server.url + "/")
@@ -337,7 +337,7 @@ def test_rolling_reload_loses_no_request() -> None:
 
 
 @needs_curl
-@pytest.mark.parametrize("http", ["httptools", "h11"])
+@pytest.mark.parametrize("http", ["httptools", "h11", "h1c"])
 def test_curl_h2c_upgrade(http: str) -> None:
     args = ["serve", "basic:app", "--port", "0", "--http", http]
     with run_asgictl([*args, "--h2c-upgrade"]) as server:

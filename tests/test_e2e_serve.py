@@ -11,7 +11,7 @@ import pytest
 from support import raw_request, read_all, run_asgictl, short_uds_path
 
 
-@pytest.mark.parametrize("http", ["httptools", "h11"])
+@pytest.mark.parametrize("http", ["httptools", "h11", "h1c"])
 def test_serves_hello_and_echo_on_port_zero(http: str) -> None:
     with run_asgictl(["serve", "basic:app", "--port", "0", "--http", http]) as server:
         assert server.port != 0

@@ -35,7 +35,7 @@ def server(ws: str) -> Iterator[ServerProcess]:
         yield proc
 
 
-@pytest.mark.parametrize("http", ["httptools", "h11"])
+@pytest.mark.parametrize("http", ["httptools", "h11", "h1c"])
 def test_fastapi_echo_with_the_websockets_client(ws: str, http: str) -> None:
     with run_asgictl(["serve", "ws_app:app", "--port", "0", "--ws", ws, "--http", http]) as server:
         with connect(

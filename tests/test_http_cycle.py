@@ -237,6 +237,40 @@ def test_request_trailers_are_dropped_and_the_next_head_is_whole(http: str) -> N
     h.close()
 
 
+def test_chunked_body_and_next_request_fed_byte_by_byte(http: str) -> None:
+    # Every line of a chunked body (size with an extension, data, trailer) may be cut
+    # anywhere; the request pipelined behind it is parsed from its first byte.
+    h = make(echo, http)
+    data = (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;name=value\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: v\r\n\r\n"
+        b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok"
+    )
+    for i in range(len(data)):
+        h.feed(data[i : i + 1])
+    for _ in range(5):
+        h.settle()
+    bodies = [r.split(b"\r\n\r\n", 1)[1] for r in responses(h.transport.data)]
+    assert bodies == [b"abc0123456789abcdef", b"ok"]
+    assert not h.transport.closed
+    h.close()
+
+
+def test_one_read_of_many_pipelined_requests(http: str) -> None:
+    # A read far larger than one request's head: all of them are answered, in order,
+    # bodies included.
+    h = make(echo, http)
+    count = 1500
+    h.feed(b"".join(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n%04d" % i for i in range(count)))
+    for _ in range(count // 10):
+        h.settle()
+        if len(responses(h.transport.data)) == count:
+            break
+    bodies = [r.split(b"\r\n\r\n", 1)[1] for r in responses(h.transport.data)]
+    assert bodies == [b"%04d" % i for i in range(count)]
+    h.close()
+
+
 def test_forbidden_request_trailer_is_refused(http: str) -> None:
     h = make(fields_app, http)
     h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nHost: y\r\n\r\n")

@@ -77,7 +77,7 @@ def opened(app: Any, ws: str, http: str = "httptools", extra: bytes = b"", **opt
     return h
 
 
-@pytest.mark.parametrize("http", ["httptools", "h11"])
+@pytest.mark.parametrize("http", ["httptools", "h11", "h1c"])
 def test_handoff_and_echo_text_and_bytes(ws: str, http: str) -> None:
     app = Recorder()
     h = opened(app, ws, http)
@@ -291,7 +291,7 @@ def test_invalid_handshake_is_refused_without_the_app(ws: str) -> None:
     h.close()
 
 
-@pytest.mark.parametrize("http", ["httptools", "h11"])
+@pytest.mark.parametrize("http", ["httptools", "h11", "h1c"])
 def test_ws_none_answers_as_plain_http(http: str) -> None:
     scopes: list[dict[str, Any]] = []
 

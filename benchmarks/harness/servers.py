@@ -182,6 +182,8 @@ def fastpysgi_args(*extra: str) -> ArgsFn:
 
 SERVERS = [
     ServerSpec("asgictl", "main", "asgictl", asgictl_args()),
+    # the parser --http auto preferred before gunicorn_h1c, beside it in the same run
+    ServerSpec("asgictl-httptools", "main", "asgictl", asgictl_args("--http", "httptools")),
     ServerSpec("uvicorn", "main", "uvicorn", uvicorn_args()),
     ServerSpec("granian", "main", "granian", granian_args()),
     ServerSpec("h2corn", "main", "h2corn", h2corn_args()),

@@ -1,6 +1,6 @@
 """One HTTP/1.1 connection: everything about it that does not depend on the parser.
 
-:class:`HTTPConnection` is the asyncio protocol shared by the httptools and h11 adapters.
+:class:`HTTPConnection` is the asyncio protocol shared by the h1c, httptools and h11 adapters.
 An adapter only turns bytes into four calls: :meth:`begin_request` (a complete head),
 :meth:`request_body`, :meth:`end_of_request` and :meth:`parse_error`. This class owns the
 rest: building the ASGI scope from per-connection pieces, running one
@@ -268,8 +268,9 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
         http_version: str,
         headers: list[tuple[bytes, bytes]],
         head_size: int | None = None,
-    ) -> None:
-        """A request head is complete: check it, build its scope and queue its cycle.
+    ) -> int:
+        """A request head is complete: check it, build its scope and queue its cycle;
+        return ``strict.check_head``'s bits (UPGRADE: the request asks to switch).
 
         ``head_size`` is at least the head's size in bytes, when the adapter knows it
         (see ``strict.check_head``). Raises InvalidRequest for a head the policy
@@ -321,6 +322,7 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
             self.pause_reading()
         self.pipeline.append(cycle)
         self.idle_since = None
+        return flags
 
     def request_body(self, data: bytes) -> None:
         cycle = self.parsing

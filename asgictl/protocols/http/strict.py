@@ -49,12 +49,15 @@ _EXPECT = 5
 _FRAMING_ALIAS = 6
 _FORWARDED = 7
 _CONNECTION = 8
+_UPGRADE = 9
 
 #: check_head's result bits
 EXPECT_CONTINUE = 1
 FORWARDED = 2
 #: the connection may carry another request after this one (RFC 9112 9.3)
 KEEP_ALIVE = 4
+#: the request has an Upgrade field (RFC 9110 7.8)
+UPGRADE = 8
 
 #: The answer to HTTP/2's connection preface (RFC 9113 3.4) while HTTP/2 is not served.
 HTTP2_STATUS = 505
@@ -76,6 +79,7 @@ _SPECIAL = {
     b"x-forwarded-for": _FORWARDED,
     b"x-forwarded-proto": _FORWARDED,
     b"connection": _CONNECTION,
+    b"upgrade": _UPGRADE,
 }
 _HOST_NAME = b"host"
 
@@ -90,7 +94,8 @@ def check_head(
 ) -> int:
     """Refuse a head the policy forbids, else return bits: EXPECT_CONTINUE when the
     client waits for ``100 Continue``, FORWARDED when proxy headers are present,
-    KEEP_ALIVE when the connection may carry another request.
+    KEEP_ALIVE when the connection may carry another request, UPGRADE when it asks to
+    switch protocols.
 
     ``headers`` are (lower-cased name, value) pairs whose values the parser trimmed of
     leading and trailing SP/HTAB. ``limits`` has the ``limit_*`` attributes of the
@@ -168,6 +173,8 @@ def _check_fields(
                 flags &= ~KEEP_ALIVE
             elif b"keep-alive" in tokens and not closed:
                 flags |= KEEP_ALIVE
+        elif kind == _UPGRADE:
+            flags |= UPGRADE
         else:
             raise InvalidRequest(400, f"ambiguous header name {name.decode('latin-1')!r}")
     if host != 1 and (host or version == "1.1"):
