@@ -15,31 +15,21 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from asgictl.protocols.http.parts import ConnectionPart
 from asgictl.protocols.http.response import simple_response
 
 if TYPE_CHECKING:
-    import asyncio
-
-    from asgictl.protocols.http.cycle import HTTPCycle
-    from asgictl.protocols.state import ServerState
+    pass
 
 logger = logging.getLogger("asgictl.error")
 
 
-class Deadlines:
+class Deadlines(ConnectionPart):
     """check_idle and its answers; the attributes are the connection's."""
 
     __slots__ = ()
 
-    state: ServerState
-    transport: asyncio.Transport
-    cycle: HTTPCycle | None
-    parsing: HTTPCycle | None
-    pipeline: list[HTTPCycle]
-    closing: bool
-    head_bytes: int
     head_since: float | None
-    idle_since: float | None
     body_seen: int
     body_mark: tuple[int, float] | None
     check_send: Callable[[float, float], bool]  # FlowControlled's

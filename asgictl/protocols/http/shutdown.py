@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from asgictl.protocols.http.parts import ConnectionPart
+
 if TYPE_CHECKING:
     import asyncio
 
-    from asgictl.protocols.http.cycle import HTTPCycle
-    from asgictl.protocols.state import ServerState
 
 #: On a graceful stop, how long a connection whose last response promised keep-alive
 #: (or that is idle) may still deliver the request its client sent meanwhile; that
@@ -24,20 +24,12 @@ if TYPE_CHECKING:
 CLOSE_GRACE = 0.25
 
 
-class GracefulStop:
+class GracefulStop(ConnectionPart):
     """shutdown and the end of its grace; the attributes are the connection's."""
 
     __slots__ = ()
 
-    state: ServerState
     loop: asyncio.AbstractEventLoop
-    transport: asyncio.Transport
-    cycle: HTTPCycle | None
-    parsing: HTTPCycle | None
-    pipeline: list[HTTPCycle]
-    closing: bool
-    head_bytes: int
-    idle_since: float | None
 
     def close_if_idle(self) -> None:
         """The end of a grace (see shutdown, cycle_done): close unless a request came, or

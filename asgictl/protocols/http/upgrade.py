@@ -15,26 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 from asgictl.protocols.http.fields import list_tokens
 from asgictl.protocols.http.handover import hand_over, upgrade_h2c
+from asgictl.protocols.http.parts import ConnectionPart
 from asgictl.protocols.http.strict import BAD_PREFACE_REASON, BAD_PREFACE_STATUS, HTTP2_REASON, HTTP2_STATUS
 
 if TYPE_CHECKING:
-    import asyncio
-
-    from asgictl.protocols.http.cycle import HTTPCycle
-    from asgictl.protocols.state import ServerState
+    pass
 
 
-class Upgrades:
+class Upgrades(ConnectionPart):
     """upgrade and http2_preface; the attributes are the connection's."""
 
     __slots__ = ()
 
-    state: ServerState
-    transport: asyncio.Transport
-    cycle: HTTPCycle | None
-    parsing: HTTPCycle | None
-    pipeline: list[HTTPCycle]
-    closing: bool
     parse_error: Callable[[int, str], None]
 
     def upgrade(self, trailing: bytes) -> bool:
