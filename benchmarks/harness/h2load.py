@@ -47,6 +47,7 @@ from harness.servers import (
     ServerSpec,
     asgictl_args,
     granian_args,
+    gunicorn_args,
     uvicorn_args,
 )
 from harness.wrk import children_cpu_seconds
@@ -75,29 +76,6 @@ def h2corn_args() -> ArgsFn:
     return args
 
 
-def gunicorn_h2_args() -> ArgsFn:
-    """``gunicorn APP --bind HOST:PORT --workers 1 --worker-class asgi --http-protocols h2,h1
-    --http2-cleartext prior-knowledge``: gunicorn's own ASGI worker and its HTTP/2 (beta
-    since 25, cleartext since 26.2, on the h2 library; loopback is a trusted peer)."""
-
-    def args(app: str, port: int | str) -> list[str]:
-        return [
-            app,
-            "--bind",
-            f"{HOST}:{port}",
-            "--workers",
-            "1",
-            "--worker-class",
-            "asgi",
-            "--http-protocols",
-            "h2,h1",
-            "--http2-cleartext",
-            "prior-knowledge",
-        ]
-
-    return args
-
-
 SPECS = (
     ServerSpec("asgictl", "h2", "asgictl", asgictl_args()),
     ServerSpec("asgictl-zttp", "h2", "asgictl", asgictl_args("--http2-engine", "zttp")),
@@ -105,7 +83,16 @@ SPECS = (
     ServerSpec("granian", "h2", "granian", granian_args("--http", "2")),
     ServerSpec("uvicorn-zttp", "h2", "uvicorn", uvicorn_args("--http2", http="zttp")),
     ServerSpec("h2corn", "h2", "h2corn", h2corn_args()),
-    ServerSpec("gunicorn", "h2", "gunicorn", gunicorn_h2_args()),
+    # gunicorn's own asgi worker and its HTTP/2 (beta since 25, cleartext since 26.2, on the
+    # h2 library; loopback is a trusted peer).
+    ServerSpec(
+        "gunicorn",
+        "h2",
+        "gunicorn",
+        gunicorn_args(
+            "--http-protocols", "h2,h1", "--http2-cleartext", "prior-knowledge", worker_class="asgi"
+        ),
+    ),
 )
 
 

@@ -139,8 +139,11 @@ def granian_args(*extra: str, workers: int = 1) -> ArgsFn:
     return args
 
 
-def gunicorn_args(*extra: str, workers: int = 1) -> ArgsFn:
-    """``gunicorn APP --bind --workers N --worker-class uvicorn_worker.UvicornWorker EXTRA``.
+def gunicorn_args(
+    *extra: str, workers: int = 1, worker_class: str = "uvicorn_worker.UvicornWorker"
+) -> ArgsFn:
+    """``gunicorn APP --bind --workers N --worker-class WORKER_CLASS EXTRA`` (by default
+    uvicorn_worker.UvicornWorker).
 
     UvicornWorker picks uvloop + httptools when installed; gunicorn has no access log
     unless --access-logfile is given.
@@ -154,7 +157,7 @@ def gunicorn_args(*extra: str, workers: int = 1) -> ArgsFn:
             "--workers",
             str(workers),
             "--worker-class",
-            "uvicorn_worker.UvicornWorker",
+            worker_class,
             *extra,
         ]
 
