@@ -575,6 +575,30 @@ def test_transfer_encoding_lists_are_judged_alike(http: str, value: bytes, statu
     h.close()
 
 
+# ------------------------------------- empty lines before a request line, every parser
+
+GET_A = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+#: RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request line;
+#: llhttp ignores any number, and every adapter does the same.
+EMPTY_LINES = {
+    "one": [b"\r\n" + GET_A],
+    "three": [b"\r\n\r\n\r\n" + GET_A],
+    "own-read": [b"\r\n", b"\r\n" + GET_A],
+    "between-pipelined": [GET_A + b"\r\n\r\n" + GET_NEXT],
+    "after-a-body": [b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi\r\n" + GET_NEXT],
+}
+
+
+@pytest.mark.parametrize("reads", EMPTY_LINES.values(), ids=EMPTY_LINES)
+def test_empty_lines_before_a_request_line_are_ignored(http: str, reads: list[bytes]) -> None:
+    h = served(http, *reads)
+    paths = [record["target"] for record in records(h)]
+    expected = 2 if b"/next" in b"".join(reads) else 1
+    assert len(paths) == expected and paths[0] == "/a", h.transport.data
+    assert not h.transport.closed
+    h.close()
+
+
 # ------------------------------------------------- kind 10: HTTP/2's connection preface
 
 

@@ -16,7 +16,13 @@ from __future__ import annotations
 import h11
 
 from asgictl.protocols.http.connection import HTTPConnection
-from asgictl.protocols.http.strict import InvalidRequest, check_raw_head, check_trailer, head_end
+from asgictl.protocols.http.strict import (
+    InvalidRequest,
+    check_raw_head,
+    check_trailer,
+    head_end,
+    skip_empty_lines,
+)
 from asgictl.protocols.state import ServerState
 
 
@@ -33,10 +39,10 @@ class H11Connection(HTTPConnection):
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self.state.h11_max_incomplete_event_size)
 
     def feed(self, data: bytes) -> None:
-        if not self._check_head_bytes(data):
-            return
-        self.parser.receive_data(data)
-        self._handle_events()
+        data = self._check_head_bytes(data)
+        if data:
+            self.parser.receive_data(data)
+            self._handle_events()
 
     def eof_received(self) -> bool | None:
         if not self.stopped:
@@ -44,10 +50,14 @@ class H11Connection(HTTPConnection):
             self._handle_events()
         return super().eof_received()
 
-    def _check_head_bytes(self, data: bytes) -> bool:
+    def _check_head_bytes(self, data: bytes) -> bytes:
+        """``data`` to feed h11 (empty lines before a request line taken out: h11 refuses
+        them), or b"" when there is nothing to feed or the head was refused."""
         raw = self.raw_head
         if raw is None:
-            return True
+            return data
+        if not raw and data[0] == 13:  # CR: an empty line, or bytes the policy refuses
+            data = data[skip_empty_lines(data) :]
         raw += data
         end = head_end(raw)
         if end >= 0:
@@ -55,8 +65,8 @@ class H11Connection(HTTPConnection):
                 check_raw_head(raw[:end])
             except InvalidRequest as exc:
                 self._refuse(exc)
-                return False
-        return True
+                return b""
+        return data
 
     def _refuse(self, exc: InvalidRequest) -> None:
         self.stopped = True
@@ -97,9 +107,11 @@ class H11Connection(HTTPConnection):
                     self.parser = self._new_parser()
                     self.raw_head = bytearray()
                     if data:
-                        if not self._check_head_bytes(data):
+                        data = self._check_head_bytes(data)
+                        if self.stopped:
                             return
-                        self.parser.receive_data(data)
+                        if data:
+                            self.parser.receive_data(data)
                     if closed:
                         self.parser.receive_data(b"")
                 elif event is h11.NEED_DATA or kind is h11.ConnectionClosed or event is h11.PAUSED:

@@ -40,6 +40,7 @@ from asgictl.protocols.http.strict import (
     check_request_line,
     check_trailer,
     check_transfer_encoding,
+    skip_empty_lines,
 )
 from asgictl.protocols.state import ServerState
 
@@ -101,6 +102,12 @@ class H1cConnection(HTTPConnection):
                 # A head, parsed in one call (the part kept from earlier reads first).
                 partial = self.partial
                 if partial is None:
+                    if data[pos] == 13:  # CR: an empty line, or bytes the parser refuses
+                        # Empty lines before a request line are ignored, any number of
+                        # them as llhttp does (picohttpparser skips one).
+                        pos = skip_empty_lines(data, pos)
+                        if pos == end:
+                            return
                     last = 0
                     head: bytes | bytearray | memoryview = memoryview(data)[pos:] if pos else data
                 else:

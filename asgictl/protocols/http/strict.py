@@ -339,6 +339,15 @@ def check_request_line(data: bytes) -> None:
         raise InvalidRequest(400, "malformed request line")
 
 
+def skip_empty_lines(data: bytes | bytearray, pos: int = 0) -> int:
+    """The offset past the empty lines (CRLF) at ``data[pos:]``'s start: a server SHOULD
+    ignore at least one before a request line (RFC 9112 2.2); llhttp ignores any number,
+    and so does every adapter. A bare LF is not an empty line here."""
+    while data.startswith(b"\r\n", pos):
+        pos += 2
+    return pos
+
+
 def head_end(data: bytes | bytearray) -> int:
     """Offset just past the head (its blank line) in ``data``, or -1 if not complete.
 
