@@ -35,7 +35,7 @@ from harness.metrics import (
     MetricConfig,
     MetricOutcome,
     MetricScenario,
-    ServerResult,
+    interleaved_rounds,
     running,
 )
 from harness.servers import (
@@ -200,38 +200,32 @@ def scenario(
             if post:
                 data = Path(tmp) / "body"
                 data.write_bytes(b"x" * POST_SIZE)
-            active = []
-            for server in ready:
-                try:
-                    if config.warmup_s:
-                        h2load_run(server, streams, config.warmup_s, data)
-                    active.append(server)
-                except ServerError as exc:
-                    outcome.servers[server.spec.name].fail("warm-up", exc)
-            for round_no in range(1, config.rounds + 1):
-                for server in list(active):
-                    record: ServerResult = outcome.servers[server.spec.name]
-                    try:
-                        sample = h2load_run(server, streams, config.duration_s, data)
-                    except ServerError as exc:
-                        record.fail(f"round {round_no}", exc)
-                        active.remove(server)
-                        continue
-                    sample["round"] = round_no
-                    sample["noise_pct"] = max(
-                        sample["other_load_server_cpu_pct"], sample["other_load_client_cpu_pct"]
-                    )
-                    record.samples.append(sample)
-                    print(
-                        f"  round {round_no} {server.spec.name:<14} {sample['requests_per_s']:>10,.0f} req/s "
-                        f"{sample['us_per_request']:>7.1f} µs/req"
-                        + (
-                            f"  (other load up to {sample['noise_pct']:.0f}%)"
-                            if sample["noise_pct"] >= 5
-                            else ""
-                        ),
-                        flush=True,
-                    )
+
+            def measure(server: RunningServer) -> dict[str, Any]:
+                sample = h2load_run(server, streams, config.duration_s, data)
+                sample["noise_pct"] = max(
+                    sample["other_load_server_cpu_pct"], sample["other_load_client_cpu_pct"]
+                )
+                return sample
+
+            def report(round_no: int, server: RunningServer, sample: dict[str, Any]) -> None:
+                print(
+                    f"  round {round_no} {server.spec.name:<14} {sample['requests_per_s']:>10,.0f} req/s "
+                    f"{sample['us_per_request']:>7.1f} µs/req"
+                    + (
+                        f"  (other load up to {sample['noise_pct']:.0f}%)" if sample["noise_pct"] >= 5 else ""
+                    ),
+                    flush=True,
+                )
+
+            interleaved_rounds(
+                ready,
+                config,
+                outcome,
+                lambda server: h2load_run(server, streams, config.warmup_s, data),
+                measure,
+                report,
+            )
         return outcome
 
     return MetricScenario(

@@ -180,6 +180,41 @@ def on_fresh_servers(
             report(number, spec, sample)
 
 
+def interleaved_rounds(
+    ready: list[RunningServer],
+    config: MetricConfig,
+    outcome: MetricOutcome,
+    warm: Callable[[RunningServer], object],
+    measure: Callable[[RunningServer], dict[str, Any]],
+    report: Callable[[int, RunningServer, dict[str, Any]], None],
+) -> None:
+    """On servers already running (see :func:`running`): ``warm`` each one once (when
+    ``config.warmup_s``), then ``config.rounds`` rounds in which every server still in
+    the run is measured once, in turn (A B C, A B C, ...); each sample gets its
+    ``round``, is recorded and reported. A server that fails is recorded and left out of
+    the rest."""
+    active = []
+    for server in ready:
+        try:
+            if config.warmup_s:
+                warm(server)
+            active.append(server)
+        except ServerError as exc:
+            outcome.servers[server.spec.name].fail("warm-up", exc)
+    for round_no in range(1, config.rounds + 1):
+        for server in list(active):
+            record = outcome.servers[server.spec.name]
+            try:
+                sample = measure(server)
+            except ServerError as exc:
+                record.fail(f"round {round_no}", exc)
+                active.remove(server)
+                continue
+            sample["round"] = round_no
+            record.samples.append(sample)
+            report(round_no, server, sample)
+
+
 @contextlib.contextmanager
 def running(
     specs: list[ServerSpec], scenario: MetricScenario, config: MetricConfig, outcome: MetricOutcome

@@ -30,8 +30,8 @@ from harness.metrics import (
     MetricConfig,
     MetricOutcome,
     MetricScenario,
-    ServerResult,
     client_cpu_seconds,
+    interleaved_rounds,
     running,
 )
 from harness.servers import (
@@ -173,34 +173,23 @@ def run(scenario: MetricScenario, specs: list[ServerSpec], config: MetricConfig)
     }
     outcome = MetricOutcome.empty(scenario, specs, parameters)
     with running(specs, scenario, config, outcome) as ready:
-        active = []
-        for server in ready:
-            try:
-                if config.warmup_s:
-                    run_echo(server, config.warmup_s, 1)
-                active.append(server)
-            except ServerError as exc:
-                outcome.servers[server.spec.name].fail("warm-up", exc)
-        for round_no in range(1, config.rounds + 1):
-            for server in list(active):
-                record: ServerResult = outcome.servers[server.spec.name]
-                try:
-                    runs = {mode: run_echo(server, config.duration_s, burst) for mode, burst in MODES.items()}
-                except ServerError as exc:
-                    record.fail(f"round {round_no}", exc)
-                    active.remove(server)
-                    continue
-                sample = sample_of(runs)
-                sample["round"] = round_no
-                record.samples.append(sample)
-                print(
-                    f"  round {round_no} {server.spec.name:<16} round trip {sample['rt_msgs_per_s']:>9,.0f} "
-                    f"msg/s, burst {sample['burst_msgs_per_s']:>9,.0f} msg/s"
-                    + (
-                        f"  (other load up to {sample['noise_pct']:.0f}%)" if sample["noise_pct"] >= 5 else ""
-                    ),
-                    flush=True,
-                )
+
+        def measure(server: RunningServer) -> dict[str, Any]:
+            return sample_of(
+                {mode: run_echo(server, config.duration_s, burst) for mode, burst in MODES.items()}
+            )
+
+        def report(round_no: int, server: RunningServer, sample: dict[str, Any]) -> None:
+            print(
+                f"  round {round_no} {server.spec.name:<16} round trip {sample['rt_msgs_per_s']:>9,.0f} "
+                f"msg/s, burst {sample['burst_msgs_per_s']:>9,.0f} msg/s"
+                + (f"  (other load up to {sample['noise_pct']:.0f}%)" if sample["noise_pct"] >= 5 else ""),
+                flush=True,
+            )
+
+        interleaved_rounds(
+            ready, config, outcome, lambda server: run_echo(server, config.warmup_s, 1), measure, report
+        )
     return outcome
 
 
