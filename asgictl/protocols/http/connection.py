@@ -231,21 +231,18 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
         cuts it, the clock running from accept."""
         data = self.preface + data if self.preface else data
         size = min(len(data), len(PREFACE))
-        if data[:size] != PREFACE[:size]:
-            if data.startswith(PRI_LINE):
-                # The preface's HTTP/1.1-shaped part, then something else: an HTTP/2
-                # client whose preface is invalid, a connection error of type
-                # PROTOCOL_ERROR (RFC 9113 3.4), which the HTTP/2 engine answers.
-                self.preface = None
-                switch_to_http2(self, data)
-                return b""
+        matches = data[:size] == PREFACE[:size]
+        if not matches and not data.startswith(PRI_LINE):
             self.preface = None
             self.head_bytes = 0  # the adapter counts these bytes again, as a head's
             return data
-        if size < len(PREFACE):
+        if matches and size < len(PREFACE):
             self.preface = data  # the preface may be split over reads
             self.head_bytes = size
             return b""
+        # The preface; or its HTTP/1.1-shaped part and then something else, an HTTP/2
+        # client whose preface is invalid: a connection error of type PROTOCOL_ERROR
+        # (RFC 9113 3.4), which the HTTP/2 engine answers.
         self.preface = None
         switch_to_http2(self, data)
         return b""
