@@ -35,6 +35,7 @@ from gunicorn_h1c._parser_fast import IncompleteError
 from asgictl.protocols.http.connection import HTTPConnection
 from asgictl.protocols.http.fields import TCHAR
 from asgictl.protocols.http.strict import (
+    TRAILER_LINE,
     UPGRADE,
     InvalidRequest,
     check_request_line,
@@ -52,11 +53,6 @@ _MAX_FIELDS = 256
 #: A chunk-size line (RFC 9112 7.1): hex digits, then chunk extensions (their names and
 #: values without control bytes, as llhttp reads them), CRLF.
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?)\r\n")
-#: A trailer field line (RFC 9112 7.1.2, 5): the head's field grammar.
-_TRAILER_LINE = re.compile(
-    rb"(%s+):[ \t]*(?:[\x21-\x7e\x80-\xff](?:[\x20\x09\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?[ \t]*"
-    % TCHAR
-)
 #: What a head not yet complete starts with: a method so far, or a method and a space
 #: (after the one empty line a request line may follow).
 _START = re.compile(rb"(?:\r\n?)?(?:%s+ |%s*\Z)" % (TCHAR, TCHAR))
@@ -315,7 +311,7 @@ class H1cConnection(HTTPConnection):
                     # The empty line: the message ends here.
                     self.chunk_left = None
                     return eol + 1 + shift
-                field = _TRAILER_LINE.fullmatch(data, pos, eol - 1) if data[eol - 1] == 13 else None
+                field = TRAILER_LINE.fullmatch(data, pos, eol - 1) if data[eol - 1] == 13 else None
                 if field is None or eol - pos > limit:
                     return self._bad_chunk("invalid trailer field")
                 self.chunk_trailers += 1
