@@ -86,7 +86,10 @@ class ResponseFraming(FlowControlled):
 
     def start_response(self, cycle: HTTPCycle, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         state = self.state
-        head = [STATUS_LINES.get(status) or status_line(status), state.default_headers]
+        try:
+            head = [STATUS_LINES[status], state.default_headers]
+        except KeyError:
+            head = [status_line(status), state.default_headers]
         no_body = status in NO_BODY_STATUSES
         length: int | None = None
         chunked = False
@@ -96,8 +99,9 @@ class ResponseFraming(FlowControlled):
         for name, value in headers:
             # Every name is a token (RFC 9110 5.1) and every value a field-value (5.5):
             # a cached one costs one lookup.
-            kind = known.get(name)
-            if kind is None:
+            try:
+                kind = known[name]
+            except KeyError:
                 kind = learn_name(name)
             if kind:
                 if kind == CONTENT_LENGTH:
