@@ -182,9 +182,11 @@ class ResponseFraming(FlowControlled):
                 framed += LAST_CHUNK
             data = framed
         if head is not None:
-            # Every piece of the head was checked as it was added (start_response).
-            block = b"".join(head)
-            data = block + data if data else block
+            # Every piece of the head was checked as it was added (start_response); the
+            # body joins it in the same copy.
+            if data:
+                head.append(data)
+            data = b"".join(head)
         if more:
             if data:
                 self._buffer(data)
