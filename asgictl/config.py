@@ -153,7 +153,9 @@ def header_pair(raw: Any) -> tuple[str, str]:
         if not sep:
             raise ValueError(f"{raw!r} is not of the form Name:Value")
     name, value = name.strip(), value.strip()
-    if not name or any(c in name for c in " \t\r\n:") or any(c in value for c in "\r\n\0"):
+    # A value holds no control byte but HTAB (RFC 9110 5.5): the server writes it as is.
+    bad_value = any((c < " " and c != "\t") or c == "\x7f" for c in value)
+    if not name or any(c in name for c in " \t\r\n:") or bad_value:
         raise ValueError(f"{raw!r} is not a valid header")
     return name, value
 

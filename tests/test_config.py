@@ -371,6 +371,15 @@ def test_config_rejects_bad_and_unknown_values() -> None:
         Config("m:a", uds="/tmp/x.sock", fd=3)
 
 
+@pytest.mark.parametrize("value", ["a\x01b", "a\x1fb", "a\x7fb", "a\rb", "a\nb", "a\x00b"], ids=repr)
+def test_default_header_values_hold_no_control_bytes(value: str) -> None:
+    # The server writes --header fields as they are, unchecked per response: a control
+    # byte (RFC 9110 5.5) is refused at startup, with one line.
+    with pytest.raises(ConfigError, match=r"^--headers: .* is not a valid header$"):
+        Config("m:a", headers=[("x-a", value)])
+    assert Config("m:a", headers=[("x-a", "a\tb c")]).headers == [("x-a", "a\tb c")]
+
+
 def test_replace_changes_app_and_options() -> None:
     from asgictl.config import Config
 

@@ -100,6 +100,26 @@ def test_field_limits_431(http: str) -> None:
     h.close()
 
 
+@pytest.mark.parametrize("method", [b"GET", b"PROPFIND"])
+@pytest.mark.parametrize("before", [b"", b"\r\n"], ids=["at the start", "after an empty line"])
+def test_line_and_field_count_limits_at_their_edge(http: str, before: bytes, method: bytes) -> None:
+    # The limits hold to the byte and the field, whoever measures them (the h1c binding
+    # for the methods it knows, the policy for the others).
+    line = method + b" /" + b"a" * (89 - len(method)) + b" HTTP/1.1\r\n"  # 100 bytes and CRLF
+    assert len(line) == 102
+    fields = b"Host: a\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(9))  # 10 fields
+    for extra, status in ((b"", 200), (b"a", 414)):
+        head = line.replace(b" HTTP", extra + b" HTTP") + fields + b"\r\n"
+        h = serve(recorder, http, *([before, head] if before else [head]), limit_request_line=100)
+        assert status_of(h) == status, h.transport.data
+        h.close()
+    for more, status in ((b"", 200), (b"X-9: v\r\n", 431)):
+        head = line + fields + more + b"\r\n"
+        h = serve(recorder, http, *([before, head] if before else [head]), limit_request_fields=10)
+        assert status_of(h) == status, h.transport.data
+        h.close()
+
+
 def test_endless_head_is_cut_at_64k(http: str) -> None:
     h = Harness(recorder, http=http, h11_max_incomplete_event_size=10_000_000)
     h.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Endless: ")

@@ -20,6 +20,7 @@ from recorder import app as recorder
 from ws_support import KEY, WS_IMPLS, WSHarness
 
 from asgictl.logs import ACCESS_MESSAGE_DISCONNECTED
+from asgictl.protocols.http import fields, framing
 
 
 @pytest.fixture(params=PARSERS)
@@ -233,6 +234,43 @@ def test_response_fields_inside_the_grammar_are_written(http: str, field: tuple[
     h = served(http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", app=answering([field]))
     assert h.transport.data.startswith(b"HTTP/1.1 200 ")
     assert b"\r\n" + field[0] + b": " + field[1] + b"\r\n" in h.transport.data
+    h.close()
+
+
+def test_checked_field_values_are_cached_and_bad_ones_never(http: str, monkeypatch: Any) -> None:
+    # A value is scanned once and then found in the cache; a refused one is never kept,
+    # so it is refused every time; long values and those past the cache's bound are
+    # scanned on every response.
+    monkeypatch.setattr(fields, "KNOWN_VALUES", set())
+    monkeypatch.setattr(fields, "KNOWN_VALUES_MAX", 3)
+    monkeypatch.setattr(framing, "KNOWN_VALUES", fields.KNOWN_VALUES)
+    scans: list[bytes] = []
+    count = fields.count_line_breaks
+    monkeypatch.setattr(fields, "count_line_breaks", lambda value: scans.append(value) or count(value))
+    long = b"v" * (fields.KNOWN_VALUE_SIZE + 1)
+    good = [(b"x-a", b"one"), (b"x-b", long), (b"x-c", bytearray(b"two")), (b"x-d", b"three")]
+    for _ in range(2):
+        h = served(http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", app=answering(good))
+        assert h.transport.data.startswith(b"HTTP/1.1 200 ") and b"x-b: " + long + b"\r\n" in h.transport.data
+        h.close()
+    assert fields.KNOWN_VALUES == {b"one", b"three"}
+    assert scans == [b"one", long, b"two", b"three", long, b"two"]
+    for _ in range(2):
+        h = served(http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", app=answering([(b"x-a", b"a\r\nx-evil: 1")]))
+        assert h.transport.data.startswith(b"HTTP/1.1 500 ") and b"x-evil" not in h.transport.data
+        h.close()
+    del scans[:]
+    h = served(
+        http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", app=answering([(b"x-e", b"four"), (b"x-f", b"five")])
+    )
+    assert h.transport.data.startswith(b"HTTP/1.1 200 ")
+    h.close()
+    assert fields.KNOWN_VALUES == {b"one", b"three", b"four"} and scans == [b"four", b"five"]
+
+
+def test_a_str_field_value_is_a_500(http: str) -> None:
+    h = served(http, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", app=answering([(b"x-a", "text")]))  # type: ignore[list-item]
+    assert h.transport.data.startswith(b"HTTP/1.1 500 ") and b"x-a" not in h.transport.data
     h.close()
 
 

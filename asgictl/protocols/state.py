@@ -90,7 +90,6 @@ class ServerState:
         "connections",
         "date_line",
         "default_headers",
-        "default_lines",
         "extra_lines",
         "h11_max_incomplete_event_size",
         "h2_default_fields",
@@ -229,7 +228,6 @@ class ServerState:
             stamp = email.utils.formatdate(time.time(), usegmt=True)
             self.date_line = b"date: " + stamp.encode("ascii") + b"\r\n"
         self.default_headers = self.date_line + self.server_line + self.extra_lines
-        self.default_lines = self.default_headers.count(b"\n")
         # The same fields for HTTP/2 (lowercase names, no CRLF).
         self.h2_default_fields = [
             (name.lower(), value)

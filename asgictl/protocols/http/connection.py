@@ -265,17 +265,19 @@ class HTTPConnection(Upgrades, Deadlines, GracefulStop, ResponseFraming):
         http_version: str,
         headers: list[tuple[bytes, bytes]],
         head_size: int | None = None,
+        line_checked: bool = False,
     ) -> int:
         """A request head is complete: check it, build its scope and queue its cycle;
         return ``strict.check_head``'s bits (UPGRADE: the request asks to switch).
 
-        ``head_size`` is at least the head's size in bytes, when the adapter knows it
-        (see ``strict.check_head``). Raises InvalidRequest for a head the policy
+        ``head_size`` is at least the head's size in bytes, when the adapter knows it,
+        and ``line_checked`` says its parser held the request line to the policy's
+        limits already (see ``strict.check_head``). Raises InvalidRequest for a head the policy
         refuses (see strict.py). Whether the connection persists after it is the
         policy's decision (its Connection tokens), the same for both parsers.
         """
         state = self.state
-        flags = check_head(method, target, http_version, headers, state, head_size)
+        flags = check_head(method, target, http_version, headers, state, head_size, line_checked)
         self.head_bytes = 0
         self.head_since = None
         if target[:1] == b"/":

@@ -12,9 +12,13 @@ Ways to check, one grammar:
   an app uses a handful of names, so each is matched against the token grammar once,
   and afterwards costs one dict lookup, which also tells the framing whether the name
   is one it frames the response by.
-- :func:`count_line_breaks` checks the values of a whole joined HTTP/1.1 header block in
-  one C-level pass (``bytes.translate`` then ``bytes.count``), instead of a Python loop
-  per field.
+- values go through a cache too, ``KNOWN_VALUES`` (:func:`learn_value` for a value not in
+  it): an app sends the same few content types, cache policies and the like on every
+  response, so each is scanned once (``bytes.translate`` then ``bytes.count``, one
+  C-level pass) and afterwards costs one set lookup; long values are scanned every time,
+  and the cache stops growing at a bound.
+- :func:`count_line_breaks` checks a whole joined header block in one such pass (the
+  trailers of an HTTP/1.1 response).
 - :func:`check_values` checks a list of values in the same single pass (joined by LF),
   and :func:`check_fields` a list of (name, value) pairs: for a protocol that sends
   fields as a list (HTTP/2) or for a few fields (a denial response).
@@ -60,6 +64,13 @@ KNOWN_NAMES: dict[bytes, int] = dict(_SPECIAL)
 #: Past this many names the cache stops growing (an app inventing names per request
 #: then pays one regex match per field, and the memory stays bounded).
 KNOWN_NAMES_MAX = 2048
+
+#: Field values already found valid (RFC 9110 5.5), as the app gave them.
+KNOWN_VALUES: set[bytes] = set()
+#: Past this many values the cache stops growing; a value longer than
+#: KNOWN_VALUE_SIZE is never kept (a cookie, a signed URL): bounded memory.
+KNOWN_VALUES_MAX = 2048
+KNOWN_VALUE_SIZE = 128
 
 #: Fields a sender must not put in a trailer section (RFC 9110 6.5.1): framing, routing,
 #: request modifiers, authentication, content handling. Used for requests and responses.
@@ -111,6 +122,23 @@ def learn_name(name: bytes) -> int:
     if len(KNOWN_NAMES) < KNOWN_NAMES_MAX:
         KNOWN_NAMES[name] = kind
     return kind
+
+
+def learn_value(value: bytes) -> None:
+    """Check a field value not in the cache yet: InvalidField unless it is a
+    field-value (RFC 9110 5.5), TypeError unless it is bytes (or bytearray, memoryview:
+    checked, not kept). Remembered if short."""
+    if type(value) is not bytes:
+        if not isinstance(value, (bytearray, memoryview)):
+            raise TypeError(f"a header value must be bytes, not {type(value).__name__}")
+        value = bytes(value)
+    elif len(value) <= KNOWN_VALUE_SIZE and len(KNOWN_VALUES) < KNOWN_VALUES_MAX:
+        if count_line_breaks(value):
+            raise invalid_block(value)
+        KNOWN_VALUES.add(value)
+        return
+    if count_line_breaks(value):
+        raise invalid_block(value)
 
 
 def count_line_breaks(block: bytes) -> int:

@@ -11,9 +11,9 @@ given one when its body is complete in the first message; otherwise it is sent c
 (HTTP/1.1) or delimited by closing the connection (HTTP/1.0). Streamed pieces sent back
 to back are held until the app yields to the loop (at most 64 KiB) and leave in one write.
 
-The app's fields are held to RFC 9110's grammar (``fields.py``): names through the
-token cache as they are read, values in one scan of the joined head block; its
-Content-Length to one number (``fields.content_length``). A file region goes through
+The app's fields are held to RFC 9110's grammar (``fields.py``) as they are read: names
+and values through the caches of checked ones; its Content-Length to one number
+(``fields.content_length``). A file region goes through
 ``files.send_region`` (sendfile where the transport allows).
 """
 
@@ -29,6 +29,7 @@ from asgictl.protocols.http.fields import (
     CONNECTION,
     CONTENT_LENGTH,
     KNOWN_NAMES,
+    KNOWN_VALUES,
     TRANSFER_ENCODING,
     InvalidField,
     check_trailer_name,
@@ -37,6 +38,7 @@ from asgictl.protocols.http.fields import (
     count_line_breaks,
     invalid_block,
     learn_name,
+    learn_value,
     list_tokens,
 )
 from asgictl.protocols.http.files import send_region
@@ -62,7 +64,7 @@ _FLUSH_AT = 64 * 1024
 
 
 class ResponseFraming(FlowControlled):
-    __slots__ = ("chunked", "flush_handle", "head_lines", "pending", "pending_size")
+    __slots__ = ("chunked", "flush_handle", "pending", "pending_size")
 
     state: ServerState
 
@@ -70,8 +72,6 @@ class ResponseFraming(FlowControlled):
         super().__init__(loop)
         #: the response in progress is sent chunked
         self.chunked = False
-        #: lines the held-back head has so far (the CR/LF check of write_body)
-        self.head_lines = 0
         #: streamed body pieces not written yet (see _buffer)
         self.pending: list[bytes] | None = None
         self.pending_size = 0
@@ -86,47 +86,55 @@ class ResponseFraming(FlowControlled):
 
     def start_response(self, cycle: HTTPCycle, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         state = self.state
-        default_headers = state.default_headers
-        head = [STATUS_LINES.get(status) or status_line(status), default_headers]
+        try:
+            head = [STATUS_LINES[status], state.default_headers]
+        except KeyError:
+            head = [status_line(status), state.default_headers]
         no_body = status in NO_BODY_STATUSES
         length: int | None = None
         chunked = False
         keep_alive = cycle.keep_alive
         known = KNOWN_NAMES
+        values = KNOWN_VALUES
         for name, value in headers:
-            # Every name is a token (RFC 9110 5.1): a cached one costs this lookup only.
-            kind = known.get(name)
-            if kind is None:
+            # Every name is a token (RFC 9110 5.1) and every value a field-value (5.5):
+            # a cached one costs one lookup.
+            try:
+                kind = known[name]
+            except KeyError:
                 kind = learn_name(name)
             if kind:
                 if kind == CONTENT_LENGTH:
-                    repeat = length is not None
-                    length = content_length(value, length)
-                    if repeat or no_body:
-                        continue  # an identical repeat is folded
-                elif kind == TRANSFER_ENCODING:
+                    # 1*DIGIT (content_length): nothing else to check in the value.
+                    if length is None and value.isdigit():
+                        length = int(value)
+                        if no_body:
+                            continue
+                    else:
+                        repeat = length is not None
+                        length = content_length(value, length)
+                        if repeat or no_body:
+                            continue  # an identical repeat is folded
+                    head += (name, b": ", value, CRLF)
+                    continue
+                if kind == TRANSFER_ENCODING:
                     check_transfer_coding(value)
                     chunked = True
                     continue
-                elif kind == CONNECTION:
+                if kind == CONNECTION:
                     if b"close" in list_tokens(value):
                         keep_alive = False
                     continue
-                else:  # server or date: the app's replaces the default one
-                    default_headers = head[1] = _without(head[1], name.lower())
+                # server or date: the app's replaces the default one
+                head[1] = _without(head[1], name.lower())
+            try:
+                if value not in values:
+                    learn_value(value)
+            except TypeError:  # unhashable: a bytearray or memoryview, checked each time
+                learn_value(value)
             head += (name, b": ", value, CRLF)
         if chunked and length is not None:
             raise InvalidField(BOTH_FRAMINGS)
-        # Lines the head has so far; write_body checks the joined bytes against it.
-        self.head_lines = (
-            1
-            + (len(head) - 2) // 4
-            + (
-                state.default_lines
-                if default_headers is state.default_headers
-                else default_headers.count(b"\n")
-            )
-        )
         cycle.length_left = None if no_body else length
         self.chunked = chunked
         cycle.keep_alive = keep_alive
@@ -135,7 +143,6 @@ class ResponseFraming(FlowControlled):
     def body_length(self, cycle: HTTPCycle, size: int) -> None:
         if not self.chunked:
             cycle.head.append(b"content-length: %d\r\n" % size)
-            self.head_lines += 1
             cycle.length_left = size
 
     def write_body(self, cycle: HTTPCycle, data: bytes, more: bool) -> None:
@@ -143,7 +150,6 @@ class ResponseFraming(FlowControlled):
         if head is not None:
             # The first body message: decide the framing and finish the head block.
             cycle.head = None
-            pieces = len(head)
             http10 = cycle.scope["http_version"] == "1.0"
             if cycle.length_left is None and not self.chunked and cycle.status not in NO_BODY_STATUSES:
                 if not more and not cycle.trailers:
@@ -168,9 +174,6 @@ class ResponseFraming(FlowControlled):
             elif http10:
                 head.append(_KEEP_ALIVE_LINE)
             head.append(CRLF)
-            # The head's lines: the app's headers and the default ones counted in
-            # start_response, plus one per piece added just above (the blank line).
-            lines = self.head_lines + len(head) - pieces
         if cycle.no_body:
             data = b""
         elif self.chunked:
@@ -179,14 +182,11 @@ class ResponseFraming(FlowControlled):
                 framed += LAST_CHUNK
             data = framed
         if head is not None:
-            block = b"".join(head)
-            # One C-level scan of the whole block instead of a check per field: a CR,
-            # LF or other control byte in a value (RFC 9110 5.5) is one more than the
-            # CR and LF that end each of the block's lines.
-            if count_line_breaks(block) != 2 * lines:
-                cycle.response_started = False  # nothing was written: the app gets its 500
-                raise invalid_block(block)
-            data = block + data if data else block
+            # Every piece of the head was checked as it was added (start_response); the
+            # body joins it in the same copy.
+            if data:
+                head.append(data)
+            data = b"".join(head)
         if more:
             if data:
                 self._buffer(data)

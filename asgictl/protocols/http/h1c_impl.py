@@ -139,14 +139,19 @@ class H1cConnection(HTTPConnection):
                 try:
                     if head[line_end] == 13:
                         version = "1.1" if head[line_end - 1] == 49 else "1.0"
+                        # The binding measured this very line against --limit-request-line
+                        # and counted the fields against --limit-request-fields.
+                        line_checked = True
                     else:
                         version = _request_line(request, head, consumed)
+                        line_checked = False
                     if not target.isascii():
                         # picohttpparser passes bytes above 0x7f in the target: RFC 3986
                         # wants them percent-encoded, and llhttp and h11 refuse them.
                         raise InvalidRequest(400, "invalid request target")
                     name = _METHODS.get(method)
                     if name is None:
+                        line_checked = False  # the policy judges the method
                         if method == b"PRI":  # reserved for HTTP/2's preface (RFC 9113 3.4)
                             self.stopped = True
                             self.http2_preface()
@@ -154,7 +159,8 @@ class H1cConnection(HTTPConnection):
                         name = method.decode("ascii")
                         self.switching = name == "CONNECT"
                     # The head's exact size bounds its fields.
-                    if self.begin_request(name, target, version, request.asgi_headers, consumed) & UPGRADE:
+                    headers = request.asgi_headers
+                    if self.begin_request(name, target, version, headers, consumed, line_checked) & UPGRADE:
                         self.switching = True
                 except InvalidRequest as exc:
                     self.stopped = True
@@ -181,8 +187,13 @@ class H1cConnection(HTTPConnection):
                         self.stopped = True
                         return
                     pos = stop
-            # A request ended at pos.
-            self.end_of_request()
+            # A request ended at pos: end_of_request, inline (a call less per request).
+            cycle = self.parsing
+            if cycle is not None:
+                self.parsing = None
+                cycle.more_body = False
+                if cycle.waiter is not None:
+                    cycle.wake()
             if self.switching:
                 # A WebSocket handshake is handed over with the bytes after it; a
                 # declined upgrade is plain HTTP/1.1, and what follows is parsed (a

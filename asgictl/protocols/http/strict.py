@@ -91,6 +91,7 @@ def check_head(
     headers: list[tuple[bytes, bytes]],
     limits: Any,
     head_size: int | None = None,
+    line_checked: bool = False,
 ) -> int:
     """Refuse a head the policy forbids, else return bits: EXPECT_CONTINUE when the
     client waits for ``100 Continue``, FORWARDED when proxy headers are present,
@@ -102,18 +103,22 @@ def check_head(
     ServerState. ``head_size``, when known, is at least the size in bytes of the part
     of the head that holds its fields: when it is no larger than
     ``limit_request_field_size`` no field can be past it, so the fields are not
-    measured one by one.
+    measured one by one. ``line_checked``: the parser already held the request line to
+    ``limit_request_line``, the fields to ``limit_request_fields``, the version to 1.0
+    or 1.1 and the method to KNOWN_METHODS, exactly as here (the h1c adapter, for a
+    request line at the start of the head); those checks are then not made twice.
     """
-    if len(target) + len(method) + 10 > limits.limit_line:
-        raise InvalidRequest(414, "request line too long")
-    if len(headers) > limits.limit_fields:
-        raise InvalidRequest(431, "too many header fields")
-    if version != "1.1" and version != "1.0":
-        if version == "0.9":  # llhttp's reading of a request line without a version
-            raise InvalidRequest(400, "malformed request line")
-        raise InvalidRequest(505, f"HTTP/{version} is not supported")
-    if method not in KNOWN_METHODS:
-        raise InvalidRequest(400, "unknown method")
+    if not line_checked:
+        if len(target) + len(method) + 10 > limits.limit_line:
+            raise InvalidRequest(414, "request line too long")
+        if len(headers) > limits.limit_fields:
+            raise InvalidRequest(431, "too many header fields")
+        if version != "1.1" and version != "1.0":
+            if version == "0.9":  # llhttp's reading of a request line without a version
+                raise InvalidRequest(400, "malformed request line")
+            raise InvalidRequest(505, f"HTTP/{version} is not supported")
+        if method not in KNOWN_METHODS:
+            raise InvalidRequest(400, "unknown method")
     max_field = limits.limit_field_size - 4  # the field line counts ": " and its CRLF
     if head_size is not None and head_size <= max_field:
         # No field can be too large: only the fields that need a look are looked for,
