@@ -101,23 +101,37 @@ def test_field_limits_431(http: str) -> None:
 
 
 @pytest.mark.parametrize("method", [b"GET", b"PROPFIND"])
-@pytest.mark.parametrize("before", [b"", b"\r\n"], ids=["at the start", "after an empty line"])
-def test_line_and_field_count_limits_at_their_edge(http: str, before: bytes, method: bytes) -> None:
+@pytest.mark.parametrize(
+    "before",
+    [(), (b"\r\n",), (b"\r", b"\n")],
+    ids=["at the start", "after an empty line", "after an empty line whose CR came alone"],
+)
+def test_line_and_field_count_limits_at_their_edge(
+    http: str, before: tuple[bytes, ...], method: bytes
+) -> None:
     # The limits hold to the byte and the field, whoever measures them (the h1c binding
-    # for the methods it knows, the policy for the others).
+    # for the methods it knows, the policy for the others); empty lines before the
+    # request line do not count, whichever reads they came in.
     line = method + b" /" + b"a" * (89 - len(method)) + b" HTTP/1.1\r\n"  # 100 bytes and CRLF
     assert len(line) == 102
     fields = b"Host: a\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(9))  # 10 fields
     for extra, status in ((b"", 200), (b"a", 414)):
         head = line.replace(b" HTTP", extra + b" HTTP") + fields + b"\r\n"
-        h = serve(recorder, http, *([before, head] if before else [head]), limit_request_line=100)
+        h = serve(recorder, http, *_after(before, head), limit_request_line=100)
         assert status_of(h) == status, h.transport.data
         h.close()
     for more, status in ((b"", 200), (b"X-9: v\r\n", 431)):
         head = line + fields + more + b"\r\n"
-        h = serve(recorder, http, *([before, head] if before else [head]), limit_request_fields=10)
+        h = serve(recorder, http, *_after(before, head), limit_request_fields=10)
         assert status_of(h) == status, h.transport.data
         h.close()
+
+
+def _after(before: tuple[bytes, ...], head: bytes) -> list[bytes]:
+    """The reads: ``before``'s, the last of them (a lone LF) joined to ``head``."""
+    if before[-1:] == (b"\n",):
+        return [*before[:-1], b"\n" + head]
+    return [*before, head]
 
 
 def test_endless_head_is_cut_at_64k(http: str) -> None:

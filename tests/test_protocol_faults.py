@@ -624,6 +624,13 @@ EMPTY_LINES = {
     "own-read": [b"\r\n", b"\r\n" + GET_A],
     "between-pipelined": [GET_A + b"\r\n\r\n" + GET_NEXT],
     "after-a-body": [b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi\r\n" + GET_NEXT],
+    # an empty line's CR and LF in different reads
+    "cr-then-lf": [b"\r", b"\n" + GET_A],
+    "cr-lf-cr-then-lf": [b"\r\n\r", b"\n" + GET_A],
+    "cr-alone-then-lf-alone": [b"\r", b"\n", GET_A],
+    "cr-then-lf-and-more": [b"\r", b"\n\r\n\r\n" + GET_A],
+    "cr-after-pipelined": [GET_A + b"\r", b"\n" + GET_NEXT],
+    "cr-after-a-body": [b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi\r", b"\n" + GET_NEXT],
 }
 
 

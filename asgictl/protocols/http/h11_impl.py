@@ -56,8 +56,16 @@ class H11Connection(HTTPConnection):
         raw = self.raw_head
         if raw is None:
             return data
-        if not raw and data[0] == 13:  # CR: an empty line, or bytes the policy refuses
-            data = data[skip_empty_lines(data) :]
+        if not raw or raw == b"\r":  # no head yet (a lone CR held back: not fed to h11)
+            if raw:
+                data = b"\r" + data
+                raw.clear()
+            if data[:1] == b"\r":  # CR: an empty line, or bytes the policy refuses
+                data = data[skip_empty_lines(data) :]
+                if data == b"\r":
+                    # An empty line's CR whose LF has not arrived: held back until it has.
+                    raw += data
+                    return b""
         raw += data
         end = head_end(raw)
         if end >= 0:

@@ -109,12 +109,22 @@ class H1cConnection(HTTPConnection):
                 else:
                     last = len(partial)
                     partial += memoryview(data)[pos:] if pos else data
+                    if partial[0] == 13:
+                        # An empty line's CR kept from the last read, its LF in this one
+                        # (and maybe more empty lines): ignored, as within one read.
+                        skip = skip_empty_lines(partial)
+                        if skip:
+                            del partial[:skip]
+                            last -= skip  # (pos below stays an offset into data)
+                            if not partial:
+                                self.partial = None
+                                return
                     head = partial
                 try:
                     # A field's size is judged by the policy on the complete head, as
                     # with the other parsers (--limit-head bounds the head meanwhile).
                     request = parse_request_fast(
-                        head, last, state.limit_line, state.limit_fields, state.limit_head
+                        head, last if last > 0 else 0, state.limit_line, state.limit_fields, state.limit_head
                     )
                 except IncompleteError:
                     if partial is None:
