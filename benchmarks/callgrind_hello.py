@@ -70,6 +70,8 @@ def browser_request() -> bytes:
 
     fields = "".join(f"{name}: {value}\r\n" for name, value in BROWSER_HEADERS)
     return REQUEST[:-2] + f"{fields}\r\n".encode("latin-1")
+
+
 BODY = b"x" * 10240
 POST = b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Length: 10240\r\n\r\n" + BODY
 
@@ -82,7 +84,7 @@ def http2_frames(count: int, post: bool = False) -> list[bytes]:
     carrying a connection WINDOW_UPDATE that gives back the 10 KiB echoed to the stream
     before (as a client reading the answers does)."""
     import hpack
-    from hyperframe.frame import HeadersFrame, SettingsFrame
+    from hyperframe.frame import SettingsFrame
 
     encoder = hpack.Encoder()
     headers = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "127.0.0.1:8000")]
@@ -260,7 +262,7 @@ def main() -> None:
     what = (
         f"{args.request} request"
         if args.protocol == "1.1"
-        else f"HTTP/2 {'POST 10 KiB echo' if args.request == 'post' else 'GET /'} streams, engine {args.engine}"
+        else f"HTTP/2 {'POST 10 KiB echoed' if args.request == 'post' else 'GET /'}, engine {args.engine}"
     )
     print(f"python {sys.version.split()[0]}, loop {args.loop}, PYTHONHASHSEED=0, {what}")
     rest = (args.protocol, args.engine, args.request, args.server)

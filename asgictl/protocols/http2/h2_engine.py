@@ -34,6 +34,7 @@ from h2.stream import StreamClosedBy
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
 from asgictl.protocols.http2.engine import EngineError
+from asgictl.protocols.http2.hpack_cache import CachingDecoder, CachingEncoder
 
 if TYPE_CHECKING:
     from asgictl.protocols.http2.connection import HTTP2Connection
@@ -42,6 +43,12 @@ _REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
 
 
 class _Connection(h2.connection.H2Connection):
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        # hpack's coders, remembering the blocks that repeat (see hpack_cache).
+        self.encoder = CachingEncoder()
+        self.decoder = CachingDecoder(self.decoder.max_header_list_size)
+
     def _receive_headers_frame(self, frame: Any) -> Any:
         stream_id = frame.stream_id
         if (
