@@ -49,6 +49,35 @@ class _Connection(h2.connection.H2Connection):
         self.encoder = CachingEncoder()
         self.decoder = CachingDecoder(self.decoder.max_header_list_size)
 
+    def _receive_frame(self, frame: Any) -> Any:
+        # h2's own first formats repr(frame) for a trace log line, for every frame and
+        # whether or not anything logs (its payload hex-dumped): not done here. A frame
+        # on a closed stream still gets h2's exact answer (_frame_on_closed_stream).
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError) as exc:
+            return self._frame_on_closed_stream(frame, exc)
+        if frames:
+            self._prepare_for_sending(frames)
+        return events
+
+    def _frame_on_closed_stream(self, frame: Any, exc: Exception) -> Any:
+        """h2's answer to ``frame`` whose handler raised ``exc`` (a RST_STREAM or a
+        connection error, by how the stream was closed): h2's _receive_frame, run with
+        a handler that raises ``exc`` again (the real one already changed the state)."""
+        table = self._frame_dispatch_table
+        kind = frame.__class__
+        handler = table[kind]
+
+        def raise_again(frame: Any) -> Any:
+            raise exc
+
+        table[kind] = raise_again
+        try:
+            return super()._receive_frame(frame)
+        finally:
+            table[kind] = handler
+
     def _receive_headers_frame(self, frame: Any) -> Any:
         stream_id = frame.stream_id
         if (
