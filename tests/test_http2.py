@@ -970,3 +970,94 @@ def _raw(http: str, **options: Any) -> tuple[H2Harness, hpack.Encoder]:
     h.turn()
     h.written()
     return h, hpack.Encoder()
+
+
+# ------------------------------------------- the frames the h2 engine writes as bytes
+
+
+def test_a_head_larger_than_a_frame_goes_on_in_continuation_frames(http: str) -> None:
+    big = os.urandom(15_000).hex().encode()  # 30,000 bytes: more than a 16 KiB frame, however coded
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-big", big)]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    h = H2Harness(app, http, http2_engine="h2")
+    stream_id = h.request()
+    h.settle()
+    data = h.written()
+    mine = [(type(f).__name__, sorted(f.flags)) for f in frames(data) if f.stream_id == stream_id]
+    assert mine == [
+        ("HeadersFrame", []),
+        ("ContinuationFrame", ["END_HEADERS"]),
+        ("DataFrame", ["END_STREAM"]),
+    ]
+    events = h.client.receive_data(data)
+    (response,) = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+    assert dict(response.headers)[b"x-big"] == big
+    h.close()
+
+
+def test_an_empty_trailer_section_ends_the_stream(http: str) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"data"})
+        await send({"type": "http.response.trailers", "headers": []})
+
+    h = H2Harness(app, http, http2_engine="h2")
+    _, body, events = h.response(h.request(headers=[(b"te", b"trailers")]))
+    assert body == b"data"
+    assert any(isinstance(e, h2.events.TrailersReceived) and e.stream_ended for e in events)
+    h.close()
+
+
+def test_repeated_heads_stay_right_as_the_hpack_tables_change(http: str) -> None:
+    """Many requests whose fields repeat (the HPACK coders remember such blocks), with
+    fields that enter the tables and push others out in between: every request and
+    every response decodes to what was sent."""
+    seen: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        value = dict(scope["headers"])[b"x-n"]
+        seen.append(value)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-echo", value)]})
+        await send({"type": "http.response.body", "body": b""})
+
+    h = H2Harness(app, http, http2_engine="h2")
+    for n in range(60):
+        value = b"%d" % (n // 3) + b"v" * 300  # each value three times, then a new one
+        headers, _, _ = h.response(h.request(headers=[(b"x-n", value)]))
+        assert headers[b"x-echo"] == value
+    assert len(seen) == 60
+    h.close()
+
+
+def test_frames_on_a_stream_reset_by_the_server_get_stream_closed(http: str) -> None:
+    """A frame on a stream the server reset is a stream error STREAM_CLOSED (RFC 9113
+    5.1), the connection goes on."""
+    h, encoder = _raw(http, http2_engine="h2")
+    h.send(headers_frame(1, [*request_headers(), (b"X-Upper", b"1")], encoder, end_stream=False))
+    h.turn()
+    assert resets(h.written()) == {1: 0x1}  # malformed: PROTOCOL_ERROR
+    h.send(headers_frame(1, [(b"x-trailer", b"1")], encoder))
+    h.turn()
+    data = h.written()
+    assert resets(data) == {1: 0x5} and goaway(data) is None
+    h.send(headers_frame(3, request_headers(), encoder))
+    h.turn()
+    assert any(isinstance(f, DataFrame) and f.stream_id == 3 for f in frames(h.written()))
+    h.close()
+
+
+def test_headers_on_a_stream_closed_both_ways_are_a_connection_error(http: str) -> None:
+    """RFC 9113 5.1: HEADERS on a stream closed by END_STREAM both ways is a connection
+    error STREAM_CLOSED."""
+    h, encoder = _raw(http, http2_engine="h2")
+    h.send(headers_frame(1, request_headers(), encoder))
+    h.settle()
+    assert any(isinstance(f, DataFrame) and "END_STREAM" in f.flags for f in frames(h.written()))
+    h.send(headers_frame(1, request_headers(), encoder))
+    h.turn()
+    frame = goaway(h.written())
+    assert frame is not None and frame.error_code == 0x5
+    h.close()
