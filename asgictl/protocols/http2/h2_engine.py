@@ -166,7 +166,9 @@ class _Connection(h2.connection.H2Connection):
             stream_id not in self.streams
             and stream_id % 2 == 1
             and stream_id > self.highest_inbound_stream_id
-            and self.open_inbound_streams >= self.local_settings.max_concurrent_streams
+            # the streams h2 holds include the open ones: counted (a scan) only if need be
+            and len(self.streams) >= (limit := self.local_settings.max_concurrent_streams)
+            and self.open_inbound_streams >= limit
         ):
             _decode_headers(self.decoder, frame.data)
             self.highest_inbound_stream_id = stream_id
