@@ -37,9 +37,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-
-# _decode_headers: the one HPACK decode path h2 has
-from h2.connection import ConnectionInputs, ConnectionState, _decode_headers
+from h2.connection import ConnectionInputs, ConnectionState, _decode_headers  # h2's one HPACK decode path
 from h2.stream import StreamClosedBy, StreamInputs
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
