@@ -186,7 +186,10 @@ def serve_requests(
     async def drive() -> None:
         for data in reads:
             transport.protocol.data_received(data)  # HTTP/2 once the preface handed it over
-            while state.active_requests:
+            # HTTP/2: also until the apps' tasks are reaped (``running``), as the loop's
+            # turns between two reads do; on 3.12+ an eager task is done inside
+            # data_received, and streams would pile up to the concurrency limit.
+            while state.active_requests or getattr(transport.protocol, "running", 0):
                 await asyncio.sleep(0)
             if server != "asgictl":
                 await asyncio.sleep(0)  # the floors keep no count: one loop turn per request
