@@ -55,7 +55,12 @@ class CountingTable(HeaderTable):
 
 class CachingEncoder(Encoder):
     """hpack's Encoder; a list of ``(name, value)`` byte pairs already coded with only
-    table references and literals left out of the table gets the same bytes again."""
+    table references and literals left out of the table gets the same bytes again.
+
+    The pairs are plain tuples: hpack's ``NeverIndexedHeaderTuple`` compares equal to
+    the plain tuple of the same field but is coded differently, so lists holding one
+    must not be given (h2 makes them only when normalizing outbound headers, which the
+    engine turns off)."""
 
     def __init__(self) -> None:
         super().__init__()
