@@ -6,7 +6,7 @@ from __future__ import annotations
 import hpack
 import pytest
 
-from asgictl.protocols.http2.hpack_cache import CachingDecoder, CachingEncoder
+from asgictl.protocols.http2.hpack_cache import MAX_FIELDS, MAX_FIELDS_SIZE, CachingDecoder, CachingEncoder
 
 pytestmark = pytest.mark.unit
 
@@ -68,3 +68,17 @@ def test_decoder_applies_a_lowered_header_list_limit_to_remembered_blocks() -> N
     decoder.max_header_list_size = 50
     with pytest.raises(hpack.OversizedHeaderListError):
         decoder.decode(block, raw=True)
+
+
+def test_what_is_remembered_stays_small() -> None:
+    """Blocks of many fields are coded every time, and so are heads of large fields (a
+    decoded block's values are the table's own: that size is held anyway)."""
+    many = [(b"x-%d" % n, b"1") for n in range(MAX_FIELDS + 1)]
+    large = [(b"x-large", b"v" * (MAX_FIELDS_SIZE // 3))] * 4  # one table entry, referenced
+    for head in (many, large):
+        encoder, decoder = CachingEncoder(), CachingDecoder(1 << 20)
+        for _ in range(3):  # the first time adds to the tables, then references only
+            decoder.decode(encoder.encode(list(head)), raw=True)
+        assert encoder.changes == encoder.header_table.changes  # the tables stayed put
+        assert not encoder.blocks
+        assert bool(decoder.blocks) == (head is large)

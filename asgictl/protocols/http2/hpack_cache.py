@@ -16,8 +16,9 @@ a small memory of the blocks that left the table untouched:
   size update is never remembered: it is coded by hpack every time, as before.
 
 The memory is bounded per connection (``MAX_BLOCKS`` blocks of at most
-``MAX_BLOCK_SIZE`` bytes), and a remembered decoded block passed the header list size
-limit that is still in force (the memory is forgotten when the limit changes).
+``MAX_BLOCK_SIZE`` bytes and ``MAX_FIELDS`` fields), and a remembered decoded block
+passed the header list size limit that is still in force (the memory is forgotten when
+the limit changes).
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from hpack import Decoder, Encoder
 from hpack.table import HeaderTable
 
 #: Blocks remembered per encoder or decoder (forgotten all at once past this).
-MAX_BLOCKS = 16
-#: Larger encoded blocks are not remembered.
+MAX_BLOCKS = 8
+#: Larger encoded blocks are not remembered, nor blocks of more fields, nor (encoder)
+#: fields larger in all than MAX_FIELDS_SIZE: what a connection holds stays small.
 MAX_BLOCK_SIZE = 1024
+MAX_FIELDS = 64
+MAX_FIELDS_SIZE = 8192
 
 
 class CountingTable(HeaderTable):
@@ -80,7 +84,12 @@ class CachingEncoder(Encoder):
         block = blocks.get(key)
         if block is None:
             block = super().encode(headers, huffman)
-            if table.changes == self.changes and len(block) <= MAX_BLOCK_SIZE:
+            if (
+                table.changes == self.changes
+                and len(block) <= MAX_BLOCK_SIZE
+                and len(key) <= MAX_FIELDS
+                and sum([len(name) + len(value) for name, value in key]) <= MAX_FIELDS_SIZE
+            ):
                 if len(blocks) >= MAX_BLOCKS:
                     blocks.clear()
                 blocks[key] = block
@@ -111,7 +120,7 @@ class CachingDecoder(Decoder):
         fields = blocks.get(key)
         if fields is None:
             fields = super().decode(data, raw)
-            if table.changes != self.changes:
+            if table.changes != self.changes or len(fields) > MAX_FIELDS:
                 return fields
             if len(blocks) >= MAX_BLOCKS:
                 blocks.clear()
