@@ -1061,3 +1061,29 @@ def test_headers_on_a_stream_closed_both_ways_are_a_connection_error(http: str) 
     frame = goaway(h.written())
     assert frame is not None and frame.error_code == 0x5
     h.close()
+
+
+def test_a_repeated_request_head_gets_a_scope_of_its_own_and_refused_heads_stay_refused(http: str) -> None:
+    """A connection remembers the heads that passed the checks (the same fields again
+    are not checked again): each request still gets its own scope and fields list, and a
+    head that failed is checked, and refused, every time."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        scope["headers"].append((b"x-added-by-the-app", b"1"))
+        await hello(scope, receive, send)
+
+    h = H2Harness(app, http, http2_engine="h2")
+    for _ in range(3):
+        headers, _, _ = h.response(h.request(headers=[(b"x-a", b"1")]))
+        assert headers[b":status"] == b"200"
+    assert [len(scope["headers"]) for scope in seen] == [3, 3, 3]  # host, x-a, the app's
+    assert seen[0] is not seen[1] and seen[0]["headers"] is not seen[1]["headers"]
+    for _ in range(2):
+        headers, _, _ = h.response(h.request(method=b"NOT-A-METHOD"))  # the shared policy: 400
+        assert headers[b":status"] == b"400"
+        _, _, events = h.response(h.request(headers=[(b"X-Upper", b"1")]))
+        assert any(isinstance(e, h2.events.StreamReset) and e.error_code == 0x1 for e in events)
+    assert len(seen) == 3
+    h.close()
