@@ -1087,3 +1087,15 @@ def test_a_repeated_request_head_gets_a_scope_of_its_own_and_refused_heads_stay_
         assert any(isinstance(e, h2.events.StreamReset) and e.error_code == 0x1 for e in events)
     assert len(seen) == 3
     h.close()
+
+
+def test_large_request_heads_are_not_remembered(http: str) -> None:
+    """Only small heads are kept as checked: a connection holds little for its peer."""
+    h = H2Harness(hello, http, http2_engine="h2")
+    small = [(b"x-small", b"v" * 100)]
+    large = [(b"x-large-%d" % n, b"v" * 3000) for n in range(3)]  # 9 KB of fields in all
+    for fields in (small, large):
+        headers, _, _ = h.response(h.request(headers=fields))
+        assert headers[b":status"] == b"200"
+    assert [len(key) for key in h.server.checked] == [5]  # the four pseudo-headers, x-small
+    h.close()

@@ -37,9 +37,11 @@ _EDGE_SPACE = re.compile(rb"(?:^|\n)[ \t]|[ \t](?:\n|$)")
 
 
 #: Request heads a connection remembers as checked (forgotten all at once past this),
-#: and the most fields such a head has.
+#: and the most fields, and bytes of fields, such a head has: what a peer can make a
+#: connection hold stays small.
 MAX_CHECKED = 8
 MAX_CHECKED_FIELDS = 64
+MAX_CHECKED_SIZE = 8192
 
 #: A head that passed the checks: method, scheme, target, the regular fields (host
 #: first when it came as :authority), whether it is an extended CONNECT.
@@ -58,7 +60,10 @@ def build_scope(conn: HTTP2Connection, fields: list[tuple[bytes, bytes]]) -> tup
     checked = conn.checked.get(key)
     if checked is None:
         checked = _check(conn, fields)
-        if len(key) <= MAX_CHECKED_FIELDS:
+        if (
+            len(key) <= MAX_CHECKED_FIELDS
+            and sum([len(name) + len(value) for name, value in key]) <= MAX_CHECKED_SIZE
+        ):
             if len(conn.checked) >= MAX_CHECKED:
                 conn.checked.clear()
             conn.checked[key] = checked
