@@ -970,3 +970,132 @@ def _raw(http: str, **options: Any) -> tuple[H2Harness, hpack.Encoder]:
     h.turn()
     h.written()
     return h, hpack.Encoder()
+
+
+# ------------------------------------------- the frames the h2 engine writes as bytes
+
+
+def test_a_head_larger_than_a_frame_goes_on_in_continuation_frames(http: str) -> None:
+    big = os.urandom(15_000).hex().encode()  # 30,000 bytes: more than a 16 KiB frame, however coded
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-big", big)]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    h = H2Harness(app, http, http2_engine="h2")
+    stream_id = h.request()
+    h.settle()
+    data = h.written()
+    mine = [(type(f).__name__, sorted(f.flags)) for f in frames(data) if f.stream_id == stream_id]
+    assert mine == [
+        ("HeadersFrame", []),
+        ("ContinuationFrame", ["END_HEADERS"]),
+        ("DataFrame", ["END_STREAM"]),
+    ]
+    events = h.client.receive_data(data)
+    (response,) = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+    assert dict(response.headers)[b"x-big"] == big
+    h.close()
+
+
+def test_an_empty_trailer_section_ends_the_stream(http: str) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"data"})
+        await send({"type": "http.response.trailers", "headers": []})
+
+    h = H2Harness(app, http, http2_engine="h2")
+    _, body, events = h.response(h.request(headers=[(b"te", b"trailers")]))
+    assert body == b"data"
+    assert any(isinstance(e, h2.events.TrailersReceived) and e.stream_ended for e in events)
+    h.close()
+
+
+def test_repeated_heads_stay_right_as_the_hpack_tables_change(http: str) -> None:
+    """Many requests whose fields repeat (the HPACK coders remember such blocks), with
+    fields that enter the tables and push others out in between: every request and
+    every response decodes to what was sent."""
+    seen: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        value = dict(scope["headers"])[b"x-n"]
+        seen.append(value)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-echo", value)]})
+        await send({"type": "http.response.body", "body": b""})
+
+    h = H2Harness(app, http, http2_engine="h2")
+    for n in range(60):
+        value = b"%d" % (n // 3) + b"v" * 300  # each value three times, then a new one
+        headers, _, _ = h.response(h.request(headers=[(b"x-n", value)]))
+        assert headers[b"x-echo"] == value
+    assert len(seen) == 60
+    h.close()
+
+
+def test_frames_on_a_stream_reset_by_the_server_get_stream_closed(http: str) -> None:
+    """A frame on a stream the server reset is a stream error STREAM_CLOSED (RFC 9113
+    5.1), the connection goes on."""
+    h, encoder = _raw(http, http2_engine="h2")
+    h.send(headers_frame(1, [*request_headers(), (b"X-Upper", b"1")], encoder, end_stream=False))
+    h.turn()
+    assert resets(h.written()) == {1: 0x1}  # malformed: PROTOCOL_ERROR
+    h.send(headers_frame(1, [(b"x-trailer", b"1")], encoder))
+    h.turn()
+    data = h.written()
+    assert resets(data) == {1: 0x5} and goaway(data) is None
+    h.send(headers_frame(3, request_headers(), encoder))
+    h.turn()
+    assert any(isinstance(f, DataFrame) and f.stream_id == 3 for f in frames(h.written()))
+    h.close()
+
+
+def test_headers_on_a_stream_closed_both_ways_are_a_connection_error(http: str) -> None:
+    """RFC 9113 5.1: HEADERS on a stream closed by END_STREAM both ways is a connection
+    error STREAM_CLOSED."""
+    h, encoder = _raw(http, http2_engine="h2")
+    h.send(headers_frame(1, request_headers(), encoder))
+    h.settle()
+    assert any(isinstance(f, DataFrame) and "END_STREAM" in f.flags for f in frames(h.written()))
+    h.send(headers_frame(1, request_headers(), encoder))
+    h.turn()
+    frame = goaway(h.written())
+    assert frame is not None and frame.error_code == 0x5
+    h.close()
+
+
+def test_a_repeated_request_head_gets_a_scope_of_its_own_and_refused_heads_stay_refused(http: str) -> None:
+    """A connection remembers the heads that passed the checks (the same fields again
+    are not checked again): each request still gets its own scope and fields list, and a
+    head that failed is checked, and refused, every time."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        scope["headers"].append((b"x-added-by-the-app", b"1"))
+        await hello(scope, receive, send)
+
+    h = H2Harness(app, http, http2_engine="h2")
+    for _ in range(3):
+        headers, _, _ = h.response(h.request(headers=[(b"x-a", b"1")]))
+        assert headers[b":status"] == b"200"
+    assert [len(scope["headers"]) for scope in seen] == [3, 3, 3]  # host, x-a, the app's
+    assert seen[0] is not seen[1] and seen[0]["headers"] is not seen[1]["headers"]
+    for _ in range(2):
+        headers, _, _ = h.response(h.request(method=b"NOT-A-METHOD"))  # the shared policy: 400
+        assert headers[b":status"] == b"400"
+        _, _, events = h.response(h.request(headers=[(b"X-Upper", b"1")]))
+        assert any(isinstance(e, h2.events.StreamReset) and e.error_code == 0x1 for e in events)
+    assert len(seen) == 3
+    h.close()
+
+
+def test_large_request_heads_are_not_remembered(http: str) -> None:
+    """Only small heads are kept as checked: a connection holds little for its peer."""
+    h = H2Harness(hello, http, http2_engine="h2")
+    small = [(b"x-small", b"v" * 100)]
+    large = [(b"x-large-%d" % n, b"v" * 3000) for n in range(3)]  # 9 KB of fields in all
+    for fields in (small, large):
+        headers, _, _ = h.response(h.request(headers=fields))
+        assert headers[b":status"] == b"200"
+    assert [len(key) for key in h.server.checked] == [5]  # the four pseudo-headers, x-small
+    h.close()

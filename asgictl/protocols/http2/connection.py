@@ -83,6 +83,7 @@ class HTTP2Connection(GoawayShutdown, FlowControlled):
     __slots__ = (
         "acks_unread",
         "awaiting_request",
+        "checked",
         "client",
         "closing",
         "control",
@@ -115,6 +116,8 @@ class HTTP2Connection(GoawayShutdown, FlowControlled):
         self.trusted = False
         self.engine: Engine = None  # type: ignore[assignment]
         self.streams: dict[int, H2Stream] = {}
+        #: request heads that passed the checks (see request.build_scope)
+        self.checked: dict[tuple[tuple[bytes, bytes], ...], Any] = {}
         #: no new streams (shutdown, GOAWAY sent or received)
         self.closing = False
         self.idle_since: float | None = None

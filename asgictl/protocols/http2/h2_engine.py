@@ -7,7 +7,9 @@ alone (``validate_inbound_headers=False``): the connection checks them itself, s
 a malformed request is a stream error, as RFC 9113 8.1.1 says, not the connection
 error h2 would make of it.
 
-Two behaviours of h2 are changed here, in a subclass:
+What h2 does differently here, in a subclass (each override small, its comment says
+what it replaces; the h2, hpack and hyperframe versions are bounded in pyproject.toml
+to the ones it was tested with):
 
 - a HEADERS frame past SETTINGS_MAX_CONCURRENT_STREAMS ends the connection in h2; it is
   refused with RST_STREAM REFUSED_STREAM instead (RFC 9113 5.1.2), its block still
@@ -16,11 +18,17 @@ Two behaviours of h2 are changed here, in a subclass:
   (h2 closes the whole connection at once; RFC 9113 6.8 lets them complete);
 - the connection's receive window starts larger than the protocol's 65,535 bytes (a
   WINDOW_UPDATE right after SETTINGS), so that one upload is not held to 64 KiB in
-  flight.
+  flight;
+- for speed, the same protocol with less work: hpack's coders remember the header
+  blocks that repeat (:mod:`~asgictl.protocols.http2.hpack_cache`); a received frame is
+  dispatched without the trace line h2 formats for each one (a hex dump of its
+  payload); a response's HEADERS and DATA frames are written as bytes after h2's own
+  state machines and flow-control windows took them, not through h2's frame objects.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING, Any
 
 import h2.config
@@ -29,26 +37,136 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from h2.connection import ConnectionState, _decode_headers  # the one HPACK decode path h2 has
-from h2.stream import StreamClosedBy
+from h2.connection import ConnectionInputs, ConnectionState, _decode_headers  # h2's one HPACK decode path
+from h2.stream import StreamClosedBy, StreamInputs
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
 from asgictl.protocols.http2.engine import EngineError
+from asgictl.protocols.http2.hpack_cache import CachingDecoder, CachingEncoder
 
 if TYPE_CHECKING:
     from asgictl.protocols.http2.connection import HTTP2Connection
 
 _REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
+_SEND_HEADERS = ConnectionInputs.SEND_HEADERS
+_SEND_DATA = ConnectionInputs.SEND_DATA
+_STREAM_SEND_HEADERS = StreamInputs.SEND_HEADERS
+_STREAM_SEND_DATA = StreamInputs.SEND_DATA
+_SEND_END_STREAM = StreamInputs.SEND_END_STREAM
+#: A frame's 9-byte header (RFC 9113 4.1): length (24 bits, as 16 + 8), type, flags, stream.
+_FRAME_HEAD = struct.Struct(">HBBBL")
+_END_STREAM = 0x1
+_END_HEADERS = 0x4
+_INFORMATIONAL = frozenset((b":status", b"%d" % code) for code in range(100, 200))
 
 
 class _Connection(h2.connection.H2Connection):
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        # hpack's coders, remembering the blocks that repeat (see hpack_cache).
+        self.encoder = CachingEncoder()
+        self.decoder = CachingDecoder(self.decoder.max_header_list_size)
+
+    def _receive_frame(self, frame: Any) -> Any:
+        # h2's own first formats repr(frame) for a trace log line, for every frame and
+        # whether or not anything logs (its payload hex-dumped): not done here. A frame
+        # on a closed stream still gets h2's exact answer (_frame_on_closed_stream).
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError) as exc:
+            return self._frame_on_closed_stream(frame, exc)
+        if frames:
+            self._prepare_for_sending(frames)
+        return events
+
+    def _frame_on_closed_stream(self, frame: Any, exc: Exception) -> Any:
+        """h2's answer to ``frame`` whose handler raised ``exc`` (a RST_STREAM or a
+        connection error, by how the stream was closed): h2's _receive_frame, run with
+        a handler that raises ``exc`` again (the real one already changed the state)."""
+        table = self._frame_dispatch_table
+        kind = frame.__class__
+        handler = table[kind]
+
+        def raise_again(frame: Any) -> Any:
+            raise exc
+
+        table[kind] = raise_again
+        try:
+            return super()._receive_frame(frame)
+        finally:
+            table[kind] = handler
+
+    def send_headers(self, stream_id: int, headers: Any, end_stream: bool = False, **priority: Any) -> None:
+        # A response head or trailers on a stream the client opened: h2's state changes
+        # (the connection's and the stream's, END_STREAM), its HPACK encoder, and the
+        # frames' bytes written here instead of through h2's per-call checks, header
+        # re-encoding, frame objects and validation (turned off in the configuration).
+        # 1xx heads, priorities and streams h2 does not know go through h2. (An empty
+        # trailer section is one empty HEADERS frame here; h2 fails on it.)
+        stream = self.streams.get(stream_id)
+        if stream is None or priority or (headers and headers[0] in _INFORMATIONAL):
+            super().send_headers(stream_id, headers, end_stream, **priority)
+            return
+        self.state_machine.process_input(_SEND_HEADERS)
+        machine = stream.state_machine
+        machine.process_input(_STREAM_SEND_HEADERS)
+        block = self.encoder.encode(headers)
+        if end_stream:
+            machine.process_input(_SEND_END_STREAM)
+        elif machine.trailers_sent:
+            raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set.")
+        stream.request_method = None  # h2 keeps the :method of what it sent last
+        out = self._data_to_send
+        size = self.max_outbound_frame_size
+        flags = _END_STREAM if end_stream else 0
+        if len(block) <= size:
+            out += _FRAME_HEAD.pack(len(block) >> 8, len(block) & 0xFF, 0x1, flags | _END_HEADERS, stream_id)
+            out += block
+            return
+        # A block larger than a frame: HEADERS, then CONTINUATION frames (RFC 9113 6.10).
+        for start in range(0, len(block), size):
+            piece = block[start : start + size]
+            last = _END_HEADERS if start + size >= len(block) else 0
+            kind, head_flags = (0x1, flags) if start == 0 else (0x9, 0)
+            out += _FRAME_HEAD.pack(len(piece) >> 8, len(piece) & 0xFF, kind, head_flags | last, stream_id)
+            out += piece
+
+    def send_data(self, stream_id: int, data: Any, end_stream: bool = False, pad_length: Any = None) -> None:
+        # DATA that fits the windows and the peer's frame size, without padding: h2's
+        # state changes and window accounting (the connection's and the stream's), the
+        # frame's bytes written here instead of through a frame object. Anything else
+        # goes through h2 (which raises for what does not fit).
+        stream = self.streams.get(stream_id)
+        size = len(data)
+        if (
+            stream is None
+            or pad_length is not None
+            or size > self.outbound_flow_control_window
+            or size > stream.outbound_flow_control_window
+            or size > self.max_outbound_frame_size
+        ):
+            super().send_data(stream_id, data, end_stream, pad_length)
+            return
+        self.state_machine.process_input(_SEND_DATA)
+        machine = stream.state_machine
+        machine.process_input(_STREAM_SEND_DATA)
+        if end_stream:
+            machine.process_input(_SEND_END_STREAM)
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        out = self._data_to_send
+        out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, 0x0, _END_STREAM if end_stream else 0, stream_id)
+        out += data
+
     def _receive_headers_frame(self, frame: Any) -> Any:
         stream_id = frame.stream_id
         if (
             stream_id not in self.streams
             and stream_id % 2 == 1
             and stream_id > self.highest_inbound_stream_id
-            and self.open_inbound_streams >= self.local_settings.max_concurrent_streams
+            # the streams h2 holds include the open ones: counted (a scan) only if need be
+            and len(self.streams) >= (limit := self.local_settings.max_concurrent_streams)
+            and self.open_inbound_streams >= limit
         ):
             _decode_headers(self.decoder, frame.data)
             self.highest_inbound_stream_id = stream_id
@@ -161,7 +279,14 @@ class H2Engine:
         """Bytes of DATA the peer accepts on ``stream_id`` now (its and the connection's
         window), at most one frame."""
         engine = self.h2
-        return min(engine.local_flow_control_window(stream_id), engine.max_outbound_frame_size)
+        stream = engine.streams.get(stream_id)
+        if stream is None:
+            return min(engine.local_flow_control_window(stream_id), engine.max_outbound_frame_size)
+        return min(
+            engine.outbound_flow_control_window,
+            stream.outbound_flow_control_window,
+            engine.max_outbound_frame_size,
+        )
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         """``size`` flow-controlled bytes of ``stream_id`` were consumed: reopen windows."""

@@ -36,9 +36,43 @@ _BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
 _EDGE_SPACE = re.compile(rb"(?:^|\n)[ \t]|[ \t](?:\n|$)")
 
 
+#: Request heads a connection remembers as checked (forgotten all at once past this),
+#: and the most fields, and bytes of fields, such a head has: what a peer can make a
+#: connection hold stays small.
+MAX_CHECKED = 8
+MAX_CHECKED_FIELDS = 64
+MAX_CHECKED_SIZE = 8192
+
+#: A head that passed the checks: method, scheme, target, the regular fields (host
+#: first when it came as :authority), whether it is an extended CONNECT.
+_Checked = tuple[str, bytes, bytes, list[tuple[bytes, bytes]], bool]
+
+
 def build_scope(conn: HTTP2Connection, fields: list[tuple[bytes, bytes]]) -> tuple[dict[str, Any], bool]:
     """The ``http`` scope of a request whose decoded header block is ``fields``, and
-    whether it is an extended CONNECT for a WebSocket (RFC 8441 4)."""
+    whether it is an extended CONNECT for a WebSocket (RFC 8441 4).
+
+    The checks depend on the fields and the server's options only: a connection
+    remembers the heads that passed them (``conn.checked``), and a client repeating its
+    request (the same fields, as HPACK lets it send them again for a byte each) is not
+    checked again."""
+    key = tuple(fields)
+    checked = conn.checked.get(key)
+    if checked is None:
+        checked = _check(conn, fields)
+        if (
+            len(key) <= MAX_CHECKED_FIELDS
+            and sum([len(name) + len(value) for name, value in key]) <= MAX_CHECKED_SIZE
+        ):
+            if len(conn.checked) >= MAX_CHECKED:
+                conn.checked.clear()
+            conn.checked[key] = checked
+    method, scheme, target, headers, websocket = checked
+    return _scope(conn, method, scheme, target, headers.copy()), websocket
+
+
+def _check(conn: HTTP2Connection, fields: list[tuple[bytes, bytes]]) -> _Checked:
+    """RFC 9113 8.2-8.3, then the policy HTTP/1.1 requests are held to."""
     pseudo: dict[bytes, bytes] = {}
     headers: list[tuple[bytes, bytes]] = []
     host: bytes | None = None
@@ -93,7 +127,7 @@ def build_scope(conn: HTTP2Connection, fields: list[tuple[bytes, bytes]]) -> tup
             raise MalformedRequest("host and :authority differ")
     method_str = method.decode("ascii", "surrogateescape")
     check_head(method_str, target, "1.1", headers, conn.state)
-    return _scope(conn, method_str, scheme, target, headers), protocol is not None
+    return method_str, scheme, target, headers, protocol is not None
 
 
 def check_trailers(fields: list[tuple[bytes, bytes]]) -> None:
