@@ -65,7 +65,9 @@ class _Connection(h2.connection.H2Connection):
         super().__init__(config=config)
         # hpack's coders, remembering the blocks that repeat (see hpack_cache).
         self.encoder = CachingEncoder()
-        self.decoder = CachingDecoder(self.decoder.max_header_list_size)
+        decoder = CachingDecoder(self.decoder.max_header_list_size)
+        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
+        self.decoder = decoder
 
     def _receive_frame(self, frame: Any) -> Any:
         # h2's own first formats repr(frame) for a trace log line, for every frame and
