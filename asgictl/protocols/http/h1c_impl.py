@@ -35,6 +35,7 @@ from gunicorn_h1c._parser_fast import IncompleteError
 from asgictl.protocols.http.connection import HTTPConnection
 from asgictl.protocols.http.fields import TCHAR
 from asgictl.protocols.http.strict import (
+    FRAMED,
     TRAILER_LINE,
     UPGRADE,
     InvalidRequest,
@@ -170,33 +171,37 @@ class H1cConnection(HTTPConnection):
                         self.switching = name == "CONNECT"
                     # The head's exact size bounds its fields.
                     headers = request.asgi_headers
-                    if self.begin_request(name, target, version, headers, consumed, line_checked) & UPGRADE:
+                    flags = self.begin_request(name, target, version, headers, consumed, line_checked)
+                    if flags & UPGRADE:
                         self.switching = True
                 except InvalidRequest as exc:
                     self.stopped = True
                     self.parse_error(exc.status, exc.reason)
                     return
                 pos += consumed - last
-                if request.has_chunked:
-                    self.chunk_left = _SIZE_LINE
-                    self.chunk_trailers = 0
-                    continue
-                length = request.content_length
-                if length > 0:
-                    # The body's first part is in this read, usually all of it.
-                    stop = pos + length
-                    if stop > end:
-                        self.body_left = stop - end
-                        if pos < end:
-                            self.request_body(data[pos:])
-                            if self.parsing is None:  # too large: answered and closed
-                                self.stopped = True
-                        return
-                    self.request_body(data[pos:stop])
-                    if self.parsing is None:
-                        self.stopped = True
-                        return
-                    pos = stop
+                # The binding's framing is read only when the policy saw a framing
+                # field: a request without one ends with its head (two lookups less).
+                if flags & FRAMED:
+                    if request.has_chunked:
+                        self.chunk_left = _SIZE_LINE
+                        self.chunk_trailers = 0
+                        continue
+                    length = request.content_length
+                    if length > 0:
+                        # The body's first part is in this read, usually all of it.
+                        stop = pos + length
+                        if stop > end:
+                            self.body_left = stop - end
+                            if pos < end:
+                                self.request_body(data[pos:])
+                                if self.parsing is None:  # too large: answered and closed
+                                    self.stopped = True
+                            return
+                        self.request_body(data[pos:stop])
+                        if self.parsing is None:
+                            self.stopped = True
+                            return
+                        pos = stop
             # A request ended at pos: end_of_request, inline (a call less per request).
             cycle = self.parsing
             if cycle is not None:

@@ -58,6 +58,9 @@ FORWARDED = 2
 KEEP_ALIVE = 4
 #: the request has an Upgrade field (RFC 9110 7.8)
 UPGRADE = 8
+#: the request has a Content-Length or Transfer-Encoding field: a body may follow
+#: (RFC 9112 6.3); without it the request ends with its head
+FRAMED = 16
 
 #: The answer to HTTP/2's connection preface (RFC 9113 3.4) while HTTP/2 is not served.
 HTTP2_STATUS = 505
@@ -96,7 +99,8 @@ def check_head(
     """Refuse a head the policy forbids, else return bits: EXPECT_CONTINUE when the
     client waits for ``100 Continue``, FORWARDED when proxy headers are present,
     KEEP_ALIVE when the connection may carry another request, UPGRADE when it asks to
-    switch protocols.
+    switch protocols, FRAMED when a Content-Length or Transfer-Encoding field frames a
+    body.
 
     ``headers`` are (lower-cased name, value) pairs whose values the parser trimmed of
     leading and trailing SP/HTAB. ``limits`` has the ``limit_*`` attributes of the
@@ -187,6 +191,7 @@ def _check_fields(
     if host and host_value != _last_host[0]:
         check_host(host_value)
     if length or encoding:
+        flags |= FRAMED
         _check_framing(version, length, length_value, encoding, encoding_value)
         if length and limits.limit_body is not None and int(length_value) > limits.limit_body:
             raise InvalidRequest(413, "request body too large")
