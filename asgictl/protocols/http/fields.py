@@ -12,16 +12,17 @@ Ways to check, one grammar:
   an app uses a handful of names, so each is matched against the token grammar once,
   and afterwards costs one dict lookup, which also tells the framing whether the name
   is one it frames the response by.
-- values go through a cache too, ``KNOWN_VALUES`` (:func:`learn_value` for a value not in
-  it): an app sends the same few content types, cache policies and the like on every
-  response, so each is scanned once (``bytes.translate`` then ``bytes.count``, one
+- values go through a cache too, ``KNOWN_VALUES`` (:func:`check_value`, for a response
+  head of either HTTP version; :func:`learn_value` for a value not in it): an app
+  sends the same few content types, cache policies and the like on every response, so
+  each is scanned once (``bytes.translate`` then ``bytes.count``, one
   C-level pass) and afterwards costs one set lookup; long values are scanned every time,
   and the cache stops growing at a bound.
 - :func:`count_line_breaks` checks a whole joined header block in one such pass (the
   trailers of an HTTP/1.1 response).
 - :func:`check_values` checks a list of values in the same single pass (joined by LF),
-  and :func:`check_fields` a list of (name, value) pairs: for a protocol that sends
-  fields as a list (HTTP/2) or for a few fields (a denial response).
+  and :func:`check_fields` a list of (name, value) pairs: for fields sent as a list
+  (HTTP/2 trailers) or a few fields (a denial response).
 
 The framing fields are held to one rule for every version: :func:`content_length`
 (1*DIGIT, one value, identical repeats folded; RFC 9110 8.6) and
@@ -128,17 +129,27 @@ def learn_value(value: bytes) -> None:
     """Check a field value not in the cache yet: InvalidField unless it is a
     field-value (RFC 9110 5.5), TypeError unless it is bytes (or bytearray, memoryview:
     checked, not kept). Remembered if short."""
-    if type(value) is not bytes:
+    keep = type(value) is bytes
+    if not keep:
         if not isinstance(value, (bytearray, memoryview)):
             raise TypeError(f"a header value must be bytes, not {type(value).__name__}")
         value = bytes(value)
-    elif len(value) <= KNOWN_VALUE_SIZE and len(KNOWN_VALUES) < KNOWN_VALUES_MAX:
-        if count_line_breaks(value):
-            raise invalid_block(value)
-        KNOWN_VALUES.add(value)
-        return
     if count_line_breaks(value):
         raise invalid_block(value)
+    if keep and len(value) <= KNOWN_VALUE_SIZE and len(KNOWN_VALUES) < KNOWN_VALUES_MAX:
+        KNOWN_VALUES.add(value)
+
+
+def check_value(value: bytes) -> None:
+    """InvalidField unless ``value`` is a field-value (RFC 9110 5.5), TypeError unless it
+    is bytes (bytearray, memoryview); a value in the cache costs one lookup. (HTTP/1.1's
+    start_response has these lines inline.)"""
+    try:
+        if value in KNOWN_VALUES:
+            return
+    except TypeError:  # unhashable: a bytearray or memoryview, checked each time
+        pass
+    learn_value(value)
 
 
 def count_line_breaks(block: bytes) -> int:

@@ -127,6 +127,7 @@ class ResponseFraming(FlowControlled):
                     continue
                 # server or date: the app's replaces the default one
                 head[1] = _without(head[1], name.lower())
+            # fields.check_value, inline (a call less per field)
             try:
                 if value not in values:
                     learn_value(value)

@@ -31,6 +31,7 @@ from asgictl.protocols.http.fields import (
     InvalidField,
     check_trailer_name,
     check_transfer_coding,
+    check_value,
     check_values,
     content_length,
     learn_name,
@@ -160,7 +161,6 @@ class H2Stream:
 
     def start_response(self, cycle: HTTPCycle, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         fields = [(b":status", _STATUS.get(status) or _bad_status(status))]
-        values = []
         length: int | None = None
         chunked = False
         defaults = self.state.h2_default_fields
@@ -188,11 +188,10 @@ class H2Stream:
             name = name.lower()
             if name in CONNECTION_FIELDS:
                 continue
+            check_value(value)
             fields.append((name, value))
-            values.append(value)
         if chunked and length is not None:
             raise InvalidField(BOTH_FRAMINGS)
-        check_values(values)
         fields += defaults
         cycle.length_left = None if no_body else length
         cycle.head = fields
